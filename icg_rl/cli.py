@@ -1,0 +1,69 @@
+"""What every command shares (DESIGN.md §11): `--config FILE`, trailing dotted overrides, `--out DIR`, a readable
+summary printed and written to `DIR/summary.json`, and exit codes 0 ok / 2 bad configuration or input / 1 failure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from icg_rl.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from icg_rl.data.schema import DataFileError
+from icg_rl.io import atomic_write_json
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config file (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="folder where results are written")
+    parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
+                        help="dotted overrides applied after the file, e.g. world.seed=3 algo.lr=1e-4")
+    return parser
+
+
+def parse_config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def run_main(body: Callable[[], int | None]) -> int:
+    """Run a command body and map failures to exit codes with a message on stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return body() or EXIT_OK
+    except (ConfigError, DataFileError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception:  # noqa: BLE001 - a command must exit 1 with the traceback, not crash differently
+        traceback.print_exc()
+        return EXIT_FAILURE
+
+
+def report(summary: dict[str, Any], out: str | Path, title: str) -> None:
+    """Print the summary readably and write the same numbers to `out/summary.json`."""
+    print(f"\n== {title} ==")
+    for line in _flatten(summary):
+        print(f"  {line}")
+    atomic_write_json(Path(out) / "summary.json", summary)
+    print(f"  (written to {Path(out) / 'summary.json'})")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    lines = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            lines += _flatten(value, f"{prefix}{key}.")
+        else:
+            shown = f"{value:.4g}" if isinstance(value, float) else json.dumps(value, ensure_ascii=False)
+            lines.append(f"{prefix}{key}: {shown}")
+    return lines

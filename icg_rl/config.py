@@ -1,0 +1,252 @@
+"""Typed configuration: pydantic v2 sections, a YAML file first, then dotted overrides (`algo.lr=3e-4`).
+
+Every field carries a one-line description with its unit and scope; those descriptions are the reference that
+`--help` and the docs show. Unknown keys, wrong types and out-of-range values fail before any work starts, with
+a message naming the key path, the bad value and what is allowed (and the closest key for a typo).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "coverworld.yaml"
+
+
+class ConfigError(ValueError):
+    """Bad configuration: every line names a key path, the value given and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class WorldConfig(Section):
+    """CoverWorld: the synthetic recommender world (DESIGN.md §4)."""
+
+    seed: int = Field(0, description="seed of every random draw in the world; same seed, same bytes")
+    num_genres: int = Field(8, ge=2, le=8, description="genres in the world (each has a vocabulary, palette, motif)")
+    items_per_genre: int = Field(60, ge=2, description="items generated per genre")
+    variants_per_item: int = Field(4, ge=1, le=16, description="cover variants per item besides the reference cover")
+    image_size: Literal[32, 64] = Field(32, description="cover side length, pixels")
+    num_users: int = Field(400, ge=4, description="users in the world, held-out users included")
+    heldout_user_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of users kept out of training")
+    impressions_per_user: int = Field(60, ge=4, description="(item, variant) impressions logged per user")
+    valid_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="latest share of each user's log for validation")
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="latest share of each user's log for test")
+    genre_weight: float = Field(1.0, ge=0.0, description="alpha: logit weight of the user's genre affinity")
+    look_weight: float = Field(1.0, ge=0.0, description="beta: logit weight of the squared distance to the taste")
+    click_offset: float = Field(0.0, description="c: logit offset of every impression")
+    item_bias_std: float = Field(0.3, ge=0.0, description="std of the per-item logit bias")
+    taste_spread: float = Field(1.0, gt=0.0, description="std of users' ideal points, in units of each feature's W")
+    ratings_per_image: int = Field(3, ge=1, description="public aesthetic ratings per cover (the world's 'AVA')")
+
+
+class ZooConfig(Section):
+    """Budgets of the tiny base models trained on the world (DESIGN.md §4, models/zoo.py)."""
+
+    seed: int = Field(0, description="seed of model initialisation and training")
+    vocab_size: int = Field(1024, ge=300, description="BPE vocabulary trained on the world's titles, tokens")
+    max_title_tokens: int = Field(24, ge=8, description="text encoder context length, tokens")
+    text_width: int = Field(64, ge=16, description="hidden width of the CLIP text encoders")
+    batch_size: int = Field(64, ge=2, description="training batch of the UNet, CLIP and heads, images")
+    vae_batch_size: int = Field(32, ge=2, description="training batch of the VAE, images")
+    vae_steps: int = Field(800, ge=1, description="AutoencoderKL training steps")
+    unet_steps: int = Field(1600, ge=1, description="UNet denoising-objective training steps")
+    clip_steps: int = Field(400, ge=1, description="tiny CLIP contrastive training steps")
+    aesthetic_steps: int = Field(400, ge=1, description="aesthetic head regression steps")
+    judge_steps: int = Field(300, ge=1, description="genre judge (evaluation CNN) training steps")
+    eval_samples_per_genre: int = Field(8, ge=1, description="held-out titles sampled per genre to judge the base")
+    eval_inference_steps: int = Field(20, ge=1, description="DDIM steps for the base-model samples that are judged")
+    eval_guidance_scale: float = Field(3.0, ge=1.0, description="CFG scale for the judged base-model samples")
+    threads: int = Field(2, ge=1, description="torch CPU threads while building")
+
+
+class DataConfig(Section):
+    """Which interactions table to train on, and how the (user, item) pair stream is cut."""
+
+    kind: Literal["coverworld", "movielens", "pixelrec"] = Field("coverworld", description="data source")
+    path: str | None = Field(None, description="dataset folder; None = the CoverWorld build folder")
+    on_bad_row: Literal["error", "skip"] = Field("error", description="malformed rows: fail (file:line) or skip")
+    positive_rating: float = Field(4.0, ge=0.5, le=5.0, description="MovieLens: rating counted as a click, stars")
+    history_len: int = Field(8, ge=0, description="recent clicked items carried per user, items")
+    pairs_per_batch: int = Field(4, ge=1, description="P: (user, item) pairs per rollout batch")
+    samples_per_pair: int = Field(4, ge=1, description="K: images sampled per pair (one advantage group)")
+
+
+class LoraConfig(Section):
+    rank: int = Field(0, ge=0, description="LoRA rank on the UNet attention; 0 = no LoRA")
+    alpha: float = Field(8.0, gt=0.0, description="LoRA alpha (scale = alpha / rank)")
+
+
+class ModelConfig(Section):
+    """The ICG model (DESIGN.md §3): which base, MLLM and sizes."""
+
+    base: str = Field("coverworld", description="SD-layout folder, or 'coverworld' for the world's tiny base")
+    mllm: str = Field("coverworld", description="image-text model folder, or 'coverworld' for the tiny LLaVA")
+    meta_tokens: int = Field(4, ge=1, le=256, description="learnable meta tokens appended to the MLLM prompt")
+    user_dim: int = Field(64, ge=4, description="width of the user embedding")
+    prompt_template: str = Field("{title}", description="text prompt given to the base model; {title} is filled")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class RewardConfig(Section):
+    """Reward models and their mix (DESIGN.md §6)."""
+
+    clip: str = Field("coverworld", description="CLIPModel folder for relevance, or 'coverworld'")
+    aesthetic_head: str = Field("coverworld", description="aesthetic head weights file, or 'coverworld'")
+    weights: dict[Literal["aesthetic", "clip_t", "clip_i", "preference"], float] = Field(
+        default_factory=lambda: {"aesthetic": 1.0, "clip_t": 0.5, "clip_i": 0.5, "preference": 1.0},
+        description="weight of each reward in the mix",
+    )
+    normalize: bool = Field(True, description="running mean/std normalisation per reward before mixing")
+
+
+class AlgoConfig(Section):
+    """RL algorithm (DESIGN.md §7)."""
+
+    name: Literal["ddpo", "backprop"] = Field("ddpo", description="DDPO (PPO-clip) or reward backprop (DRaFT-K)")
+    lr: float = Field(3e-4, gt=0.0, description="learning rate of the ICG parameters")
+    num_inference_steps: int = Field(10, ge=1, le=1000, description="DDIM steps per rollout")
+    eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta; > 0 makes steps stochastic (DDPO needs it)")
+    guidance_scale: float = Field(1.0, ge=1.0, description="CFG scale during rollouts")
+    clip_range: float = Field(1e-4, gt=0.0, description="PPO ratio clip")
+    adv_clip: float = Field(5.0, gt=0.0, description="advantage clip, in std units")
+    timestep_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of recorded steps trained per sample")
+    kl_coef: float = Field(0.0, ge=0.0, description="weight of the KL to the adapter-off reference policy")
+    backprop_steps: int = Field(1, ge=1, description="K of DRaFT-K: last steps carrying gradient")
+
+
+class RayConfig(Section):
+    """Cluster placement (DESIGN.md §8)."""
+
+    address: str | None = Field(None, description="cluster address; None = RAY_ADDRESS or a new local cluster")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local cluster; None = all")
+    rollout_workers: int = Field(1, ge=1, description="rollout actors")
+    reward_workers: int = Field(1, ge=1, description="actors per reward pool")
+    learner_workers: int = Field(1, ge=1, description="learner ranks (DeepSpeed world size)")
+    cpus_per_worker: float = Field(0.5, gt=0.0, description="CPUs requested per actor")
+    gpus_per_worker: float = Field(0.0, ge=0.0, description="GPUs requested per actor (fractions allowed)")
+
+
+class TrainConfig(Section):
+    """The training run."""
+
+    seed: int = Field(0, description="seed of the run")
+    iterations: int = Field(10, ge=1, description="RL iterations")
+    checkpoint_every: int = Field(5, ge=1, description="iterations between checkpoints")
+    eval_every: int = Field(5, ge=1, description="iterations between evaluations")
+    tracker: Literal["wandb", "none"] = Field("wandb", description="metrics tracker (wandb runs offline by default)")
+
+
+class Config(Section):
+    """The whole configuration tree."""
+
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    zoo: ZooConfig = Field(default_factory=ZooConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def section_hash(*sections: BaseModel) -> str:
+    """A stable short hash of config sections (used to cache builds)."""
+    payload = json.dumps([s.model_dump(mode="json") for s in sections], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading: file -> dict -> overrides -> validated Config
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (default `configs/coverworld.yaml`), apply `key.path=value` overrides, validate."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"--config: file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return validate(raw, source=str(path))
+
+
+def apply_override(tree: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (numbers, bools, lists, null)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE, e.g. algo.lr=3e-4")
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    node: Any = tree
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        lines = [describe_error(e) for e in err.errors()]
+        raise ConfigError(f"invalid configuration ({source}):\n  " + "\n  ".join(lines)) from None
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """One line: key path, bad value, what is allowed (and the closest known key for a typo)."""
+    loc = [str(p) for p in error["loc"]]
+    path = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        known = list(fields_at(loc[:-1]))
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
+        hint = f"; did you mean {'.'.join(loc[:-1] + close)!r}?" if close else ""
+        return f"{path}: unknown key{hint} (allowed here: {', '.join(known)})"
+    value = error.get("input")
+    return f"{path}: got {value!r}; {error['msg'][0].lower()}{error['msg'][1:]}"
+
+
+def fields_at(loc: list[str]) -> dict[str, Any]:
+    """The fields of the config section at a key path (empty if the path is not a section)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return {}
+        model = annotation
+    return dict(model.model_fields)
+
+
+def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key path, default, description) for every leaf field: the generated configuration reference."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += describe_fields(annotation, f"{prefix}{name}.")
+        else:
+            default = field.get_default(call_default_factory=True)
+            rows.append((f"{prefix}{name}", json.dumps(default), field.description or ""))
+    return rows

@@ -1,0 +1,253 @@
+"""MovieLens loader: every GroupLens layout into the one schema (DESIGN.md §5, `schema.py`).
+
+Layouts are recognised by their files, so the folder name does not matter:
+- ml-100k: `u.data` (tab) + `u.item` (`|`, latin-1, 19 genre flags named by `u.genre` when present) [+ `u.user`];
+- ml-1m (and ml-10m, same format): `ratings.dat` + `movies.dat` (`::`, latin-1) [+ `users.dat`];
+- ml-latest, ml-latest-small, ml-25m, ml-32m: `ratings.csv` + `movies.csv` (UTF-8, quoted CSV with a header).
+
+Ids become strings of the integer (so "007" and "7" are the same movie); `clicked` is `rating >= positive_rating`.
+Genres are lists; "(no genres listed)" and ml-100k's "unknown" flag mean no genre. With `posters_dir`, an item's
+`image_path` is `<posters_dir>/<item_id>.jpg|.jpeg|.png` relative to the dataset root when the posters folder lies
+inside it, otherwise the poster's absolute path (both work with `RecDataset.image_file`).
+
+The row parsing shared with other loaders (bad rows reported as file:line or skipped and counted) lives in
+`tabular.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from icg_rl.data.schema import RecDataset, users_from_interactions
+from icg_rl.data.tabular import (
+    FileFormat,
+    ParsedFile,
+    Problems,
+    id_strings,
+    image_paths,
+    parse_int,
+    read_file,
+    settle,
+)
+
+OnBadRow = Literal["error", "skip"]
+
+# Which files mark which layout: (layout, ratings file, movies file, optional users file).
+LAYOUTS = (
+    ("ml-100k", "u.data", "u.item", "u.user"),
+    ("ml-1m", "ratings.dat", "movies.dat", "users.dat"),
+    ("ml-latest", "ratings.csv", "movies.csv", None),
+)
+ACCEPTED = (
+    "ml-100k (u.data + u.item), ml-1m/ml-10m (ratings.dat + movies.dat), "
+    "ml-latest/ml-latest-small/ml-25m/ml-32m (ratings.csv + movies.csv)"
+)
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+NO_GENRE = {"(no genres listed)", "unknown", ""}
+
+TAB = FileFormat(sep="\t", encoding="latin-1")
+PIPE = FileFormat(sep="|", encoding="latin-1")
+COLONS = FileFormat(sep="::", encoding="latin-1")
+CSV = FileFormat(sep=",", encoding="utf-8", header=True, quoted=True)
+
+
+@dataclass
+class _Options:
+    """The caller's choices, passed together through the per-layout readers."""
+
+    positive_rating: float
+    on_bad_row: OnBadRow
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def load_movielens(
+    path: str | Path,
+    *,
+    positive_rating: float = 4.0,
+    on_bad_row: OnBadRow = "error",
+    posters_dir: str | Path | None = None,
+) -> RecDataset:
+    """Load a MovieLens folder in any GroupLens layout into a `RecDataset` (see the module docstring).
+
+    Bad rows (wrong field count, non-numeric id/rating/timestamp, rating outside 0.5..5, unknown movie or user,
+    duplicate movie id) raise `DataFileError` naming file:line and the value when `on_bad_row="error"`; with
+    "skip" they are dropped and counted in `skipped_rows[file name]`. A folder without a known layout raises
+    `FileNotFoundError` saying what was found and what is accepted.
+    """
+    if on_bad_row not in ("error", "skip"):
+        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    root = Path(path)
+    layout, ratings_name, movies_name, users_name = detect_layout(root)
+    opts = _Options(positive_rating, on_bad_row)
+    items = _read_movies(root / movies_name, layout, opts)
+    users = _read_users(root / users_name, layout, opts) if users_name and (root / users_name).is_file() else None
+    ratings = read_file(root / ratings_name, _ratings_format(layout), _RATING_COLUMNS[layout], on_bad_row, opts.skipped)
+    interactions = _interactions(ratings, items, users, opts)
+    items["image_path"] = image_paths(items["item_id"], root, posters_dir)
+    if users is None:
+        users = users_from_interactions(interactions)
+    return RecDataset("movielens", root, items, users, interactions, opts.skipped)
+
+
+def detect_layout(root: Path) -> tuple[str, str, str, str | None]:
+    """Which GroupLens layout `root` holds, by its files; FileNotFoundError that says what is there otherwise."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"MovieLens folder {root} does not exist or is not a folder; accepted: {ACCEPTED}")
+    names = {p.name for p in root.iterdir()}
+    for layout in LAYOUTS:
+        if set(layout[1:3]) <= names:
+            return layout
+    found = ", ".join(sorted(names)[:20]) + (", ..." if len(names) > 20 else "") if names else "nothing"
+    hint = [p.name for p in root.iterdir() if p.is_dir() and any(set(lay[1:3]) <= _names(p) for lay in LAYOUTS)]
+    where = f"; the subfolder(s) {hint} hold one: pass that folder instead" if hint else ""
+    raise FileNotFoundError(f"no MovieLens layout in {root}: found {found}; accepted layouts: {ACCEPTED}{where}")
+
+
+def _names(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def _ratings_format(layout: str) -> FileFormat:
+    return {"ml-100k": TAB, "ml-1m": COLONS, "ml-latest": CSV}[layout]
+
+
+# The ratings columns of each layout, named as the GroupLens READMEs (and the csv headers) name them, so error
+# messages use the names the user sees in the documentation: (user, item, rating, timestamp).
+_RATING_COLUMNS = {
+    "ml-100k": ["user id", "item id", "rating", "timestamp"],
+    "ml-1m": ["UserID", "MovieID", "Rating", "Timestamp"],
+    "ml-latest": ["userId", "movieId", "rating", "timestamp"],
+}
+
+
+def _read_movies(path: Path, layout: str, opts: _Options) -> pd.DataFrame:
+    """The items table (item_id, title, genres) from u.item / movies.dat / movies.csv, bad rows settled."""
+    if layout == "ml-100k":
+        genre_names = _ml100k_genres(path.parent / "u.genre", opts)
+        flag_columns = [f"genre {name}" for name in genre_names]
+        names = ["movie id", "movie title", "release date", "video release date", "IMDb URL", *flag_columns]
+        parsed = read_file(path, PIPE, names, opts.on_bad_row, opts.skipped)
+        id_col, title_col = "movie id", "movie title"
+    else:
+        names = ["MovieID", "Title", "Genres"] if layout == "ml-1m" else ["movieId", "title", "genres"]
+        parsed = read_file(path, COLONS if layout == "ml-1m" else CSV, names, opts.on_bad_row, opts.skipped)
+        id_col, title_col = names[0], names[1]
+    frame, problems = parsed.frame, Problems(parsed)
+    ids = parse_int(frame[id_col])
+    problems.need(id_col, ids.notna(), "a whole number")
+    problems.need(id_col, ~ids.duplicated() | ids.isna(), "unique (this movie id appeared on an earlier line)")
+    if layout == "ml-100k":
+        flags = frame[flag_columns]
+        for column in flag_columns:
+            problems.need(column, flags[column].isin(["0", "1"]), "0 or 1")
+    else:
+        # The genres field is never empty in the GroupLens files, so an empty one means the row lost its last field.
+        problems.need(names[2], frame[names[2]].str.strip() != "", "a |-separated genre list (it is empty)")
+    keep = settle(parsed, problems, opts.on_bad_row, opts.skipped)
+    frame, ids = frame[keep], ids[keep]
+    if layout == "ml-100k":
+        genres = _genres_from_flags(frame[flag_columns].to_numpy() == "1", genre_names)
+    else:
+        genres = [_split_genres(text) for text in frame[names[2]]]
+    return pd.DataFrame({
+        "item_id": id_strings(ids).to_numpy(),
+        "title": frame[title_col].str.strip().to_numpy(),
+        "genres": pd.Series(genres, dtype=object).to_numpy(),
+    })  # fmt: skip
+
+
+def _ml100k_genres(path: Path, opts: _Options) -> list[str]:
+    """Genre names in flag order: from u.genre (`name|index`) when present, else the documented default."""
+    if not path.is_file():
+        return list(ML100K_GENRES)
+    parsed = read_file(path, PIPE, ["genre", "index"], "error", opts.skipped)
+    problems = Problems(parsed)
+    index = parse_int(parsed.frame["index"])
+    problems.need("index", index.notna(), "a whole number")
+    settle(parsed, problems, "error", opts.skipped)
+    order = np.argsort(index.to_numpy(), kind="stable")
+    return [str(name).strip() for name in parsed.frame["genre"].to_numpy()[order]]
+
+
+def _genres_from_flags(flags: np.ndarray, names: list[str]) -> list[list[str]]:
+    """One genre list per u.item row from its 0/1 flag columns (the "unknown" flag means no genre)."""
+    labels = np.array(names, dtype=object)
+    return [[g for g in labels[row] if g not in NO_GENRE] for row in flags]
+
+
+def _split_genres(text: str) -> list[str]:
+    return [g for g in (part.strip() for part in text.split("|")) if g not in NO_GENRE]
+
+
+def _read_users(path: Path, layout: str, opts: _Options) -> pd.DataFrame:
+    """The users table from u.user or users.dat, with age (int), gender, occupation and zip code kept."""
+    if layout == "ml-100k":
+        names, fmt = ["user id", "age", "gender", "occupation", "zip code"], PIPE
+    else:
+        names, fmt = ["UserID", "Gender", "Age", "Occupation", "Zip-code"], COLONS
+    parsed = read_file(path, fmt, names, opts.on_bad_row, opts.skipped)
+    frame, problems = parsed.frame, Problems(parsed)
+    user_col, age_col = names[0], ("age" if layout == "ml-100k" else "Age")
+    ids, ages = parse_int(frame[user_col]), parse_int(frame[age_col])
+    problems.need(user_col, ids.notna(), "a whole number")
+    problems.need(user_col, ~ids.duplicated() | ids.isna(), "unique (this user id appeared on an earlier line)")
+    problems.need(age_col, ages.notna(), "a whole number")
+    keep = settle(parsed, problems, opts.on_bad_row, opts.skipped)
+    frame = frame[keep]
+    gender_col, occupation_col, zip_col = names[2:5] if layout == "ml-100k" else [names[1], names[3], names[4]]
+    return pd.DataFrame({
+        "user_id": id_strings(ids[keep]).to_numpy(),
+        "age": ages[keep].astype("int64").to_numpy(),
+        "gender": frame[gender_col].to_numpy(),
+        "occupation": frame[occupation_col].to_numpy(),
+        "zip_code": frame[zip_col].to_numpy(),
+    })  # fmt: skip
+
+
+def _interactions(
+    ratings: ParsedFile, items: pd.DataFrame, users: pd.DataFrame | None, opts: _Options
+) -> pd.DataFrame:
+    """Validate the ratings rows and turn them into the interactions table; unknown movies/users are bad rows."""
+    user_col, item_col, rating_col, time_col = ratings.frame.columns[:4]
+    frame, problems = ratings.frame, Problems(ratings)
+    user_num, item_num = parse_int(frame[user_col]), parse_int(frame[item_col])
+    rating = pd.to_numeric(frame[rating_col], errors="coerce").astype("float64")
+    stamp = parse_int(frame[time_col])
+    problems.need(user_col, user_num.notna(), "a whole number")
+    problems.need(item_col, item_num.notna(), "a whole number")
+    problems.need(rating_col, rating.between(0.5, 5.0), "a number in 0.5..5")
+    problems.need(time_col, stamp.notna(), "a whole number of seconds")
+    keep = settle(ratings, problems, opts.on_bad_row, opts.skipped)
+    user_id, item_id = id_strings(user_num[keep]), id_strings(item_num[keep])
+    # Second pass on the rows that parsed: references to movies/users the other files do not list.
+    problems = Problems(ratings)
+    movies_file = _sibling_name(ratings, "movies")
+    problems.need(item_col, item_id.isin(items["item_id"]), f"a movie listed in {movies_file}")
+    if users is not None:
+        problems.need(user_col, user_id.isin(users["user_id"]), f"a user listed in {_sibling_name(ratings, 'users')}")
+    known = settle(ratings, problems, opts.on_bad_row, opts.skipped).reindex(user_id.index)
+    rating, stamp = rating[keep][known], stamp[keep][known]
+    return pd.DataFrame({
+        "user_id": user_id[known].to_numpy(),
+        "item_id": item_id[known].to_numpy(),
+        "timestamp": stamp.astype("int64").to_numpy(),
+        "clicked": (rating >= opts.positive_rating).to_numpy(),
+        "rating": rating.to_numpy(),
+        "variant_id": np.full(len(rating), None, dtype=object),
+    })  # fmt: skip
+
+
+def _sibling_name(ratings: ParsedFile, what: str) -> str:
+    """The name of the movies/users file next to a ratings file, for messages."""
+    name = ratings.path.name
+    if name == "u.data":
+        return {"movies": "u.item", "users": "u.user"}[what]
+    return what + ratings.path.suffix

@@ -1,0 +1,178 @@
+"""`build_base_models`: train CoverWorld's tiny base models and save them under `WORLD/models/`, cached by hash.
+
+Order mirrors a real stack: a tokenizer, then CLIP (whose text tower becomes SD's text encoder, as SD1.5 uses
+CLIP's), the VAE, the UNet on cached latents, the aesthetic head on CLIP embeddings, the random-init LLaVA, and the
+genre judge. The summary proves the base is real: VAE PSNR, CLIP genre retrieval, judged genre accuracy of base
+samples for held-out titles (chance = 1 / genres).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import save_file
+from transformers import CLIPTokenizer, LlavaProcessor
+
+from icg_rl.config import WorldConfig, ZooConfig, section_hash
+from icg_rl.data.coverworld import load_coverworld
+from icg_rl.io import atomic_write_json, read_image
+from icg_rl.models import pretrain, zoo
+from icg_rl.models.tokenizer import train_clip_tokenizer
+from icg_rl.rewards.aesthetic_head import AestheticHead
+from icg_rl.world.genres import genres_for, unique_titles
+from icg_rl.world.judge import GenreJudge, accuracy, train_judge
+
+MARKER = "build.json"
+
+
+def models_are_current(models_dir: Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> bool:
+    marker = models_dir / MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get("config_hash") == section_hash(world_cfg, zoo_cfg)
+
+
+def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig, progress: bool = True,
+                      force: bool = False) -> dict:
+    """Build (or reuse) the zoo; returns its summary numbers."""
+    models_dir = Path(world_dir) / "models"
+    if not force and models_are_current(models_dir, world_cfg, zoo_cfg):
+        return json.loads((models_dir / MARKER).read_text())["summary"] | {"cached": True}
+    start = time.perf_counter()
+    torch.manual_seed(zoo_cfg.seed)
+    torch.set_num_threads(zoo_cfg.threads)
+    gen = torch.Generator().manual_seed(zoo_cfg.seed)
+    data = load_coverworld(world_dir)
+    genre_names = [g.name for g in genres_for(world_cfg.num_genres)]
+    variants = data.variants.merge(data.items[["item_id", "title", "genres"]], on="item_id")
+    images = torch.from_numpy(np.stack([read_image(Path(world_dir) / p) for p in variants["image_path"]]))
+    images = images.permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W) in [0, 1]
+    labels = torch.tensor([genre_names.index(g[0]) for g in variants["genres"]])
+    size = world_cfg.image_size
+    summary: dict = {}
+
+    tokenizer = train_clip_tokenizer(data.items["title"], zoo_cfg.vocab_size, zoo_cfg.max_title_tokens)
+    input_ids = _tokenize(tokenizer, list(variants["title"]))
+    clip = zoo.build_clip(zoo_cfg, tokenizer, size)
+    summary["clip"] = pretrain.train_clip(clip, input_ids, images, zoo_cfg.clip_steps, zoo_cfg.batch_size, 2e-3,
+                                          gen, progress)
+    heldout_titles, heldout_labels = _heldout_titles(world_cfg, set(data.items["title"]), zoo_cfg)
+    summary["clip"]["genre_retrieval"] = _genre_retrieval(clip, tokenizer, images, labels, heldout_titles,
+                                                          heldout_labels)
+    _save_folder(models_dir / "clip", lambda d: (clip.save_pretrained(d), zoo.clip_processor(tokenizer, size)
+                                                 .save_pretrained(d)))
+
+    vae = zoo.build_vae(size)
+    valid = torch.randperm(len(images), generator=gen)[: max(1, len(images) // 10)]
+    train_mask = torch.ones(len(images), dtype=torch.bool)
+    train_mask[valid] = False
+    summary["vae"] = pretrain.train_vae(vae, images[train_mask], zoo_cfg.vae_steps, zoo_cfg.vae_batch_size, 1e-3,
+                                        gen, progress)
+    summary["vae"]["heldout_psnr_db"] = pretrain.vae_psnr(vae, images[valid])
+
+    text_encoder = zoo.load_text_encoder_from_clip(clip)
+    with torch.no_grad():
+        text_states = text_encoder(input_ids).last_hidden_state  # (N, L, D)
+        uncond = text_encoder(_tokenize(tokenizer, [""])).last_hidden_state  # (1, L, D)
+    latent_mean, latent_std = pretrain.encode_latents(vae, images)
+    unet = zoo.build_unet(zoo_cfg, size)
+    summary["unet"] = pretrain.train_unet(unet, latent_mean, latent_std, text_states, uncond, zoo_cfg.unet_steps,
+                                          zoo_cfg.batch_size, 2e-3, gen, progress)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=zoo.sampling_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    _save_folder(models_dir / "sd", pipe.save_pretrained)
+
+    summary["aesthetic"] = _build_aesthetic(models_dir, clip, images, variants, data, zoo_cfg, gen, progress)
+    _save_folder(models_dir / "mllm", lambda d: _save_llava(d, zoo_cfg, models_dir / "sd" / "tokenizer", size))
+
+    judge = GenreJudge(len(genre_names))
+    summary["judge"] = train_judge(judge, images, labels, zoo_cfg.judge_steps, zoo_cfg.batch_size, gen, progress)
+    _save_folder(models_dir / "judge", lambda d: (save_file(judge.state_dict(), str(Path(d) / "judge.safetensors")),
+                                                  atomic_write_json(Path(d) / "config.json",
+                                                                    {"genres": genre_names})))
+    summary["base_samples"] = _judge_base_samples(models_dir / "sd", judge, heldout_titles, heldout_labels, zoo_cfg)
+    summary["params"] = {name: sum(p.numel() for p in m.parameters())
+                         for name, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder),
+                                         ("clip", clip))}
+    summary["build_seconds"] = round(time.perf_counter() - start, 1)
+    atomic_write_json(models_dir / MARKER, {"config_hash": section_hash(world_cfg, zoo_cfg), "summary": summary})
+    return summary
+
+
+def _tokenize(tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def _heldout_titles(world_cfg: WorldConfig, taken: set[str], zoo_cfg: ZooConfig) -> tuple[list[str], torch.Tensor]:
+    """New titles from the grammar that no catalogue item has: the base model never saw them."""
+    rng = np.random.default_rng(world_cfg.seed + 10_007)
+    titles, labels = [], []
+    for g, genre in enumerate(genres_for(world_cfg.num_genres)):
+        titles += unique_titles(genre, zoo_cfg.eval_samples_per_genre, rng, set(taken))
+        labels += [g] * zoo_cfg.eval_samples_per_genre
+    return titles, torch.tensor(labels)
+
+
+@torch.no_grad()
+def _genre_retrieval(clip, tokenizer, images, labels, titles, title_labels) -> float:
+    """Share of covers whose nearest held-out title (by CLIP cosine) has the cover's genre."""
+    text = clip.get_text_features(input_ids=_tokenize(tokenizer, titles))
+    image = clip.get_image_features(pixel_values=pretrain.clip_pixels(images))
+    text, image = (getattr(t, "pooler_output", t) for t in (text, image))
+    sims = torch.nn.functional.normalize(image, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+    return float((title_labels[sims.argmax(-1)] == labels).float().mean())
+
+
+def _build_aesthetic(models_dir, clip, images, variants, data, zoo_cfg, gen, progress) -> dict:
+    ratings = data.extra["aesthetic_ratings"].groupby("image_path")["rating"].mean()
+    target = torch.tensor(ratings.loc[variants["image_path"]].to_numpy(), dtype=torch.float32)
+    with torch.no_grad():
+        embeds = clip.get_image_features(pixel_values=pretrain.clip_pixels(images))
+        embeds = getattr(embeds, "pooler_output", embeds)
+    head = AestheticHead(in_dim=embeds.shape[-1])
+    stats = pretrain.train_aesthetic_head(head, embeds, target, zoo_cfg.aesthetic_steps, zoo_cfg.batch_size, 1e-3,
+                                          gen, progress)
+
+    def save(folder):
+        head.save(Path(folder) / "head.pth")
+        atomic_write_json(Path(folder) / "config.json", {"in_dim": head.in_dim, "clip": "../clip"})
+
+    _save_folder(models_dir / "aesthetic", save)
+    return stats
+
+
+def _save_llava(folder, zoo_cfg: ZooConfig, tokenizer_dir: Path, size: int) -> None:
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=512)
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    model = zoo.build_llava(zoo_cfg, tokenizer, size)
+    processor = LlavaProcessor(image_processor=zoo.image_processor(size), tokenizer=tokenizer, patch_size=4,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+@torch.no_grad()
+def _judge_base_samples(sd_dir: Path, judge, titles, labels, zoo_cfg: ZooConfig) -> dict:
+    """Load the saved folder the way a user would and judge its samples for held-out titles."""
+    pipe = StableDiffusionPipeline.from_pretrained(str(sd_dir))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(titles, num_inference_steps=zoo_cfg.eval_inference_steps, guidance_scale=zoo_cfg.eval_guidance_scale,
+               generator=torch.Generator().manual_seed(zoo_cfg.seed), output_type="pt")
+    return {"genre_accuracy": accuracy(judge, out.images, labels), "chance": 1.0 / int(labels.max() + 1),
+            "samples": len(titles)}
+
+
+def _save_folder(final: Path, write) -> None:
+    """Write a model folder into a temporary sibling, then swap it in: a crash never leaves half a folder."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(str(tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)

@@ -1,0 +1,143 @@
+"""Brief pretraining of the zoo's base models on CoverWorld, each with its standard objective.
+
+- CLIP: symmetric InfoNCE over (cover, title) pairs (CLIPModel's own `return_loss`).
+- VAE: reconstruction (MSE) + a small KL to N(0, I); afterwards `scaling_factor` = 1 / std(latents), as SD sets it.
+- UNet: epsilon prediction under the SD noise schedule, 10% of prompts dropped to "" so CFG works.
+- Aesthetic head: MSE to the public ratings, on frozen CLIP image embeddings.
+
+Inputs are in-memory tensors: images float [N, 3, H, W] in [0, 1]. Each loop shows a progress bar and returns a
+small dict of numbers for the build summary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from icg_rl.models.zoo import IMAGE_MEAN, IMAGE_STD, train_noise_scheduler
+
+CONDITION_DROPOUT = 0.1
+
+
+def clip_pixels(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images -> CLIP-normalised pixel values (what CLIPImageProcessor produces at this size)."""
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def _bar(steps: int, desc: str, progress: bool):
+    return tqdm(range(steps), desc=desc, unit="step", disable=not progress, mininterval=2.0)
+
+
+def train_clip(clip, input_ids, images, steps, batch_size, lr, generator, progress=True) -> dict:
+    """Contrastive training; input_ids [N, L] (title of each image), images [N, 3, H, W]."""
+    clip.train()
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.01)
+    loss = torch.tensor(0.0)
+    for _ in _bar(steps, "clip", progress):
+        idx = torch.randint(len(images), (batch_size,), generator=generator)
+        out = clip(input_ids=input_ids[idx], pixel_values=clip_pixels(images[idx]), return_loss=True)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        loss = out.loss.detach()
+    clip.eval()
+    return {"final_loss": float(loss)}
+
+
+def train_vae(vae, images, steps, batch_size, lr, generator, progress=True, kl_weight=1e-6) -> dict:
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    for _ in _bar(steps, "vae", progress):
+        x = images[torch.randint(len(images), (batch_size,), generator=generator)] * 2 - 1  # [-1, 1]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=generator)).sample
+        loss = F.mse_loss(recon, x) + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    vae.eval()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(images[i:i + 256] * 2 - 1).latent_dist.mean
+                             for i in range(0, len(images), 256)])
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return {"scaling_factor": vae.config.scaling_factor}
+
+
+@torch.no_grad()
+def vae_psnr(vae, images: torch.Tensor) -> float:
+    """Mean PSNR (dB) of reconstructing `images` through the posterior mean."""
+    psnrs = []
+    for i in range(0, len(images), 256):
+        x = images[i:i + 256]
+        recon = (vae.decode(vae.encode(x * 2 - 1).latent_dist.mean).sample / 2 + 0.5).clamp(0, 1)
+        mse = ((recon - x) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+        psnrs.append(10 * torch.log10(1.0 / mse))
+    return float(torch.cat(psnrs).mean())
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image, already multiplied by the scaling factor."""
+    means, stds = [], []
+    for i in range(0, len(images), 256):
+        dist = vae.encode(images[i:i + 256] * 2 - 1).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    scale = vae.config.scaling_factor
+    return torch.cat(means) * scale, torch.cat(stds) * scale
+
+
+def train_unet(unet, latent_mean, latent_std, text_states, uncond_state, steps, batch_size, lr, generator,
+               progress=True) -> dict:
+    """text_states [N, L, D] per image; uncond_state [1, L, D] (the "" prompt) for condition dropout."""
+    unet.train()
+    noise_scheduler = train_noise_scheduler()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-4)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    losses = []
+    for _ in _bar(steps, "unet", progress):
+        idx = torch.randint(len(latent_mean), (batch_size,), generator=generator)
+        latents = latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        drop = torch.rand(batch_size, generator=generator) < CONDITION_DROPOUT
+        states = torch.where(drop[:, None, None], uncond_state.expand_as(text_states[idx]), text_states[idx])
+        pred = unet(noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=states).sample
+        loss = F.mse_loss(pred, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss))
+    unet.eval()
+    return {"final_loss": sum(losses[-50:]) / len(losses[-50:])}
+
+
+def train_aesthetic_head(head, embeddings, ratings, steps, batch_size, lr, generator, progress=True) -> dict:
+    """embeddings [N, d] (CLIP image embeds), ratings [N] -> regression by MSE; returns held-out correlation."""
+    n_valid = max(1, len(ratings) // 10)
+    order = torch.randperm(len(ratings), generator=generator)
+    valid, train = order[:n_valid], order[n_valid:]
+    head.train()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
+    for _ in _bar(steps, "aesthetic", progress):
+        idx = train[torch.randint(len(train), (batch_size,), generator=generator)]
+        loss = F.mse_loss(head(embeddings[idx]), ratings[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    head.eval()
+    with torch.no_grad():
+        pred = head(embeddings[valid])
+    corr = torch.corrcoef(torch.stack([pred, ratings[valid]]))[0, 1]
+    return {"valid_correlation": float(corr)}
