@@ -19,9 +19,12 @@ from icg_rl.io import atomic_write_json
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+def base_parser(prog: str, description: str, commands: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The shared arguments; `commands` adds a leading positional verb (e.g. `build`) before the overrides."""
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    if commands:
+        parser.add_argument("command", choices=commands, help="what to do")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config file (default: %(default)s)")
     parser.add_argument("--out", default=None, help="folder where results are written")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",

@@ -30,6 +30,7 @@ class Section(BaseModel):
 class WorldConfig(Section):
     """CoverWorld: the synthetic recommender world (DESIGN.md §4)."""
 
+    dir: str = Field("artifacts/coverworld", description="folder of the world build: tables, covers, models/")
     seed: int = Field(0, description="seed of every random draw in the world; same seed, same bytes")
     num_genres: int = Field(8, ge=2, le=8, description="genres in the world (each has a vocabulary, palette, motif)")
     items_per_genre: int = Field(60, ge=2, description="items generated per genre")
@@ -76,6 +77,7 @@ class DataConfig(Section):
     on_bad_row: Literal["error", "skip"] = Field("error", description="malformed rows: fail (file:line) or skip")
     positive_rating: float = Field(4.0, ge=0.5, le=5.0, description="MovieLens: rating counted as a click, stars")
     history_len: int = Field(8, ge=0, description="recent clicked items carried per user, items")
+    reference_size: int = Field(32, ge=8, description="side of the reference images in stream batches, pixels")
     pairs_per_batch: int = Field(4, ge=1, description="P: (user, item) pairs per rollout batch")
     samples_per_pair: int = Field(4, ge=1, description="K: images sampled per pair (one advantage group)")
 

@@ -8,7 +8,9 @@ Layouts are recognised by their files, so the folder name does not matter:
 Ids become strings of the integer (so "007" and "7" are the same movie); `clicked` is `rating >= positive_rating`.
 Genres are lists; "(no genres listed)" and ml-100k's "unknown" flag mean no genre. With `posters_dir`, an item's
 `image_path` is `<posters_dir>/<item_id>.jpg|.jpeg|.png` relative to the dataset root when the posters folder lies
-inside it, otherwise the poster's absolute path (both work with `RecDataset.image_file`).
+inside it, otherwise the poster's absolute path (both work with `RecDataset.image_file`); a relative `posters_dir`
+is taken from the working directory, like any path argument. Without a users file, users are the ids seen in the
+ratings, in numeric order.
 
 The row parsing shared with other loaders (bad rows reported as file:line or skipped and counted) lives in
 `tabular.py`.
@@ -16,14 +18,14 @@ The row parsing shared with other loaders (bad rows reported as file:line or ski
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from icg_rl.data.schema import RecDataset, users_from_interactions
+from icg_rl.data.schema import RecDataset
 from icg_rl.data.tabular import (
     FileFormat,
     ParsedFile,
@@ -31,6 +33,7 @@ from icg_rl.data.tabular import (
     id_strings,
     image_paths,
     parse_int,
+    parse_number,
     read_file,
     settle,
 )
@@ -57,6 +60,14 @@ TAB = FileFormat(sep="\t", encoding="latin-1")
 PIPE = FileFormat(sep="|", encoding="latin-1")
 COLONS = FileFormat(sep="::", encoding="latin-1")
 CSV = FileFormat(sep=",", encoding="utf-8", header=True, quoted=True)
+RATINGS_FORMAT = {"ml-100k": TAB, "ml-1m": COLONS, "ml-latest": CSV}
+# The ratings columns of each layout, named as the GroupLens READMEs (and the csv headers) name them, so error
+# messages use the names the user sees in the documentation: (user, item, rating, timestamp).
+RATING_COLUMNS = {
+    "ml-100k": ["user id", "item id", "rating", "timestamp"],
+    "ml-1m": ["UserID", "MovieID", "Rating", "Timestamp"],
+    "ml-latest": ["userId", "movieId", "rating", "timestamp"],
+}
 
 
 @dataclass
@@ -88,12 +99,13 @@ def load_movielens(
     layout, ratings_name, movies_name, users_name = detect_layout(root)
     opts = _Options(positive_rating, on_bad_row)
     items = _read_movies(root / movies_name, layout, opts)
+    items["image_path"] = image_paths(items["item_id"], root, posters_dir)  # before the big file: fail fast
     users = _read_users(root / users_name, layout, opts) if users_name and (root / users_name).is_file() else None
-    ratings = read_file(root / ratings_name, _ratings_format(layout), _RATING_COLUMNS[layout], on_bad_row, opts.skipped)
-    interactions = _interactions(ratings, items, users, opts)
-    items["image_path"] = image_paths(items["item_id"], root, posters_dir)
+    columns = RATING_COLUMNS[layout]
+    ratings = read_file(root / ratings_name, RATINGS_FORMAT[layout], columns, on_bad_row, opts.skipped)
+    interactions = _interactions(ratings, columns, items, users, opts)
     if users is None:
-        users = users_from_interactions(interactions)
+        users = _users_seen(interactions)
     return RecDataset("movielens", root, items, users, interactions, opts.skipped)
 
 
@@ -112,20 +124,8 @@ def detect_layout(root: Path) -> tuple[str, str, str, str | None]:
 
 
 def _names(folder: Path) -> set[str]:
+    """The file names in `folder`."""
     return {p.name for p in folder.iterdir()}
-
-
-def _ratings_format(layout: str) -> FileFormat:
-    return {"ml-100k": TAB, "ml-1m": COLONS, "ml-latest": CSV}[layout]
-
-
-# The ratings columns of each layout, named as the GroupLens READMEs (and the csv headers) name them, so error
-# messages use the names the user sees in the documentation: (user, item, rating, timestamp).
-_RATING_COLUMNS = {
-    "ml-100k": ["user id", "item id", "rating", "timestamp"],
-    "ml-1m": ["UserID", "MovieID", "Rating", "Timestamp"],
-    "ml-latest": ["userId", "movieId", "rating", "timestamp"],
-}
 
 
 def _read_movies(path: Path, layout: str, opts: _Options) -> pd.DataFrame:
@@ -134,11 +134,12 @@ def _read_movies(path: Path, layout: str, opts: _Options) -> pd.DataFrame:
         genre_names = _ml100k_genres(path.parent / "u.genre", opts)
         flag_columns = [f"genre {name}" for name in genre_names]
         names = ["movie id", "movie title", "release date", "video release date", "IMDb URL", *flag_columns]
-        parsed = read_file(path, PIPE, names, opts.on_bad_row, opts.skipped)
+        parsed = read_file(path, _sniffed(path, PIPE), names, opts.on_bad_row, opts.skipped)
         id_col, title_col = "movie id", "movie title"
     else:
         names = ["MovieID", "Title", "Genres"] if layout == "ml-1m" else ["movieId", "title", "genres"]
-        parsed = read_file(path, COLONS if layout == "ml-1m" else CSV, names, opts.on_bad_row, opts.skipped)
+        fmt = _sniffed(path, COLONS) if layout == "ml-1m" else CSV
+        parsed = read_file(path, fmt, names, opts.on_bad_row, opts.skipped)
         id_col, title_col = names[0], names[1]
     frame, problems = parsed.frame, Problems(parsed)
     ids = parse_int(frame[id_col])
@@ -164,6 +165,19 @@ def _read_movies(path: Path, layout: str, opts: _Options) -> pd.DataFrame:
     })  # fmt: skip
 
 
+def _sniffed(path: Path, fmt: FileFormat) -> FileFormat:
+    """`fmt` with UTF-8 when the (small) movies file decodes as UTF-8, else latin-1 as GroupLens documents.
+
+    ml-100k/ml-1m write titles in latin-1, but re-saved copies and some later `.dat` releases are UTF-8; accented
+    latin-1 text is almost never valid UTF-8, so a successful decode tells them apart without mangling either.
+    """
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return fmt
+    return replace(fmt, encoding="utf-8")
+
+
 def _ml100k_genres(path: Path, opts: _Options) -> list[str]:
     """Genre names in flag order: from u.genre (`name|index`) when present, else the documented default."""
     if not path.is_file():
@@ -184,6 +198,7 @@ def _genres_from_flags(flags: np.ndarray, names: list[str]) -> list[list[str]]:
 
 
 def _split_genres(text: str) -> list[str]:
+    """A `|`-separated genres field as a list ("(no genres listed)" -> [])."""
     return [g for g in (part.strip() for part in text.split("|")) if g not in NO_GENRE]
 
 
@@ -193,7 +208,7 @@ def _read_users(path: Path, layout: str, opts: _Options) -> pd.DataFrame:
         names, fmt = ["user id", "age", "gender", "occupation", "zip code"], PIPE
     else:
         names, fmt = ["UserID", "Gender", "Age", "Occupation", "Zip-code"], COLONS
-    parsed = read_file(path, fmt, names, opts.on_bad_row, opts.skipped)
+    parsed = read_file(path, _sniffed(path, fmt), names, opts.on_bad_row, opts.skipped)
     frame, problems = parsed.frame, Problems(parsed)
     user_col, age_col = names[0], ("age" if layout == "ml-100k" else "Age")
     ids, ages = parse_int(frame[user_col]), parse_int(frame[age_col])
@@ -213,13 +228,13 @@ def _read_users(path: Path, layout: str, opts: _Options) -> pd.DataFrame:
 
 
 def _interactions(
-    ratings: ParsedFile, items: pd.DataFrame, users: pd.DataFrame | None, opts: _Options
+    ratings: ParsedFile, columns: list[str], items: pd.DataFrame, users: pd.DataFrame | None, opts: _Options
 ) -> pd.DataFrame:
     """Validate the ratings rows and turn them into the interactions table; unknown movies/users are bad rows."""
-    user_col, item_col, rating_col, time_col = ratings.frame.columns[:4]
+    user_col, item_col, rating_col, time_col = columns
     frame, problems = ratings.frame, Problems(ratings)
     user_num, item_num = parse_int(frame[user_col]), parse_int(frame[item_col])
-    rating = pd.to_numeric(frame[rating_col], errors="coerce").astype("float64")
+    rating = parse_number(frame[rating_col])
     stamp = parse_int(frame[time_col])
     problems.need(user_col, user_num.notna(), "a whole number")
     problems.need(item_col, item_num.notna(), "a whole number")
@@ -243,6 +258,13 @@ def _interactions(
         "rating": rating.to_numpy(),
         "variant_id": np.full(len(rating), None, dtype=object),
     })  # fmt: skip
+
+
+def _users_seen(interactions: pd.DataFrame) -> pd.DataFrame:
+    """The users table when there is no users file: the ids seen, in numeric order (sorting ints, not strings,
+    which is several times faster on ml-25m than `users_from_interactions`)."""
+    ids = np.unique(interactions["user_id"].unique().astype("int64"))
+    return pd.DataFrame({"user_id": ids.astype(str)})
 
 
 def _sibling_name(ratings: ParsedFile, what: str) -> str:

@@ -86,8 +86,10 @@ def locate_files(path: Path) -> tuple[Path, Path, Path]:
     interactions = [p for p, cols in headers.items() if {"user_id", "item_id"} <= cols]
     items = [p for p, cols in headers.items() if "item_id" in cols and "user_id" not in cols and cols & TITLES]
     if chosen is None:
-        chosen = _pick(interactions, root, "interactions CSV (columns item_id,user_id,timestamp)", headers)
-    item_csv = _pick(_prefer_matching(items, chosen), root, "item info CSV (columns item_id,title)", headers)
+        what, hint = "interactions CSV (columns item_id,user_id,timestamp)", "pass the one to load as `path`"
+        chosen = _pick(interactions, root, what, hint, headers)
+    what, hint = "item info CSV (columns item_id,title)", f"name the right one {chosen.stem}_items.csv"
+    item_csv = _pick(_prefer_matching(items, chosen), root, what, hint, headers)
     return root, chosen, item_csv
 
 
@@ -116,8 +118,9 @@ def _prefer_matching(items: list[Path], interactions: Path) -> list[Path]:
     return matching or items
 
 
-def _pick(candidates: list[Path], root: Path, what: str, headers: dict[Path, set[str]]) -> Path:
-    """The one candidate file; FileNotFoundError if none, ValueError if several (say which to choose)."""
+def _pick(candidates: list[Path], root: Path, what: str, hint: str, headers: dict[Path, set[str]]) -> Path:
+    """The one candidate file (a lone top-level one wins over subfolders); FileNotFoundError if none, ValueError
+    with `hint` if several."""
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
@@ -127,7 +130,7 @@ def _pick(candidates: list[Path], root: Path, what: str, headers: dict[Path, set
     if len(top) == 1:
         return top[0]
     names = ", ".join(str(p.relative_to(root)) for p in candidates)
-    raise ValueError(f"several PixelRec {what}s in {root}: {names}; pass the interactions CSV to load as `path`")
+    raise ValueError(f"several PixelRec {what}s in {root}: {names}; {hint}")
 
 
 def _read_items(path: Path, root: Path, on_bad_row: OnBadRow, skipped: dict[str, int]) -> pd.DataFrame:

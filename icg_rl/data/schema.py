@@ -79,11 +79,17 @@ def conform(frame: pd.DataFrame, columns: dict[str, str], table: str) -> pd.Data
         frame[column] = frame[column].astype(dtype)
     if table == "items":
         frame["genres"] = frame["genres"].map(lambda g: [str(x) for x in g] if g is not None else [])
-        frame["image_path"] = frame["image_path"].map(lambda p: None if p is None or p != p or p == "" else str(p))
+        frame["image_path"] = _optional_strings(frame["image_path"])
     if table == "interactions":
-        frame["variant_id"] = frame["variant_id"].map(lambda v: None if v is None or v != v else str(v))
+        frame["variant_id"] = _optional_strings(frame["variant_id"])
     ordered = list(columns) + [c for c in frame.columns if c not in columns]
     return frame[ordered].reset_index(drop=True)
+
+
+def _optional_strings(column: pd.Series) -> pd.Series:
+    """Strings or None (never NaN), as an object column: pandas' string inference would turn None into NaN."""
+    values = [None if v is None or v != v or v == "" else str(v) for v in column]
+    return pd.Series(values, index=column.index, dtype=object)
 
 
 def validate_references(data: RecDataset) -> None:

@@ -31,6 +31,19 @@ from icg_rl.world.judge import GenreJudge, accuracy, train_judge
 MARKER = "build.json"
 
 
+class PhaseTimer:
+    """Wall seconds per build phase, reported in the summary (budget: default build ≤ 10 minutes)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 1)
+        self._last = now
+
+
 def models_are_current(models_dir: Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> bool:
     marker = models_dir / MARKER
     return marker.is_file() and json.loads(marker.read_text()).get("config_hash") == section_hash(world_cfg, zoo_cfg)
@@ -54,6 +67,7 @@ def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: Zo
     labels = torch.tensor([genre_names.index(g[0]) for g in variants["genres"]])
     size = world_cfg.image_size
     summary: dict = {}
+    timer = PhaseTimer()
 
     tokenizer = train_clip_tokenizer(data.items["title"], zoo_cfg.vocab_size, zoo_cfg.max_title_tokens)
     input_ids = _tokenize(tokenizer, list(variants["title"]))
@@ -65,6 +79,7 @@ def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: Zo
                                                           heldout_labels)
     _save_folder(models_dir / "clip", lambda d: (clip.save_pretrained(d), zoo.clip_processor(tokenizer, size)
                                                  .save_pretrained(d)))
+    timer.lap("clip")
 
     vae = zoo.build_vae(size)
     valid = torch.randperm(len(images), generator=gen)[: max(1, len(images) // 10)]
@@ -73,6 +88,7 @@ def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: Zo
     summary["vae"] = pretrain.train_vae(vae, images[train_mask], zoo_cfg.vae_steps, zoo_cfg.vae_batch_size, 1e-3,
                                         gen, progress)
     summary["vae"]["heldout_psnr_db"] = pretrain.vae_psnr(vae, images[valid])
+    timer.lap("vae")
 
     text_encoder = zoo.load_text_encoder_from_clip(clip)
     with torch.no_grad():
@@ -86,9 +102,11 @@ def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: Zo
                                    scheduler=zoo.sampling_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     _save_folder(models_dir / "sd", pipe.save_pretrained)
+    timer.lap("unet")
 
     summary["aesthetic"] = _build_aesthetic(models_dir, clip, images, variants, data, zoo_cfg, gen, progress)
     _save_folder(models_dir / "mllm", lambda d: _save_llava(d, zoo_cfg, models_dir / "sd" / "tokenizer", size))
+    timer.lap("aesthetic+mllm")
 
     judge = GenreJudge(len(genre_names))
     summary["judge"] = train_judge(judge, images, labels, zoo_cfg.judge_steps, zoo_cfg.batch_size, gen, progress)
@@ -96,6 +114,8 @@ def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: Zo
                                                   atomic_write_json(Path(d) / "config.json",
                                                                     {"genres": genre_names})))
     summary["base_samples"] = _judge_base_samples(models_dir / "sd", judge, heldout_titles, heldout_labels, zoo_cfg)
+    timer.lap("judge+samples")
+    summary["phase_seconds"] = timer.seconds
     summary["params"] = {name: sum(p.numel() for p in m.parameters())
                          for name, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder),
                                          ("clip", clip))}
@@ -148,7 +168,8 @@ def _build_aesthetic(models_dir, clip, images, variants, data, zoo_cfg, gen, pro
 
 
 def _save_llava(folder, zoo_cfg: ZooConfig, tokenizer_dir: Path, size: int) -> None:
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=512)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer.model_max_length = 512  # room for the image tokens (the SD tokenizer stops at the title length)
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     model = zoo.build_llava(zoo_cfg, tokenizer, size)
     processor = LlavaProcessor(image_processor=zoo.image_processor(size), tokenizer=tokenizer, patch_size=4,

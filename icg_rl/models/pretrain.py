@@ -118,7 +118,7 @@ def train_unet(unet, latent_mean, latent_std, text_states, uncond_state, steps, 
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     unet.eval()
     return {"final_loss": sum(losses[-50:]) / len(losses[-50:])}
 

@@ -104,6 +104,12 @@ def test_ml1m_loads_exact_values(tmp_path):
     }  # fmt: skip
 
 
+def test_utf8_dat_files_are_recognised(tmp_path):
+    root = write_ml1m(tmp_path)
+    (root / "movies.dat").write_text("1193::Cuckoo (1975)::Drama\n2::Misérables, Les (1995)::Drama|Musical\n")
+    assert load_movielens(root).items["title"].tolist() == ["Cuckoo (1975)", "Misérables, Les (1995)"]
+
+
 def test_ml_latest_loads_quoted_titles_and_empty_genres(tmp_path):
     data = load_movielens(write_latest(tmp_path), positive_rating=3.5)
     assert data.items["title"].tolist() == [
@@ -191,6 +197,29 @@ def test_too_many_and_too_few_fields(tmp_path):
     assert "1::2::3::978302109::9" in str(err)
     err = _error(write_ml100k(tmp_path / "b", ratings="1\t1\t5\t881250949\n1\t2\t3\n"))
     assert "u.data:2" in str(err) and "found 3" in str(err)
+
+
+def test_too_many_fields_on_the_first_line(tmp_path):
+    # pandas sizes the table from the first row; a long first row must still be a bad row, not a wider table.
+    err = _error(write_ml100k(tmp_path / "a", ratings="1\t1\t5\t881250949\t7\t8\n1\t2\t3\t881250950\n"))
+    assert "u.data:1" in str(err) and "found 6" in str(err)
+    ratings = "userId,movieId,rating,timestamp\n1,1,4.0,964982703,1\n1,3,0.5,964981247\n"
+    err = _error(write_latest(tmp_path / "b", ratings=ratings))
+    assert "ratings.csv:2" in str(err) and "found 5" in str(err)
+    data = load_movielens(write_latest(tmp_path / "c", ratings=ratings), on_bad_row="skip")
+    assert data.skipped_rows == {"ratings.csv": 1} and data.interactions["item_id"].tolist() == ["3"]
+
+
+def test_empty_files(tmp_path):
+    data = load_movielens(write_latest(tmp_path / "a", ratings="userId,movieId,rating,timestamp\n"))
+    assert len(data.interactions) == 0 and len(data.users) == 0 and len(data.items) == 3
+    err = _error(write_latest(tmp_path / "b", ratings=""))
+    assert "ratings.csv:1" in str(err) and "empty" in str(err)
+    err = _error(write_latest(tmp_path / "c", ratings="user,movie,rating,timestamp\n1,1,4.0,1\n"))
+    assert "ratings.csv:1" in str(err) and "userId" in str(err)
+    root = write_ml1m(tmp_path / "d")
+    (root / "ratings.dat").write_text("")
+    assert len(load_movielens(root).interactions) == 0
 
 
 def test_non_numeric_timestamp_and_id(tmp_path):

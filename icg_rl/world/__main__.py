@@ -1,0 +1,3 @@
+from icg_rl.world.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""Shared fixtures: the micro world (built once per session) and one local Ray cluster for the whole session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns token auth on; local test clusters need none
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+MICRO_CONFIG = ROOT / "configs" / "micro.yaml"
+
+
+@pytest.fixture(scope="session")
+def micro_cfg(tmp_path_factory):
+    from icg_rl.config import load_config
+
+    world_dir = tmp_path_factory.mktemp("micro_world")
+    return load_config(MICRO_CONFIG, [f"world.dir={world_dir}"])
+
+
+@pytest.fixture(scope="session")
+def micro_world(micro_cfg):
+    """The micro world and its models, built once: returns (config, summary)."""
+    from icg_rl.world.cli import build
+
+    summary = build(micro_cfg, Path(micro_cfg.world.dir), progress=False)
+    return micro_cfg, summary
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One small local Ray cluster for every test that needs Ray (startup costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,118 @@
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from icg_rl.config import load_config
+from icg_rl.data.coverworld import load_coverworld
+from icg_rl.metrics import roc_auc
+from icg_rl.world.features import FEATURE_NAMES, image_features, image_features_torch
+from icg_rl.world.generate import generate_world, write_world
+from icg_rl.world.oracle import Oracle
+from tests.conftest import MICRO_CONFIG
+
+
+def tree_hash(root: Path) -> str:
+    """Hash of every table and cover (paths and bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix in (".parquet", ".png", ".json") and path.name != "summary.json":
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
+    cfg = load_config(MICRO_CONFIG)
+    hashes = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        world_cfg = cfg.world.model_copy(update={"seed": seed})
+        write_world(generate_world(world_cfg, progress=False), tmp_path / name, progress=False)
+        hashes.append(tree_hash(tmp_path / name))
+    assert hashes[0] == hashes[1]
+    assert hashes[0] != hashes[2]
+
+
+def test_catalogue_titles_covers_and_variants(micro_world):
+    cfg, _ = micro_world
+    data = load_coverworld(cfg.world.dir)
+    assert len(data.items) == cfg.world.num_genres * cfg.world.items_per_genre
+    assert data.items["title"].is_unique
+    full = generate_world(load_config().world, progress=False)  # the default catalogue
+    titles = " ".join(full.items["title"])
+    assert any(ord(ch) > 127 for ch in titles), "titles must exercise non-ASCII"
+    assert all(p in titles for p in (":", "!", "?", "'", "&", "—", "…"))
+    per_item = data.variants.groupby("item_id").size()
+    assert (per_item == cfg.world.variants_per_item + 1).all()
+    # variants of one item move the look: their φ differ from the reference cover's in every feature somewhere
+    phi = data.variants.set_index(["item_id", "variant_id"])[[f"phi_{n}" for n in FEATURE_NAMES]]
+    spread = phi.groupby(level=0).std().mean()
+    assert (spread > 0.005).all(), spread
+
+
+def test_features_numpy_and_torch_agree(micro_world):
+    import torch
+
+    cfg, _ = micro_world
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    torch_phi = image_features_torch(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
+    assert np.allclose(image_features(images), torch_phi.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="expected"):
+        image_features(np.zeros((4, 32, 32)))
+
+
+def test_taste_is_bounded_peak_at_ideal(micro_world):
+    """Appeal peaks at the user's ideal look and falls off on both sides: 'more' never wins forever."""
+    cfg, _ = micro_world
+    oracle = Oracle(cfg.world.dir)
+    user, item = oracle._ideal.index[0], oracle._items.index[0]
+    ideal = oracle._ideal.loc[user].to_numpy()
+    for k in range(len(FEATURE_NAMES)):
+        step = np.zeros(len(FEATURE_NAMES))
+        step[k] = 3.0 / oracle.click_model.feature_scale[k]
+        probs = oracle.click_prob_from_features([user] * 3, [item] * 3, np.stack([ideal - step, ideal, ideal + step]))
+        assert probs[1] > probs[0] and probs[1] > probs[2], (FEATURE_NAMES[k], probs)
+
+
+def test_splits_are_time_ordered_and_heldout_users_apart(micro_world):
+    cfg, _ = micro_world
+    data = load_coverworld(cfg.world.dir)
+    log = data.interactions
+    assert set(log["split"]) == {"train", "valid", "test", "heldout"}
+    held = set(data.users.loc[data.users["heldout"], "user_id"])
+    assert held and set(log.loc[log["split"] == "heldout", "user_id"]) == held
+    for _, rows in log[log["split"] != "heldout"].groupby("user_id"):
+        assert rows.loc[rows["split"] == "train", "timestamp"].max() <= rows.loc[rows["split"] == "test",
+                                                                                   "timestamp"].min()
+
+
+def test_oracle_knows_the_truth(micro_world):
+    cfg, summary = micro_world
+    stats = summary["world"]
+    assert stats["oracle_test_auc"] > 0.75  # clicks follow the click model
+    assert stats["oracle_test_ctr_best_variant"] >= stats["oracle_test_ctr_reference_cover"]
+    oracle = Oracle(cfg.world.dir)
+    data = load_coverworld(cfg.world.dir)
+    log = data.interactions
+    prob = oracle.variant_click_prob(log["user_id"], log["item_id"], log["variant_id"])
+    assert roc_auc(prob, log["clicked"]) > 0.75
+    # scoring pixels gives what the stored features give
+    from icg_rl.io import read_image
+
+    row = data.variants.iloc[3]
+    image = read_image(Path(cfg.world.dir) / row["image_path"])[None]
+    users = [data.users["user_id"].iloc[0]]
+    assert np.allclose(oracle.click_prob(users, [row["item_id"]], image),
+                       oracle.variant_click_prob(users, [row["item_id"]], [row["variant_id"]]))
+    blown_out = np.full((1, 32, 32, 3), 255, np.uint8)
+    assert oracle.aesthetic(blown_out)[0] < oracle.aesthetic(image)[0]
+    with pytest.raises(KeyError, match="unknown"):
+        oracle.click_prob(["nobody"], [row["item_id"]], image)
+
+
+def test_summary_reports_click_variance_shares(micro_world):
+    _, summary = micro_world
+    shares = summary["world"].get("click_variance_share")
+    assert shares is not None and shares["genre"] > 0.1 and shares["look"] > 0.1
