@@ -170,6 +170,7 @@ def _build_aesthetic(models_dir, clip, images, variants, data, zoo_cfg, gen, pro
 def _save_llava(folder, zoo_cfg: ZooConfig, tokenizer_dir: Path, size: int) -> None:
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
     tokenizer.model_max_length = 512  # room for the image tokens (the SD tokenizer stops at the title length)
+    tokenizer.init_kwargs.pop("max_length", None)  # a saved call default that would truncate every prompt to it
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     model = zoo.build_llava(zoo_cfg, tokenizer, size)
     processor = LlavaProcessor(image_processor=zoo.image_processor(size), tokenizer=tokenizer, patch_size=4,
