@@ -50,7 +50,7 @@ class RecDataset:
     users: pd.DataFrame
     interactions: pd.DataFrame
     skipped_rows: dict[str, int] = field(default_factory=dict)  # file name -> rows skipped (skip mode only)
-    variants: pd.DataFrame | None = None  # item_id, variant_id, image_path: alternative covers, when the source has them
+    variants: pd.DataFrame | None = None  # item_id, variant_id, image_path: alternative covers, if any
     extra: dict[str, pd.DataFrame] = field(default_factory=dict)  # source-specific tables (e.g. aesthetic ratings)
 
     def __post_init__(self) -> None:

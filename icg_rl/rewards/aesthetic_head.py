@@ -41,8 +41,9 @@ class AestheticHead(nn.Module):
         return head.eval()
 
     def save(self, path: str | Path) -> None:
-        from icg_rl.io import atomic_write_bytes
         import io
+
+        from icg_rl.io import atomic_write_bytes
 
         buffer = io.BytesIO()
         torch.save(self.state_dict(), buffer)

@@ -40,7 +40,8 @@ class Oracle:
 
     def _lookup(self, user_ids, item_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         user_ids, item_ids = list(map(str, user_ids)), list(map(str, item_ids))
-        unknown = sorted(set(user_ids) - set(self._ideal.index))[:3] or sorted(set(item_ids) - set(self._items.index))[:3]
+        unknown = (sorted(set(user_ids) - set(self._ideal.index))[:3]
+                   or sorted(set(item_ids) - set(self._items.index))[:3])
         if unknown:
             raise KeyError(f"oracle: unknown user or item id(s) {unknown}")
         genre = self._items.loc[item_ids, "genre_index"].to_numpy()
