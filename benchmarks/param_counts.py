@@ -51,7 +51,7 @@ def real_layout(meta_tokens: int, users: int) -> tuple[dict, dict]:
                   "text encoder": count(CLIPTextModel(CLIPTextConfig(**SD15_TEXT)))}
         qwen = Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=QWEN2_VL_2B_TEXT,
                                                              vision_config=QWEN2_VL_2B_VISION))
-        frozen["mllm (Qwen2-VL-2B)"] = count(qwen)
+        frozen["mllm (Qwen2-VL-2B)"] = count(qwen.model)  # the LM head is tied to the embeddings (and unused)
         trainable = icg_counts(unet, 1536, meta_tokens, users, item_dim=768, user_dim=256)
     return trainable, frozen
 
@@ -66,7 +66,7 @@ def tiny_layout(world: Path, meta_tokens: int) -> tuple[dict, dict]:
 
     users = len(pd.read_parquet(world / "users.parquet"))
     frozen = {"unet": count(sd.unet), "vae": count(sd.vae), "text encoder": count(sd.text_encoder),
-              "mllm (tiny LLaVA)": count(llava)}
+              "mllm (tiny LLaVA)": count(llava.model)}  # MetaTokenEncoder runs the model without its LM head
     hidden = llava.config.text_config.hidden_size
     return icg_counts(sd.unet, hidden, meta_tokens, users, item_dim=64, user_dim=64), frozen
 

@@ -83,7 +83,7 @@ class DataConfig(Section):
 
 
 class LoraConfig(Section):
-    rank: int = Field(0, ge=0, description="LoRA rank on the UNet attention; 0 = no LoRA")
+    rank: int = Field(0, ge=0, description="LoRA rank; 0 = no LoRA")
     alpha: float = Field(8.0, gt=0.0, description="LoRA alpha (scale = alpha / rank)")
 
 
@@ -95,7 +95,8 @@ class ModelConfig(Section):
     meta_tokens: int = Field(4, ge=1, le=256, description="learnable meta tokens appended to the MLLM prompt")
     user_dim: int = Field(64, ge=4, description="width of the user embedding")
     prompt_template: str = Field("{title}", description="text prompt given to the base model; {title} is filled")
-    lora: LoraConfig = Field(default_factory=LoraConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA on the UNet's attention projections")
+    mllm_lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA on the MLLM's q/v projections")
 
 
 class RewardConfig(Section):

@@ -58,3 +58,14 @@ def read_image(path: str | Path) -> np.ndarray:
     """An image file as uint8 (H, W, 3)."""
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"))
+
+
+def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """uint8 images (N, H, W, 3) -> one (rows·H, columns·W, 3) grid, empty cells black."""
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    grid = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
+    for index, image in enumerate(images):
+        r, col = divmod(index, columns)
+        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
+    return grid

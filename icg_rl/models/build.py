@@ -21,7 +21,7 @@ from transformers import CLIPTokenizer, LlavaProcessor
 
 from icg_rl.config import WorldConfig, ZooConfig, section_hash
 from icg_rl.data.coverworld import load_coverworld
-from icg_rl.io import atomic_write_json, read_image
+from icg_rl.io import atomic_write_json, atomic_write_png, image_grid, read_image
 from icg_rl.models import pretrain, zoo
 from icg_rl.models.tokenizer import train_clip_tokenizer
 from icg_rl.rewards.aesthetic_head import AestheticHead
@@ -186,8 +186,11 @@ def _judge_base_samples(sd_dir: Path, judge, titles, labels, zoo_cfg: ZooConfig)
     pipe.set_progress_bar_config(disable=True)
     out = pipe(titles, num_inference_steps=zoo_cfg.eval_inference_steps, guidance_scale=zoo_cfg.eval_guidance_scale,
                generator=torch.Generator().manual_seed(zoo_cfg.seed), output_type="pt")
+    pixels = (out.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # (N, H, W, 3)
+    atomic_write_png(sd_dir.parent / "base_samples.png",  # one row per genre, held-out titles
+                     image_grid(pixels, columns=zoo_cfg.eval_samples_per_genre))
     return {"genre_accuracy": accuracy(judge, out.images, labels), "chance": 1.0 / int(labels.max() + 1),
-            "samples": len(titles)}
+            "samples": len(titles), "grid": "models/base_samples.png"}
 
 
 def _save_folder(final: Path, write) -> None:

@@ -221,3 +221,23 @@ def _icg_config(icg_path, args: dict) -> dict:
             "item_ids": list(features), "user_ids": list(args["user_ids"] or []),
             "prompt_template": args["prompt_template"], "unet_lora_rank": args["unet_lora_rank"],
             "unet_lora_alpha": args["unet_lora_alpha"], "mllm_lora_rank": args["mllm_lora_rank"]}
+
+
+def model_paths(cfg) -> tuple[str, str]:
+    """`model.base` and `model.mllm` as loadable paths: 'coverworld' names the world build's tiny models."""
+    models = Path(cfg.world.dir) / "models"
+    base = str(models / "sd") if cfg.model.base == "coverworld" else cfg.model.base
+    mllm = str(models / "mllm") if cfg.model.mllm == "coverworld" else cfg.model.mllm
+    return base, mllm
+
+
+def pipeline_from_config(cfg, user_ids: list[str] | None = None, item_features: dict | None = None,
+                         icg_path: str | Path | None = None) -> ICGPipeline:
+    """The ICGPipeline a full Config describes (`model.*`, history length from `data.history_len`)."""
+    base, mllm = model_paths(cfg)
+    m = cfg.model
+    return ICGPipeline.from_pretrained(
+        base, mllm_path=mllm, icg_path=icg_path, meta_tokens=m.meta_tokens, user_dim=m.user_dim,
+        history_len=cfg.data.history_len, item_features=item_features, user_ids=user_ids,
+        prompt_template=m.prompt_template, unet_lora_rank=m.lora.rank, unet_lora_alpha=m.lora.alpha,
+        mllm_lora_rank=m.mllm_lora.rank)

@@ -191,3 +191,20 @@ def test_bad_inputs_get_clear_errors(micro_world):
         pipe([TITLE], users=[ICGUser(), ICGUser()])
     with pytest.raises(FileNotFoundError, match="icg_config.json"):
         ICGPipeline.from_pretrained(folders(cfg)[0], icg_path=Path(cfg.world.dir))
+
+
+def test_pipeline_from_config_and_package_export(micro_world):
+    import icg_rl
+    from icg_rl.config import load_config
+    from icg_rl.models.pipeline import pipeline_from_config
+    from tests.conftest import MICRO_CONFIG
+
+    cfg, _ = micro_world
+    assert icg_rl.ICGPipeline is ICGPipeline
+    cfg = load_config(MICRO_CONFIG, [f"world.dir={cfg.world.dir}", "model.meta_tokens=3", "model.lora.rank=2",
+                                     "model.mllm_lora.rank=2"])
+    pipe = pipeline_from_config(cfg, user_ids=["u1"])
+    assert pipe.mllm.meta_tokens.shape[0] == 3
+    names = {n for n, p in pipe.unet.named_parameters() if p.requires_grad}
+    assert names and all("lora_" in n or "processor" in n or "encoder_hid_proj" in n for n in names)
+    assert any("lora" in k for k in pipe.mllm.trainable_state_dict())
