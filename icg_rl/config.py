@@ -54,7 +54,7 @@ class ZooConfig(Section):
 
     seed: int = Field(0, description="seed of model initialisation and training")
     vocab_size: int = Field(1024, ge=300, description="BPE vocabulary trained on the world's titles, tokens")
-    max_title_tokens: int = Field(24, ge=8, description="text encoder context length, tokens")
+    max_title_tokens: int = Field(32, ge=8, description="text encoder context length, tokens")
     text_width: int = Field(64, ge=16, description="hidden width of the CLIP text encoders")
     batch_size: int = Field(64, ge=2, description="training batch of the UNet, CLIP and heads, images")
     vae_batch_size: int = Field(32, ge=2, description="training batch of the VAE, images")
@@ -104,11 +104,28 @@ class RewardConfig(Section):
 
     clip: str = Field("coverworld", description="CLIPModel folder for relevance, or 'coverworld'")
     aesthetic_head: str = Field("coverworld", description="aesthetic head weights file, or 'coverworld'")
-    weights: dict[Literal["aesthetic", "clip_t", "clip_i", "preference"], float] = Field(
+    pickscore: str | None = Field(None, description="PickScore-style CLIPModel folder (for the 'pickscore' reward)")
+    preference: str = Field("coverworld", description="preference model folder, or 'coverworld' (models/preference)")
+    weights: dict[Literal["aesthetic", "clip_t", "clip_i", "preference", "pickscore"], float] = Field(
         default_factory=lambda: {"aesthetic": 1.0, "clip_t": 0.5, "clip_i": 0.5, "preference": 1.0},
         description="weight of each reward in the mix",
     )
     normalize: bool = Field(True, description="running mean/std normalisation per reward before mixing")
+
+
+class PreferenceConfig(Section):
+    """The personalized preference model (two-tower, trained on click logs with Ray Train)."""
+
+    epochs: int = Field(12, ge=1, description="passes over the training impressions")
+    batch_size: int = Field(256, ge=1, description="impressions per step, per training worker")
+    lr: float = Field(3e-3, gt=0.0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
+    user_dim: int = Field(64, ge=4, description="width of the user tower's embedding (the ICG user encoder's)")
+    hidden_dim: int = Field(64, ge=4, description="width of the interaction space of the two towers")
+    negatives_per_positive: int = Field(4, ge=1, description="sampled negatives per click when a log has none")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs per Ray Train worker")
+    seed: int = Field(0, description="seed of initialisation, shuffling and negative sampling")
 
 
 class AlgoConfig(Section):
@@ -156,6 +173,7 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -69,11 +69,13 @@ def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: Zo
     summary: dict = {}
     timer = PhaseTimer()
 
-    tokenizer = train_clip_tokenizer(data.items["title"], zoo_cfg.vocab_size, zoo_cfg.max_title_tokens)
+    tokenizer = train_clip_tokenizer(list(data.items["title"]) + list(data.variants["caption"]), zoo_cfg.vocab_size,
+                                     zoo_cfg.max_title_tokens)
     input_ids = _tokenize(tokenizer, list(variants["title"]))
+    caption_ids = _tokenize(tokenizer, list(variants["caption"]))  # alt-text: how CLIP learns colour and layout
     clip = zoo.build_clip(zoo_cfg, tokenizer, size)
-    summary["clip"] = pretrain.train_clip(clip, input_ids, images, zoo_cfg.clip_steps, zoo_cfg.batch_size, 2e-3,
-                                          gen, progress)
+    summary["clip"] = pretrain.train_clip(clip, torch.stack([input_ids, caption_ids], dim=1), images,
+                                          zoo_cfg.clip_steps, zoo_cfg.batch_size, 2e-3, gen, progress)
     heldout_titles, heldout_labels = _heldout_titles(world_cfg, set(data.items["title"]), zoo_cfg)
     summary["clip"]["genre_retrieval"] = _genre_retrieval(clip, tokenizer, images, labels, heldout_titles,
                                                           heldout_labels)

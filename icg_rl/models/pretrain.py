@@ -34,13 +34,17 @@ def _bar(steps: int, desc: str, progress: bool):
 
 
 def train_clip(clip, input_ids, images, steps, batch_size, lr, generator, progress=True) -> dict:
-    """Contrastive training; input_ids [N, L] (title of each image), images [N, 3, H, W]."""
+    """Contrastive training; input_ids [N, L] (one text per image) or [N, A, L] (A alternative texts, e.g. title
+    and alt-text caption, one drawn per step and image), images [N, 3, H, W]."""
+    if input_ids.ndim == 2:
+        input_ids = input_ids[:, None]  # (N, 1, L)
     clip.train()
     optimizer = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.01)
     loss = torch.tensor(0.0)
     for _ in _bar(steps, "clip", progress):
         idx = torch.randint(len(images), (batch_size,), generator=generator)
-        out = clip(input_ids=input_ids[idx], pixel_values=clip_pixels(images[idx]), return_loss=True)
+        pick = torch.randint(input_ids.shape[1], (batch_size,), generator=generator)
+        out = clip(input_ids=input_ids[idx, pick], pixel_values=clip_pixels(images[idx]), return_loss=True)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()

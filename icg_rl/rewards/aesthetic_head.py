@@ -33,9 +33,10 @@ class AestheticHead(nn.Module):
         """Load a plain state dict (LAION's file layout) safely: `weights_only=True`, shapes checked."""
         state = torch.load(path, map_location="cpu", weights_only=True)
         expected = {f"layers.{i}.{k}" for i in (0, 2, 4, 6, 7) for k in ("weight", "bias")}
-        if set(state) != expected:
-            raise ValueError(f"{path}: not an aesthetic-head state dict; keys {sorted(state)[:6]}..., "
-                             f"expected {sorted(expected)}")
+        if not isinstance(state, dict) or set(state) != expected:
+            keys = set(state) if isinstance(state, dict) else set()
+            raise ValueError(f"{path}: not a LAION aesthetic-head state dict: missing keys {sorted(expected - keys)}, "
+                             f"unexpected keys {sorted(keys - expected)[:8]}")
         head = cls(in_dim=state["layers.0.weight"].shape[1])
         head.load_state_dict(state)
         return head.eval()

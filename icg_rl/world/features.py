@@ -74,3 +74,22 @@ def image_features_torch(images: torch.Tensor) -> torch.Tensor:
     column = (torch.arange(w, dtype=images.dtype, device=images.device) + 0.5) / w * 2.0 - 1.0
     composition = (saliency * column).sum(dim=(1, 2)) / saliency.sum(dim=(1, 2))
     return torch.stack([brightness, warmth, saturation, contrast, composition], dim=1)
+
+
+LOOK_WORDS = (
+    ("dark", "dim", "bright"),
+    ("cool", "neutral", "warm"),
+    ("muted", "soft", "vivid"),
+    ("flat", "balanced", "punchy"),
+    ("left", "centred", "right"),
+)
+
+
+def describe_looks(features: np.ndarray, clipping: np.ndarray) -> list[str]:
+    """Alt-text style words for each image (what a real CLIP learns colour and layout from): each feature's tercile
+    over the given images names it, plus 'blown-out' when over a third of the pixels clip.
+    features (N, 5), clipping (N,) -> N strings like 'dark warm vivid punchy left'."""
+    edges = np.quantile(features, [1 / 3, 2 / 3], axis=0)  # (2, 5)
+    bins = (features[:, None, :] > edges[None]).sum(axis=1)  # (N, 5) in {0, 1, 2}
+    words = [" ".join(LOOK_WORDS[k][b] for k, b in enumerate(row)) for row in bins]
+    return [w + (" blown-out" if c > 1 / 3 else "") for w, c in zip(words, clipping)]

@@ -18,11 +18,11 @@ from icg_rl.config import WorldConfig, section_hash
 from icg_rl.data.splits import assign_splits, heldout_users
 from icg_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet, png_bytes
 from icg_rl.world.appeal import ClickModel, aesthetic_truth
-from icg_rl.world.features import FEATURE_NAMES, exposure_clipping, image_features
+from icg_rl.world.features import FEATURE_NAMES, describe_looks, exposure_clipping, image_features
 from icg_rl.world.genres import genres_for, unique_titles
 from icg_rl.world.render import NEUTRAL, draw_layout, draw_style, render_cover
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: variants carry alt-text captions
 START_TIME = 1_700_000_000  # seconds; impressions span 90 days from here
 SPAN_SECONDS = 90 * 24 * 3600
 
@@ -92,7 +92,11 @@ def _make_items(cfg: WorldConfig, genres, rng: np.random.Generator, progress: bo
     for k, name in enumerate(FEATURE_NAMES):
         variants[f"phi_{name}"] = phi[:, k]
     variants["clipping"] = exposure_clipping(pixels)
-    return pd.DataFrame(rows), variants, images
+    items = pd.DataFrame(rows)
+    looks = describe_looks(phi, variants["clipping"].to_numpy())
+    titles = dict(zip(items["item_id"], items["title"]))
+    variants["caption"] = [f"{look} cover: {titles[i]}" for look, i in zip(looks, variants["item_id"])]
+    return items, variants, images
 
 
 def _make_users(cfg: WorldConfig, genres, feature_mean, scale, rng: np.random.Generator) -> pd.DataFrame:

@@ -1,0 +1,62 @@
+"""Item features: one frozen-CLIP vector per item — the L2-normalised image embedding of its reference cover, or of
+its title when it has none (CLIP's joint space keeps them comparable). Users' histories are made of these, both in
+the ICG user encoder and in the preference model's user tower (one definition of a user's inputs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from icg_rl.data.schema import RecDataset
+from icg_rl.io import atomic_write_json, read_image
+from icg_rl.rewards.clip_embedder import CLIPEmbedder, uint8_to_float
+
+
+@torch.no_grad()
+def embed_image_files(embedder: CLIPEmbedder, paths: list[Path], batch_size: int = 256) -> torch.Tensor:
+    """Normalised CLIP image embeddings of image files [N, D] (images resized to CLIP's input size)."""
+    out = []
+    for start in range(0, len(paths), batch_size):
+        images = [read_image(p) for p in paths[start:start + batch_size]]
+        size = embedder.image_size
+        batch = torch.cat([F.interpolate(uint8_to_float(img[None]), size=(size, size), mode="bicubic",
+                                         antialias=True) for img in images]).clamp(0, 1)
+        out.append(F.normalize(embedder.image_embeds(batch), dim=-1))
+    return torch.cat(out) if out else torch.zeros(0, embedder.clip.config.projection_dim)
+
+
+@torch.no_grad()
+def compute_item_features(embedder: CLIPEmbedder, data: RecDataset) -> tuple[list[str], torch.Tensor]:
+    """(item ids, features [N, D]) for every item of the dataset."""
+    ids = data.items["item_id"].tolist()
+    features = torch.zeros(len(ids), embedder.clip.config.projection_dim)
+    with_image = [i for i, p in enumerate(data.items["image_path"]) if p is not None]
+    if with_image:
+        paths = [data.root / data.items["image_path"].iloc[i] for i in with_image]
+        features[with_image] = embed_image_files(embedder, paths)
+    text_only = [i for i, p in enumerate(data.items["image_path"]) if p is None]
+    if text_only:
+        titles = data.items["title"].iloc[text_only].tolist()
+        features[text_only] = F.normalize(embedder.text_embeds(titles), dim=-1)
+    return ids, features
+
+
+def save_item_features(folder: str | Path, ids: list[str], features: torch.Tensor) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".item_features.safetensors.tmp"
+    save_file({"features": features.contiguous()}, str(tmp))
+    tmp.replace(folder / "item_features.safetensors")
+    atomic_write_json(folder / "item_ids.json", ids)
+
+
+def load_item_features(folder: str | Path) -> dict[str, np.ndarray]:
+    folder = Path(folder)
+    ids = json.loads((folder / "item_ids.json").read_text())
+    features = load_file(str(folder / "item_features.safetensors"))["features"]
+    return dict(zip(ids, features))

@@ -1,0 +1,3 @@
+from icg_rl.preference.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""Training the preference model with Ray Train: a TorchTrainer over Ray Data shards of the training impressions.
+
+Driver: embed items and covers once with the frozen CLIP, build numeric rows, hand the table to Ray Data, fit,
+keep the checkpoint with the best validation AUC, save it as a plain folder (`preference.safetensors` +
+`config.json` + the item features) that the preference reward loads.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from icg_rl.io import atomic_write_json
+from icg_rl.metrics import roc_auc
+from icg_rl.models.item_features import embed_image_files, save_item_features
+from icg_rl.preference.model import PreferenceModel
+
+MODEL_FILE, CONFIG_FILE = "preference.safetensors", "config.json"
+
+
+def numeric_rows(rows: pd.DataFrame, model: PreferenceModel, cover_embeds: dict, item_embeds: dict,
+                 history_len: int) -> dict[str, np.ndarray]:
+    """Impression rows -> arrays: user_index [N], history_index [N, H], image [N, D], label [N]."""
+    image = np.stack([cover_embeds[c] if c is not None else item_embeds[i]
+                      for c, i in zip(rows["cover"], rows["item_id"])]).astype(np.float32)
+    return {
+        "user_index": model.user_encoder.indices(list(rows["user_id"])).numpy(),
+        "history_index": model.history_indices(list(rows["history"]), history_len).numpy(),
+        "image": image,
+        "label": rows["label"].to_numpy(np.float32),
+    }
+
+
+def embed_covers(embedder, root: Path, frames: list[pd.DataFrame]) -> dict[str, np.ndarray]:
+    paths = sorted({c for f in frames for c in f["cover"] if c is not None})
+    embeds = embed_image_files(embedder, [root / p for p in paths]).numpy()
+    return dict(zip(paths, embeds))
+
+
+@torch.no_grad()
+def predict(model: PreferenceModel, arrays: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+    model.eval()
+    logits = [model(torch.as_tensor(arrays["user_index"][s:s + batch_size]),
+                    torch.as_tensor(arrays["history_index"][s:s + batch_size]),
+                    torch.as_tensor(arrays["image"][s:s + batch_size]))
+              for s in range(0, len(arrays["label"]), batch_size)]
+    return torch.cat(logits).numpy()
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: DDP over its shard, validation AUC on rank 0, a checkpoint per epoch."""
+    import ray.train
+    import ray.train.torch
+
+    torch.manual_seed(config["seed"])
+    torch.set_num_threads(max(1, int(config["threads"])))
+    model = PreferenceModel(**config["model_args"])
+    model.item_features[1:] = torch.as_tensor(config["item_features"])  # row 0 stays the padding row
+    model = ray.train.torch.prepare_model(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(config["epochs"]):
+        model.train()
+        losses = []
+        for batch in shard.iter_torch_batches(batch_size=config["batch_size"], local_shuffle_buffer_size=4096,
+                                              local_shuffle_seed=config["seed"] + epoch):
+            logits = model(batch["user_index"].long(), batch["history_index"].long(), batch["image"].float())
+            loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        inner = model.module if hasattr(model, "module") else model
+        valid_auc = roc_auc(predict(inner, config["valid"]), config["valid"]["label"] > 0.5)
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "valid_auc": valid_auc}
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if ray.train.get_context().get_world_rank() == 0:
+                torch.save(inner.state_dict(), Path(folder) / "model.pt")
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def fit(model_args: dict, item_features: torch.Tensor, train: dict, valid: dict, pref_cfg, storage: Path):
+    """Run the TorchTrainer; returns the model restored from the best-validation checkpoint and the history."""
+    import ray.data
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    dataset = ray.data.from_items([{k: v[i] for k, v in train.items()} for i in range(len(train["label"]))])
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"model_args": model_args, "item_features": item_features.numpy(), "valid": valid,
+                           "epochs": pref_cfg.epochs, "batch_size": pref_cfg.batch_size, "lr": pref_cfg.lr,
+                           "weight_decay": pref_cfg.weight_decay, "seed": pref_cfg.seed,
+                           "threads": pref_cfg.cpus_per_worker},
+        scaling_config=ScalingConfig(num_workers=pref_cfg.num_workers, use_gpu=False,
+                                     resources_per_worker={"CPU": pref_cfg.cpus_per_worker}),
+        datasets={"train": dataset},
+        run_config=RunConfig(name="preference", storage_path=str(storage.resolve()),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="valid_auc",
+                                                                checkpoint_score_order="max")),
+    )
+    result = trainer.fit()
+    best = result.get_best_checkpoint(metric="valid_auc", mode="max") or result.checkpoint
+    model = PreferenceModel(**model_args)
+    with best.as_directory() as folder:
+        model.load_state_dict(torch.load(Path(folder) / "model.pt", weights_only=True))
+    history = result.metrics_dataframe[["epoch", "loss", "valid_auc"]].to_dict("records")
+    return model.eval(), history
+
+
+def save_preference_model(model: PreferenceModel, folder: Path, clip: str, history_len: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / f".{MODEL_FILE}.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(folder / MODEL_FILE)
+    save_item_features(folder, model.config["item_ids"], model.item_features[1:])
+    atomic_write_json(folder / CONFIG_FILE, model.config | {"clip": clip, "history_len": history_len})
+
+
+def load_preference_model(folder: str | Path) -> tuple[PreferenceModel, dict]:
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"reward.preference: {folder} holds no {CONFIG_FILE}; train one with "
+                                f"`python -m icg_rl.preference --out {folder}`")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    model = PreferenceModel(**{k: v for k, v in config.items() if k not in ("clip", "history_len")})
+    model.load_state_dict(load_file(str(folder / MODEL_FILE)))
+    return model.eval(), config

@@ -1,0 +1,57 @@
+"""The preference model, trained with Ray Train on the shared cluster, on the micro world."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def trained(micro_world, ray_cluster, tmp_path_factory):
+    from icg_rl.preference.cli import train_and_evaluate
+
+    cfg, _ = micro_world
+    out = tmp_path_factory.mktemp("preference")
+    return cfg, out, train_and_evaluate(cfg, out)
+
+
+def test_beats_popularity_and_reports_the_oracle(trained):
+    _, _, summary = trained
+    assert summary["auc"] > summary["popularity_auc"] + 0.05, summary
+    assert 0.5 < summary["oracle_auc"] <= 1.0
+    assert summary["epochs"] >= 1 and summary["train_seconds"] > 0
+
+
+def test_checkpoint_folder_is_the_preference_reward(trained):
+    from icg_rl.config import RewardConfig
+    from icg_rl.rewards.base import build_reward
+    from tests.rewards.test_rewards import batch_for
+
+    cfg, out, _ = trained
+    reward = build_reward("preference", RewardConfig(preference=str(out / "model")), cfg.world.dir)
+    images = torch.rand(4, 3, 32, 32, requires_grad=True)
+    scores = reward.score(images, batch_for(cfg, 4))
+    assert ((scores > 0) & (scores < 1)).all()
+    scores.sum().backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    # the user matters: same images, another user, another score
+    other = batch_for(cfg, 4) | {"user_id": ["u00005"] * 4, "history": [[""] * 2] * 4}
+    with torch.no_grad():
+        assert not torch.allclose(reward.score(images, batch_for(cfg, 4)), reward.score(images, other))
+
+
+def test_ray_train_left_a_checkpoint(trained):
+    _, out, _ = trained
+    assert list((out / "ray_train").rglob("model.pt")), "Ray Train wrote no checkpoint"
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["history_len"] > 0 and config["user_ids"]
+
+
+def test_cli_help():
+    proc = subprocess.run([sys.executable, "-m", "icg_rl.preference", "--help"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and "oracle" in proc.stdout

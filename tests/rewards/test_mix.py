@@ -1,0 +1,146 @@
+"""The reward mix: running statistics, normalisation and weights, errors, and exact resume. Pure, no Ray."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from icg_rl.rewards.mix import RewardMixer, RunningStats
+
+
+def test_running_stats_match_numpy_over_concatenation():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, size=n) for n in (1, 7, 32, 5, 100)]
+    stats = RunningStats()
+    for b in batches:
+        stats.update(torch.tensor(b, dtype=torch.float64))
+    everything = np.concatenate(batches)
+    assert stats.count == everything.size
+    assert stats.mean == pytest.approx(everything.mean(), rel=1e-12, abs=1e-12)
+    assert stats.std == pytest.approx(everything.std(), rel=1e-12)
+
+
+def test_running_stats_ignore_empty_batch_and_reject_2d():
+    stats = RunningStats()
+    stats.update(torch.zeros(0))
+    assert stats.count == 0 and stats.std == 0.0
+    with pytest.raises(ValueError, match="1-D"):
+        stats.update(torch.zeros(2, 3))
+
+
+def test_first_batch_normalised_by_its_own_stats_and_weighted():
+    mixer = RewardMixer({"a": 2.0, "b": -1.0}, normalize=True, eps=1e-6)
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])  # mean 2.5, population std sqrt(1.25)
+    b = torch.tensor([10.0, 10.0, 30.0, 30.0])  # mean 20, std 10
+    total, metrics = mixer({"a": a, "b": b})
+    a_norm = (a.double() - 2.5) / (np.sqrt(1.25) + 1e-6)
+    b_norm = (b.double() - 20.0) / (10.0 + 1e-6)
+    expected = 2.0 * a_norm - 1.0 * b_norm
+    torch.testing.assert_close(total.double(), expected, rtol=1e-6, atol=1e-6)
+    assert metrics["reward/a"] == pytest.approx(2.5)
+    assert metrics["reward/a_std"] == pytest.approx(np.sqrt(1.25))
+    assert metrics["reward/b"] == pytest.approx(20.0)
+    assert metrics["reward/b_std"] == pytest.approx(10.0)
+    assert metrics["reward/a_norm"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["reward/total"] == pytest.approx(float(expected.mean()), abs=1e-6)
+
+
+def test_second_batch_uses_running_stats():
+    mixer = RewardMixer({"a": 1.0}, eps=1e-6)
+    mixer({"a": torch.tensor([0.0, 2.0])})  # running: mean 1, std 1
+    total, _ = mixer({"a": torch.tensor([4.0, 6.0])})  # running over [0, 2, 4, 6]: mean 3, std sqrt(5)
+    expected = (torch.tensor([4.0, 6.0], dtype=torch.float64) - 3.0) / (np.sqrt(5.0) + 1e-6)
+    torch.testing.assert_close(total.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_without_normalisation_total_is_weighted_sum():
+    mixer = RewardMixer({"a": 0.5, "b": 3.0}, normalize=False)
+    total, metrics = mixer({"a": torch.tensor([2.0, 4.0]), "b": torch.tensor([1.0, -1.0])})
+    assert total.tolist() == [4.0, -1.0]
+    assert metrics["reward/total"] == 1.5
+
+
+def test_zero_weight_and_unweighted_rewards_are_logged_not_mixed():
+    mixer = RewardMixer({"a": 1.0, "z": 0.0}, normalize=False)
+    total, metrics = mixer({"a": torch.tensor([1.0, 3.0]), "z": torch.tensor([100.0, 100.0]),
+                            "extra": torch.tensor([5.0, 7.0])})
+    assert total.tolist() == [1.0, 3.0]
+    assert metrics["reward/z"] == 100.0 and metrics["reward/extra"] == 6.0
+    assert "reward/z_norm" not in metrics and "reward/extra_norm" not in metrics
+    assert set(mixer.state_dict()["stats"]) == {"a"}
+    # a zero-weight reward may be absent, and is not checked for finiteness
+    mixer({"a": torch.tensor([1.0, 3.0])})
+    mixer({"a": torch.tensor([1.0, 3.0]), "z": torch.tensor([float("nan"), 0.0])})
+
+
+def test_missing_reward_raises_key_error_naming_it():
+    mixer = RewardMixer({"aesthetic": 1.0, "clip_t": 0.5})
+    with pytest.raises(KeyError, match="clip_t") as err:
+        mixer({"aesthetic": torch.ones(3)})
+    assert "aesthetic" in str(err.value)  # the ones given are listed
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_scores_raise_naming_the_reward(bad):
+    mixer = RewardMixer({"aesthetic": 1.0, "preference": 1.0})
+    with pytest.raises(FloatingPointError, match="preference"):
+        mixer({"aesthetic": torch.ones(3), "preference": torch.tensor([0.1, bad, 0.3])})
+    assert mixer.stats["aesthetic"].count == 0  # checks happen before any statistics change
+
+
+def test_bad_weights_and_batch_sizes_raise():
+    with pytest.raises(ValueError, match="empty"):
+        RewardMixer({})
+    with pytest.raises(ValueError, match="zero"):
+        RewardMixer({"a": 0.0})
+    with pytest.raises(ValueError, match="reward.weights.a"):
+        RewardMixer({"a": float("nan")})
+    mixer = RewardMixer({"a": 1.0, "b": 1.0})
+    with pytest.raises(ValueError, match="batch sizes"):
+        mixer({"a": torch.ones(3), "b": torch.ones(4)})
+
+
+def test_update_false_leaves_stats_and_needs_stats():
+    mixer = RewardMixer({"a": 1.0})
+    with pytest.raises(RuntimeError, match="update=False"):
+        mixer({"a": torch.ones(2)}, update=False)
+    mixer({"a": torch.tensor([0.0, 2.0])})
+    before = mixer.state_dict()
+    mixer({"a": torch.tensor([5.0, 9.0])}, update=False)
+    assert mixer.state_dict() == before
+
+
+def test_gradients_flow_through_the_mix():
+    mixer = RewardMixer({"a": 2.0})
+    s = torch.tensor([1.0, 2.0, 4.0], requires_grad=True)
+    total, _ = mixer({"a": s})
+    total.sum().backward()
+    expected = 2.0 / (mixer.stats["a"].std + 1e-6)
+    torch.testing.assert_close(s.grad, torch.full((3,), expected))
+
+
+def test_state_dict_round_trip_continues_identically():
+    rng = np.random.default_rng(1)
+    batches = [{"a": torch.tensor(rng.normal(size=8), dtype=torch.float32),
+                "b": torch.tensor(rng.uniform(size=8), dtype=torch.float32)} for _ in range(6)]
+    weights = {"a": 1.0, "b": -0.5}
+    original = RewardMixer(weights)
+    for b in batches[:3]:
+        original(b)
+    state = json.loads(json.dumps(original.state_dict()))  # survives a JSON trainer-state file
+    resumed = RewardMixer(weights)
+    resumed.load_state_dict(state)
+    for b in batches[3:]:
+        t1, m1 = original(b)
+        t2, m2 = resumed(b)
+        assert torch.equal(t1, t2) and m1 == m2
+    assert resumed.state_dict() == original.state_dict()
+
+
+def test_load_state_dict_rejects_other_rewards():
+    mixer = RewardMixer({"a": 1.0})
+    with pytest.raises(ValueError, match="must match"):
+        mixer.load_state_dict(RewardMixer({"b": 1.0}).state_dict())
