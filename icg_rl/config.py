@@ -141,6 +141,9 @@ class AlgoConfig(Section):
     timestep_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of recorded steps trained per sample")
     kl_coef: float = Field(0.0, ge=0.0, description="weight of the KL to the adapter-off reference policy")
     backprop_steps: int = Field(1, ge=1, description="K of DRaFT-K: last steps carrying gradient")
+    random_truncation: bool = Field(False, description="reward backprop: draw K uniformly in 1..backprop_steps")
+    gradient_checkpointing: bool = Field(True, description="reward backprop: recompute UNet activations")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="gradient-norm clip of the ICG parameters")
 
 
 class RayConfig(Section):

@@ -15,3 +15,15 @@ def oracle_auc(world_dir, rows: pd.DataFrame) -> float:
     oracle = Oracle(world_dir)
     prob = oracle.variant_click_prob(rows["user_id"], rows["item_id"], rows["variant_id"])
     return roc_auc(prob, np.asarray(rows["label"]) > 0.5)
+
+
+def oracle_ctr(world_dir, user_ids, item_ids, images: np.ndarray) -> dict[str, float]:
+    """True CTR of generated covers (uint8 [N, H, W, 3]) for (user, item) pairs, beside the item's reference cover
+    and the best existing variant (a perfect artwork selector) for the same pairs."""
+    oracle = Oracle(world_dir)
+    return {
+        "oracle/ctr_generated": float(oracle.click_prob(user_ids, item_ids, images).mean()),
+        "oracle/ctr_reference": float(oracle.variant_click_prob(user_ids, item_ids, ["ref"] * len(user_ids)).mean()),
+        "oracle/ctr_best_variant": float(oracle.best_variant_ctr(user_ids, item_ids).mean()),
+        "oracle/aesthetic_generated": float(oracle.aesthetic(images).mean()),
+    }

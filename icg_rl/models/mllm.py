@@ -259,6 +259,7 @@ class MetaTokenEncoder(torch.nn.Module):
             if "mm_token_type_ids" in out:
                 out["mm_token_type_ids"][i, :n] = row["mm_token_type_ids"][0][mask]  # [1, n_i] → [n_i]
         out["meta_positions"] = lengths[:, None] + torch.arange(k)  # [B, K]
+        out["has_image"] = torch.tensor([IMAGE_KEYS[0] in row for row in rows])  # [B]: who owns the image tensors
         for key in IMAGE_KEYS:
             parts = [row[key] for row in rows if key in row]
             if parts:

@@ -101,3 +101,23 @@ def test_bad_images_and_scores_get_clear_errors(micro_world):
         check_finite(torch.tensor([0.0, float("nan")]), "aesthetic")
     with pytest.raises(ValueError, match="unknown reward 'beauty'; registered rewards: aesthetic, clip_i"):
         build_reward("beauty", cfg.reward, cfg.world.dir)
+
+
+def test_pickscore_style_folder_scores_with_the_logit_scale(micro_world, tmp_path):
+    """Any CLIPModel + processor folder works as a PickScore-style reward (here: the micro CLIP, saved anew)."""
+    from pathlib import Path
+
+    from icg_rl.config import RewardConfig
+
+    cfg, _ = micro_world
+    source = Path(cfg.world.dir) / "models" / "clip"
+    CLIPModel.from_pretrained(str(source)).save_pretrained(tmp_path / "pickscore")
+    CLIPProcessor.from_pretrained(str(source)).save_pretrained(tmp_path / "pickscore")
+    pick = build_reward("pickscore", RewardConfig(pickscore=str(tmp_path / "pickscore")), cfg.world.dir)
+    clip_t = build_reward("clip_t", cfg.reward, cfg.world.dir)
+    images, batch = torch.rand(2, 3, 32, 32), batch_for(cfg, 2)
+    with torch.no_grad():
+        scale = pick.embedder.logit_scale
+        assert torch.allclose(pick.score(images, batch), scale * clip_t.score(images, batch), atol=1e-4)
+    with pytest.raises(ValueError, match="reward.pickscore: no folder configured"):
+        build_reward("pickscore", RewardConfig(), cfg.world.dir)

@@ -1,0 +1,66 @@
+"""Reward backprop (DRaFT-K / AlignProp): sample the chain, keep gradient through the last K denoising steps and
+the VAE decode, and ascend the differentiable rewards directly.
+
+The first T − K steps run without gradient (their latents are constants); the last K run with it, each UNet call
+under activation checkpointing so memory grows with K only through the latents. With `random_truncation`, K is
+drawn uniformly in 1..K each update (AlignProp's randomized truncation, which keeps early steps from dominating).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from torch.utils.checkpoint import checkpoint
+
+from icg_rl.models.user import ICGUser
+from icg_rl.rl.sampling import decode, encode_prompts, predict_noise
+
+
+def check_differentiable(rewards: dict, weights: dict[str, float]) -> None:
+    bad = [name for name, w in weights.items() if w != 0 and not rewards[name].differentiable]
+    if bad:
+        raise ValueError(f"algo.name=backprop needs differentiable rewards, but reward.weights gives weight to "
+                         f"{bad}; set their weight to 0 or use algo.name=ddpo")
+
+
+def backprop_update(pipe, batch: dict, rewards: dict, mixer, algo, optimizer, generator: torch.Generator):
+    """One reward-backprop update on a stream batch -> (metrics, images [B, 3, H, W] detached)."""
+    check_differentiable(rewards, mixer.weights)
+    titles = [str(t) for t in batch["title"]]
+    refs = [img if has else None for img, has in zip(batch["reference_image"], batch["has_reference"])]
+    users = [ICGUser(str(u) or None, [str(i) for i in h if i]) for u, h in zip(batch["user_id"], batch["history"])]
+    features = pipe.encode_condition_inputs(pipe.prepare_condition_inputs(titles, refs, users))  # (B, K, d)
+    prompt_embeds = encode_prompts(pipe, pipe.prompts(titles))
+    uncond = encode_prompts(pipe, [""]) if algo.guidance_scale > 1.0 else None
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(algo.num_inference_steps, device=features.device)
+    size = pipe.unet.config.sample_size
+    latents = randn_tensor((len(titles), pipe.unet.config.in_channels, size, size), generator=generator,
+                           dtype=features.dtype) * scheduler.init_noise_sigma
+    k = algo.backprop_steps
+    if algo.random_truncation:
+        k = int(torch.randint(1, k + 1, (1,), generator=generator))
+    steps = len(scheduler.timesteps)
+    for i, t in enumerate(scheduler.timesteps):
+        with_grad = i >= steps - k
+        with torch.set_grad_enabled(with_grad):
+            args = (pipe, latents, t, prompt_embeds, features if with_grad else features.detach(),
+                    algo.guidance_scale, uncond)
+            if with_grad and algo.gradient_checkpointing:
+                noise = checkpoint(predict_noise, *args, use_reentrant=False)
+            else:
+                noise = predict_noise(*args)
+            latents = scheduler.step(noise, t, latents, eta=algo.eta, generator=generator).prev_sample
+    images = decode(pipe, latents)  # (B, 3, H, W), with grad through the last K steps
+    scores = {name: reward.score(images, batch) for name, reward in rewards.items()}
+    total, metrics = mixer(scores)
+    loss = -total.mean()  # ascend the mixed reward
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    metrics["stats/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, algo.max_grad_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    metrics["loss/backprop"] = float(loss.detach())
+    metrics["stats/backprop_steps"] = k
+    return metrics, images.detach()

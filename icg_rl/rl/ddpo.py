@@ -1,0 +1,85 @@
+"""DDPO's loss: PPO-clip on per-step log-probs, with an optional KL to the reference (adapter-off) policy.
+
+Per sample i and recorded step t, with advantage A_i clipped to ±adv_clip:
+    ratio      = exp(log π_θ(x_{t−1} | x_t) − log π_old(x_{t−1} | x_t))
+    unclipped  = −A_i · ratio
+    clipped    = −A_i · clip(ratio, 1 − ε, 1 + ε)
+    policy     = mean(max(unclipped, clipped))
+    kl         = mean(‖μ_θ − μ_ref‖² / (2 σ_t²))   — the closed-form KL of two Gaussians with the same σ_t
+                                                    (per latent element, the same reduction as the log-prob)
+    loss       = policy + kl_coef · kl
+"""
+
+from __future__ import annotations
+
+import torch
+
+from icg_rl.rl.logprob import ddim_step_distribution, ddim_step_with_logprob
+from icg_rl.rl.sampling import encode_prompts, predict_noise
+
+
+def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float,
+                  adv_clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """log_prob, old_log_prob, advantages: [B] -> (loss, {'approx_kl', 'clip_fraction', 'ratio'})."""
+    advantages = advantages.clamp(-adv_clip, adv_clip)
+    ratio = torch.exp(log_prob - old_log_prob)  # (B,)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()  # mean over samples
+    with torch.no_grad():
+        stats = {
+            "approx_kl": 0.5 * ((log_prob - old_log_prob) ** 2).mean(),
+            "clip_fraction": ((ratio - 1.0).abs() > clip_range).float().mean(),
+            "ratio": ratio.mean(),
+        }
+    return loss, stats
+
+
+def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, σ²) ‖ N(ref_mean, σ²)) per sample, averaged over latent dims: [B, C, h, w] -> [B]."""
+    per_element = (mean - ref_mean) ** 2 / (2 * std**2)  # (B, C, h, w)
+    return per_element.mean(dim=tuple(range(1, per_element.ndim)))  # mean over (C, h, w)
+
+
+def ddpo_update(pipe, trajectory, advantages: torch.Tensor, optimizer, algo,
+                generator: torch.Generator) -> dict[str, float]:
+    """One DDPO update on a trajectory batch: PPO-clip on a random `timestep_fraction` of the recorded steps.
+
+    The condition (MLLM meta tokens → user refinement) is recomputed once with the current weights; each step's
+    loss is backpropagated into a detached copy of it (the UNet graph of one step at a time is all that lives in
+    memory), and the accumulated gradient is pushed through the condition encoder once at the end."""
+    steps = trajectory.log_probs.shape[1]
+    chosen = torch.randperm(steps, generator=generator)[: max(1, round(algo.timestep_fraction * steps))]
+    features = pipe.encode_condition_inputs(trajectory.condition)  # (B, K, d), with grad
+    leaf = features.detach().requires_grad_(True)
+    uncond = encode_prompts(pipe, [""]) if algo.guidance_scale > 1.0 else None
+    pipe.scheduler.set_timesteps(steps, device=leaf.device)
+    totals: dict[str, float] = {"loss/policy": 0.0, "loss/kl": 0.0, "stats/approx_kl": 0.0, "stats/clip_fraction": 0.0}
+    for j in chosen.tolist():
+        t, latents, next_latents = trajectory.timesteps[j], trajectory.latents[:, j], trajectory.latents[:, j + 1]
+        noise = predict_noise(pipe, latents, t, trajectory.prompt_embeds, leaf, algo.guidance_scale, uncond)
+        _, log_prob = ddim_step_with_logprob(pipe.scheduler, noise, t, latents, eta=algo.eta, prev_sample=next_latents)
+        loss, stats = ppo_clip_loss(log_prob, trajectory.log_probs[:, j], advantages, algo.clip_range, algo.adv_clip)
+        if algo.kl_coef > 0:
+            kl = step_kl(pipe, latents, t, trajectory.prompt_embeds, leaf, noise, algo, uncond)
+            loss = loss + algo.kl_coef * kl
+            totals["loss/kl"] += float(kl.detach()) / len(chosen)
+        (loss / len(chosen)).backward()
+        totals["loss/policy"] += float(loss.detach()) / len(chosen)
+        totals["stats/approx_kl"] += float(stats["approx_kl"]) / len(chosen)
+        totals["stats/clip_fraction"] += float(stats["clip_fraction"]) / len(chosen)
+    features.backward(leaf.grad)  # the accumulated dL/d(condition) into meta tokens, user encoder, refiner
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    totals["stats/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, algo.max_grad_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return totals
+
+
+def step_kl(pipe, latents, t, prompt_embeds, features, noise, algo, uncond) -> torch.Tensor:
+    """KL of this step's Gaussian to the reference policy's: the same model with the adapter switched off."""
+    with torch.no_grad(), pipe.icg.adapter.disabled():
+        ref_noise = predict_noise(pipe, latents, t, prompt_embeds, features, algo.guidance_scale, uncond)
+        ref_mean, _ = ddim_step_distribution(pipe.scheduler, ref_noise, t, latents, algo.eta)
+    mean, std = ddim_step_distribution(pipe.scheduler, noise, t, latents, algo.eta)
+    return gaussian_kl(mean, ref_mean, std).mean()  # mean over samples

@@ -1,0 +1,112 @@
+"""The in-process reference trainer: the whole ICG RL loop in one process, no Ray. The Ray trainer must match it.
+
+    trainer = LocalTrainer(cfg)
+    for it in range(cfg.train.iterations):
+        metrics = trainer.step()
+
+One iteration: next batch of P (user, item) pairs × K samples → rollout → rewards → mix → group advantages →
+DDPO update (or reward backprop, which samples with gradient itself) — seeded and deterministic on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from icg_rl.data import load_from_config
+from icg_rl.data.stream import LoadReferences, build_pairs, expand_groups
+from icg_rl.models.item_features import compute_item_features
+from icg_rl.models.pipeline import pipeline_from_config
+from icg_rl.rewards.aesthetic import resolve_clip
+from icg_rl.rewards.base import build_reward
+from icg_rl.rewards.clip_embedder import CLIPEmbedder
+from icg_rl.rewards.mix import RewardMixer
+from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
+from icg_rl.rl.backprop import backprop_update, check_differentiable
+from icg_rl.rl.ddpo import ddpo_update
+from icg_rl.rl.sampling import sample_trajectory
+
+
+@contextmanager
+def timed(name: str, timings: dict[str, float]):
+    start = time.perf_counter()
+    yield
+    timings[f"time/{name}"] = time.perf_counter() - start
+
+
+class LocalTrainer:
+    def __init__(self, cfg, split: str = "train"):
+        self.cfg = cfg
+        torch.manual_seed(cfg.train.seed)
+        self.data = load_from_config(cfg)
+        embedder = CLIPEmbedder.from_pretrained(resolve_clip(cfg.reward, cfg.world.dir))
+        item_ids, features = compute_item_features(embedder, self.data)
+        users = sorted(set(self.data.interactions.loc[self.data.interactions.get("split", "train") == "train",
+                                                      "user_id"]))
+        self.pipe = pipeline_from_config(cfg, user_ids=users, item_features=dict(zip(item_ids, features)))
+        self.pipe.set_progress_bar_config(disable=True)
+        weights = {k: v for k, v in cfg.reward.weights.items() if v != 0}
+        self.rewards = {name: build_reward(name, cfg.reward, cfg.world.dir) for name in weights}
+        if cfg.algo.name == "backprop":
+            check_differentiable(self.rewards, weights)
+        self.mixer = RewardMixer(weights, normalize=cfg.reward.normalize)
+        self.tracker = PerKeyStatTracker()
+        self.optimizer = torch.optim.AdamW(self.pipe.trainable_parameters(), lr=cfg.algo.lr)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.pairs = build_pairs(self.data, split, cfg.data.history_len)
+        self.load = LoadReferences(cfg.data.reference_size, cfg.data.history_len)
+        self.iteration, self.epoch = 0, 0
+        self._batches = self._batch_stream()
+
+    def _batch_stream(self) -> Iterator[dict[str, np.ndarray]]:
+        """Seeded epochs over the pairs, P pairs per batch, each repeated K times (the Ray stream's contract)."""
+        p, k = self.cfg.data.pairs_per_batch, self.cfg.data.samples_per_pair
+        while True:
+            order = np.random.default_rng(self.cfg.train.seed + self.epoch).permutation(len(self.pairs))
+            for start in range(0, len(order) - p + 1, p):
+                frame = self.load(self.pairs.iloc[order[start:start + p]].reset_index(drop=True))
+                yield expand_groups({c: np.asarray(list(frame[c])) if c in ("reference_image", "history")
+                                     else frame[c].to_numpy() for c in frame.columns}, k)
+            self.epoch += 1
+
+    def score(self, images: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {name: reward.score(images, batch) for name, reward in self.rewards.items()}
+
+    def step(self) -> dict[str, float]:
+        algo, timings = self.cfg.algo, {}
+        batch = next(self._batches)
+        if algo.name == "backprop":
+            with timed("update", timings):
+                metrics, _ = backprop_update(self.pipe, batch, self.rewards, self.mixer, algo, self.optimizer,
+                                             self.generator)
+        else:
+            with timed("rollout", timings):
+                trajectory, images = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta,
+                                                       algo.guidance_scale, self.generator, self.iteration)
+            with timed("reward", timings):
+                scores = self.score(images, trajectory.extra)
+            total, metrics = self.mixer(scores)
+            advantages, adv_stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker)
+            metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
+            with timed("update", timings):
+                metrics |= ddpo_update(self.pipe, trajectory, torch.from_numpy(advantages), self.optimizer, algo,
+                                       self.generator)
+        self.iteration += 1
+        metrics |= timings | {"iteration": self.iteration,
+                              "stats/gate": float(self.pipe.icg.adapter.projection.gate.detach())}
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict, seed: int = 1234) -> dict[str, float]:
+        """Raw reward means of fresh samples for a fixed batch (same seed each call: comparable over training)."""
+        algo = self.cfg.algo
+        _, images = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
+                                      torch.Generator().manual_seed(seed))
+        scores = self.score(images, batch)
+        raw_total = sum(self.mixer.weights[n] * s.mean() for n, s in scores.items())
+        return {f"eval/{n}": float(s.mean()) for n, s in scores.items()} | {"eval/weighted_total": float(raw_total)}

@@ -1,0 +1,82 @@
+"""Sampling the ICG policy step by step, recording what DDPO needs (the rollout's inner loop).
+
+The denoiser call is the pipeline's own (text prompt + ICG tokens through the adapter, optional CFG with the
+unconditional branch seeing no ICG tokens), so a trajectory is exactly what `ICGPipeline.__call__` would draw with
+eta > 0 — with each step's log-prob recorded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from icg_rl.rl.logprob import ddim_step_with_logprob
+from icg_rl.rl.trajectory import Trajectory
+
+
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
+    """Frozen text encoder output [B, L, D] (the pipeline's own encode_prompt, no CFG)."""
+    with torch.no_grad():
+        embeds, _ = pipe.encode_prompt(prompts, pipe._execution_device, 1, False)
+    return embeds
+
+
+def predict_noise(pipe, latents, t, prompt_embeds, features, guidance_scale: float, uncond_embeds=None):
+    """ε prediction for latents [B, C, h, w] at timestep t; CFG when guidance_scale > 1."""
+    if guidance_scale > 1.0:
+        latent_in = torch.cat([latents, latents])  # (2B, C, h, w): [uncond; cond]
+        embeds = torch.cat([uncond_embeds.expand_as(prompt_embeds), prompt_embeds])
+        feats = torch.cat([torch.zeros_like(features), features])  # the unconditional branch sees no ICG tokens
+    else:
+        latent_in, embeds, feats = latents, prompt_embeds, features
+    latent_in = pipe.scheduler.scale_model_input(latent_in, t)
+    out = pipe.unet(latent_in, t, encoder_hidden_states=embeds,
+                    added_cond_kwargs=pipe.icg.adapter.added_cond_kwargs(feats)).sample
+    if guidance_scale > 1.0:
+        uncond, cond = out.chunk(2)
+        out = uncond + guidance_scale * (cond - uncond)
+    return out
+
+
+def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> float images [B, 3, H, W] in [0, 1] (differentiable)."""
+    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return (images / 2 + 0.5).clamp(0, 1)
+
+
+@torch.no_grad()
+def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_scale: float,
+                      generator: torch.Generator, policy_version: int = 0) -> tuple[Trajectory, torch.Tensor]:
+    """One rollout of a stream batch (title, reference_image, has_reference, user_id, history, group_key) ->
+    (Trajectory, float images [B, 3, H, W])."""
+    from icg_rl.models.user import ICGUser
+
+    titles = [str(t) for t in batch["title"]]
+    refs = [img if has else None for img, has in zip(batch["reference_image"], batch["has_reference"])]
+    users = [ICGUser(str(u) or None, [str(i) for i in h if i]) for u, h in zip(batch["user_id"], batch["history"])]
+    condition = pipe.prepare_condition_inputs(titles, refs, users)
+    features = pipe.encode_condition_inputs(condition)  # (B, K, d)
+    prompt_embeds = encode_prompts(pipe, pipe.prompts(titles))  # (B, L, D)
+    uncond = encode_prompts(pipe, [""]) if guidance_scale > 1.0 else None
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(num_steps, device=prompt_embeds.device)
+    size = pipe.unet.config.sample_size
+    latents = randn_tensor((len(titles), pipe.unet.config.in_channels, size, size), generator=generator,
+                           dtype=prompt_embeds.dtype) * scheduler.init_noise_sigma
+    chain, log_probs = [latents], []
+    for t in scheduler.timesteps:
+        noise = predict_noise(pipe, latents, t, prompt_embeds, features, guidance_scale, uncond)
+        latents, log_prob = ddim_step_with_logprob(scheduler, noise, t, latents, eta=eta, generator=generator)
+        chain.append(latents)
+        log_probs.append(log_prob)
+    images = decode(pipe, latents)
+    pixels = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3)
+    trajectory = Trajectory(
+        latents=torch.stack(chain, dim=1),  # (B, T+1, C, h, w)
+        log_probs=torch.stack(log_probs, dim=1),  # (B, T)
+        timesteps=scheduler.timesteps.clone(), condition=condition, prompt_embeds=prompt_embeds, images=pixels,
+        group_key=np.asarray(batch["group_key"]).astype(str), policy_version=policy_version,
+        extra={k: np.asarray(batch[k]) for k in ("title", "user_id", "history", "reference_image", "has_reference")
+               if k in batch})
+    return trajectory, images
