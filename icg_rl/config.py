@@ -123,6 +123,8 @@ class PreferenceConfig(Section):
     user_dim: int = Field(64, ge=4, description="width of the user tower's embedding (the ICG user encoder's)")
     hidden_dim: int = Field(64, ge=4, description="width of the interaction space of the two towers")
     negatives_per_positive: int = Field(4, ge=1, description="sampled negatives per click when a log has none")
+    user_id_dropout: float = Field(0.5, ge=0.0, le=1.0, description="share of training rows whose user id is hidden, "
+                                   "so the tower also learns users from their history (cold start)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs per Ray Train worker")
     seed: int = Field(0, description="seed of initialisation, shuffling and negative sampling")

@@ -9,7 +9,8 @@ group (one (user, item) pair repeated K times — one advantage group):
     title          str  (B,)
     reference_image uint8 (B, S, S, 3)  zeros when the item has none
     has_reference  bool (B,)
-    history        str  (B, H)      the user's latest clicked items before this pair, oldest first, "" padded
+    history        str  (B, H)      the user's latest clicked cover keys before this pair (data/history.py),
+                                    oldest first, "" padded
     history_len    int64 (B,)
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from icg_rl.data.history import histories_before
 from icg_rl.data.schema import RecDataset
 
 
@@ -34,14 +36,8 @@ def build_pairs(data: RecDataset, split: str | None, history_len: int) -> pd.Dat
         frame = frame[frame["split"] == split]
     pairs = (frame.sort_values("timestamp", kind="stable")
              .drop_duplicates(["user_id", "item_id"])[["user_id", "item_id", "timestamp"]])
-    clicks = data.interactions[data.interactions["clicked"]].sort_values("timestamp", kind="stable")
-    by_user = {u: (g["timestamp"].to_numpy(), g["item_id"].to_numpy()) for u, g in clicks.groupby("user_id")}
-    histories = []
-    for user, ts in zip(pairs["user_id"], pairs["timestamp"]):
-        times, items = by_user.get(user, (np.empty(0, np.int64), np.empty(0, object)))
-        end = int(np.searchsorted(times, ts, side="left"))  # clicks strictly before this impression
-        histories.append(list(items[max(0, end - history_len):end]) if history_len else [])
-    pairs = pairs.assign(history=histories)
+    clicks = data.interactions[data.interactions["clicked"]]
+    pairs = pairs.assign(history=histories_before(pairs, clicks, history_len))
     items = data.items[["item_id", "title", "image_path"]]
     pairs = pairs.merge(items, on="item_id", how="left").reset_index(drop=True)
     pairs["image_path"] = pairs["image_path"].map(lambda p: None if p is None else str(data.root / p))

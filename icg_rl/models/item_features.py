@@ -1,6 +1,6 @@
-"""Item features: one frozen-CLIP vector per item — the L2-normalised image embedding of its reference cover, or of
-its title when it has none (CLIP's joint space keeps them comparable). Users' histories are made of these, both in
-the ICG user encoder and in the preference model's user tower (one definition of a user's inputs)."""
+"""Item features: one frozen-CLIP vector per item (and per cover variant) — the L2-normalised image embedding of
+its cover, or of its title when it has none (CLIP's joint space keeps them comparable). Users' histories are made
+of these, in the ICG user encoder and in the preference model's user tower alike (one definition of a user)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from icg_rl.data.history import cover_key
 from icg_rl.data.schema import RecDataset
 from icg_rl.io import atomic_write_json, read_image
 from icg_rl.rewards.clip_embedder import CLIPEmbedder, uint8_to_float
@@ -32,7 +33,8 @@ def embed_image_files(embedder: CLIPEmbedder, paths: list[Path], batch_size: int
 
 @torch.no_grad()
 def compute_item_features(embedder: CLIPEmbedder, data: RecDataset) -> tuple[list[str], torch.Tensor]:
-    """(item ids, features [N, D]) for every item of the dataset."""
+    """(keys, features [N, D]): one row per item (its reference cover, or its title when it has none) and, when the
+    source has cover variants, one per variant under its cover key "item|variant" (data/history.py)."""
     ids = data.items["item_id"].tolist()
     features = torch.zeros(len(ids), embedder.clip.config.projection_dim)
     with_image = [i for i, p in enumerate(data.items["image_path"]) if p is not None]
@@ -43,7 +45,11 @@ def compute_item_features(embedder: CLIPEmbedder, data: RecDataset) -> tuple[lis
     if text_only:
         titles = data.items["title"].iloc[text_only].tolist()
         features[text_only] = F.normalize(embedder.text_embeds(titles), dim=-1)
-    return ids, features
+    if data.variants is None or data.variants.empty:
+        return ids, features
+    keys = [cover_key(i, v) for i, v in zip(data.variants["item_id"], data.variants["variant_id"])]
+    covers = embed_image_files(embedder, [data.root / p for p in data.variants["image_path"]])
+    return ids + keys, torch.cat([features, covers])
 
 
 def save_item_features(folder: str | Path, ids: list[str], features: torch.Tensor) -> None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from icg_rl.data.history import lookup_key
+
 
 @dataclass
 class ICGUser:
@@ -85,11 +87,13 @@ class FiLMRefiner(nn.Module):
 
 def history_tensors(users: list[ICGUser], item_features: dict[str, torch.Tensor], history_len: int,
                     feature_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latest `history_len` known items of each user -> features [B, H, f] and mask [B, H]; unknown items skipped."""
+    """Latest `history_len` known cover keys (or item ids) of each user -> features [B, H, f] and mask [B, H];
+    unknown keys are skipped."""
     feats = torch.zeros(len(users), history_len, feature_dim)
     mask = torch.zeros(len(users), history_len, dtype=torch.bool)
     for row, user in enumerate(users):
-        known = [item_features[i] for i in user.history if i in item_features][-history_len:] if history_len else []
+        found = [lookup_key(key, item_features) for key in user.history]
+        known = [f for f in found if f is not None][-history_len:] if history_len else []
         for col, vector in enumerate(known):
             feats[row, col] = vector
             mask[row, col] = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from icg_rl.data.history import histories_before
 from icg_rl.data.schema import RecDataset
 
 
@@ -39,18 +40,6 @@ def with_negatives(log: pd.DataFrame, items: np.ndarray, per_positive: int, seed
     for column in set(log.columns) - set(extra.columns):
         extra[column] = log[column].iloc[0] if column == "split" else None
     return pd.concat([log, extra], ignore_index=True)
-
-
-def histories_before(log: pd.DataFrame, clicks: pd.DataFrame, history_len: int) -> list[list[str]]:
-    """For each row of `log`: the user's clicked item ids (from `clicks`) strictly before the row's time."""
-    ordered = clicks.sort_values("timestamp", kind="stable")
-    by_user = {u: (g["timestamp"].to_numpy(), g["item_id"].to_numpy()) for u, g in ordered.groupby("user_id")}
-    out = []
-    for user, ts in zip(log["user_id"], log["timestamp"]):
-        times, items = by_user.get(user, (np.empty(0, np.int64), np.empty(0, object)))
-        end = int(np.searchsorted(times, ts, side="left"))
-        out.append(list(items[max(0, end - history_len):end]) if history_len else [])
-    return out
 
 
 def impression_rows(data: RecDataset, split: str, history_len: int, negatives_per_positive: int = 4,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from icg_rl.data.history import lookup_key
 from icg_rl.models.user import UserEncoder
 
 
@@ -55,9 +56,10 @@ class PreferenceModel(nn.Module):
         return personal + self.image_bias(image).squeeze(-1) + self.user_bias(user).squeeze(-1)
 
     def history_indices(self, histories: list[list[str]], length: int) -> torch.Tensor:
-        """Item ids per row -> [B, length] indices of the latest known items, 0-padded."""
+        """Cover keys per row (data/history.py) -> [B, length] indices of the latest known ones, 0-padded."""
         out = torch.zeros(len(histories), length, dtype=torch.long)
         for row, items in enumerate(histories):
-            known = [self.item_index[i] for i in items if i in self.item_index][-length:] if length else []
+            found = [lookup_key(i, self.item_index) for i in items]
+            known = [i for i in found if i is not None][-length:] if length else []
             out[row, : len(known)] = torch.tensor(known, dtype=torch.long)
         return out

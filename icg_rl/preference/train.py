@@ -8,6 +8,7 @@ keep the checkpoint with the best validation AUC, save it as a plain folder (`pr
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -66,12 +67,16 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     shard = ray.train.get_dataset_shard("train")
+    generator = torch.Generator().manual_seed(config["seed"] + ray.train.get_context().get_world_rank())
     for epoch in range(config["epochs"]):
         model.train()
         losses = []
         for batch in shard.iter_torch_batches(batch_size=config["batch_size"], local_shuffle_buffer_size=4096,
                                               local_shuffle_seed=config["seed"] + epoch):
-            logits = model(batch["user_index"].long(), batch["history_index"].long(), batch["image"].float())
+            user_index = batch["user_index"].long()
+            hidden = torch.rand(user_index.shape, generator=generator) < config["user_id_dropout"]
+            user_index = user_index.masked_fill(hidden, 0)  # as if unknown: the history must carry the user
+            logits = model(user_index, batch["history_index"].long(), batch["image"].float())
             loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -94,13 +99,14 @@ def fit(model_args: dict, item_features: torch.Tensor, train: dict, valid: dict,
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    shutil.rmtree(storage / "preference", ignore_errors=True)  # a new fit never resumes a stale run's checkpoints
     dataset = ray.data.from_items([{k: v[i] for k, v in train.items()} for i in range(len(train["label"]))])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model_args": model_args, "item_features": item_features.numpy(), "valid": valid,
                            "epochs": pref_cfg.epochs, "batch_size": pref_cfg.batch_size, "lr": pref_cfg.lr,
                            "weight_decay": pref_cfg.weight_decay, "seed": pref_cfg.seed,
-                           "threads": pref_cfg.cpus_per_worker},
+                           "threads": pref_cfg.cpus_per_worker, "user_id_dropout": pref_cfg.user_id_dropout},
         scaling_config=ScalingConfig(num_workers=pref_cfg.num_workers, use_gpu=False,
                                      resources_per_worker={"CPU": pref_cfg.cpus_per_worker}),
         datasets={"train": dataset},

@@ -45,8 +45,8 @@ class LocalTrainer:
         self.data = load_from_config(cfg)
         embedder = CLIPEmbedder.from_pretrained(resolve_clip(cfg.reward, cfg.world.dir))
         item_ids, features = compute_item_features(embedder, self.data)
-        users = sorted(set(self.data.interactions.loc[self.data.interactions.get("split", "train") == "train",
-                                                      "user_id"]))
+        log = self.data.interactions
+        users = sorted(set(log.loc[log["split"] == "train", "user_id"] if "split" in log else log["user_id"]))
         self.pipe = pipeline_from_config(cfg, user_ids=users, item_features=dict(zip(item_ids, features)))
         self.pipe.set_progress_bar_config(disable=True)
         weights = {k: v for k, v in cfg.reward.weights.items() if v != 0}

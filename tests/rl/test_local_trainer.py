@@ -7,7 +7,7 @@ from icg_rl.config import load_config
 from tests.conftest import MICRO_CONFIG
 
 FAST = ["algo.num_inference_steps=4", "data.pairs_per_batch=2", "data.samples_per_pair=4",
-        "reward.weights={aesthetic: 1.0, clip_t: 0.5}", "algo.lr=0.01", "model.meta_tokens=2"]
+        "reward.weights={aesthetic: 1.0, clip_t: 0.5}", "algo.lr=0.03", "algo.clip_range=0.2", "model.meta_tokens=2"]
 
 
 def trainer_for(micro_world, *overrides):
