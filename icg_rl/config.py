@@ -53,7 +53,7 @@ class ZooConfig(Section):
     """Budgets of the tiny base models trained on the world (DESIGN.md §4, models/zoo.py)."""
 
     seed: int = Field(0, description="seed of model initialisation and training")
-    vocab_size: int = Field(1024, ge=300, description="BPE vocabulary trained on the world's titles, tokens")
+    vocab_size: int = Field(1024, ge=514, description="BPE vocabulary trained on the world's texts, tokens")
     max_title_tokens: int = Field(32, ge=8, description="text encoder context length, tokens")
     text_width: int = Field(64, ge=16, description="hidden width of the CLIP text encoders")
     batch_size: int = Field(64, ge=2, description="training batch of the UNet, CLIP and heads, images")

@@ -29,6 +29,7 @@ from icg_rl.world.genres import genres_for, unique_titles
 from icg_rl.world.judge import GenreJudge, accuracy, train_judge
 
 MARKER = "build.json"
+FORMAT_VERSION = 2  # 2: deterministic BPE, alt-text captions for CLIP
 
 
 class PhaseTimer:
@@ -46,7 +47,10 @@ class PhaseTimer:
 
 def models_are_current(models_dir: Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> bool:
     marker = models_dir / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("config_hash") == section_hash(world_cfg, zoo_cfg)
+    if not marker.is_file():
+        return False
+    meta = json.loads(marker.read_text())
+    return meta.get("config_hash") == section_hash(world_cfg, zoo_cfg) and meta.get("format_version") == FORMAT_VERSION
 
 
 def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig, progress: bool = True,
@@ -122,7 +126,8 @@ def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: Zo
                          for name, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder),
                                          ("clip", clip))}
     summary["build_seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_json(models_dir / MARKER, {"config_hash": section_hash(world_cfg, zoo_cfg), "summary": summary})
+    atomic_write_json(models_dir / MARKER, {"config_hash": section_hash(world_cfg, zoo_cfg),
+                                            "format_version": FORMAT_VERSION, "summary": summary})
     return summary
 
 

@@ -43,7 +43,7 @@ QWEN_CHAT_TEMPLATE = (
 
 def save_tiny_llava(folder: Path) -> Path:
     """The zoo's LLaVA (ZooConfig widths) with a CLIP BPE tokenizer + `<image>`, as build.py's `_save_llava`."""
-    tokenizer = train_clip_tokenizer(TITLES, vocab_size=300, max_length=24)
+    tokenizer = train_clip_tokenizer(TITLES, vocab_size=560, max_length=24)
     tokenizer.model_max_length = 512  # room for the 64 image tokens
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     model = zoo.build_llava(ZooConfig(), tokenizer, IMAGE_SIZE)

@@ -53,7 +53,7 @@ def test_laion_layout_loads_and_scores_on_a_768d_clip(tmp_path):
 def _any_tokenizer():
     from icg_rl.models.tokenizer import train_clip_tokenizer
 
-    return train_clip_tokenizer(["a b c"], 300, 16)
+    return train_clip_tokenizer(["a b c"], 520, 16)
 
 
 def test_non_laion_layout_names_missing_and_unexpected_keys(tmp_path):

@@ -1,5 +1,6 @@
 """The in-process reference trainer on the micro world: learning, determinism, exact ratios."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -7,7 +8,7 @@ from icg_rl.config import load_config
 from tests.conftest import MICRO_CONFIG
 
 FAST = ["algo.num_inference_steps=4", "data.pairs_per_batch=2", "data.samples_per_pair=4",
-        "reward.weights={aesthetic: 1.0, clip_t: 0.5}", "algo.lr=0.03", "algo.clip_range=0.2", "model.meta_tokens=2"]
+        "reward.weights={aesthetic: 1.0, clip_t: 0.5}", "algo.lr=0.06", "algo.clip_range=0.2", "model.meta_tokens=2"]
 
 
 def trainer_for(micro_world, *overrides):
@@ -38,11 +39,15 @@ def test_recomputed_ratio_on_unchanged_weights_is_exactly_one(micro_world):
 @pytest.mark.parametrize("algo", ["ddpo", "backprop"])
 def test_twenty_iterations_raise_the_reward(micro_world, algo):
     trainer = trainer_for(micro_world, f"algo.name={algo}", "algo.backprop_steps=2")
-    probe = next(trainer._batches)
-    before = trainer.evaluate(probe)["eval/weighted_total"]
+    probes = [next(trainer._batches) for _ in range(3)]  # 3 batches x 2 noise seeds: 48 images per evaluation
+
+    def weighted_reward() -> float:
+        return float(np.mean([trainer.evaluate(p, seed=s)["eval/weighted_total"] for p in probes for s in (1, 2)]))
+
+    before = weighted_reward()
     metrics = [trainer.step() for _ in range(20)]
-    after = trainer.evaluate(probe)["eval/weighted_total"]
-    assert after > before + 0.01, (before, after, metrics[-1])
+    after = weighted_reward()
+    assert after > before + 0.03, (before, after, metrics[-1])
     assert all(torch.isfinite(torch.tensor(m["stats/grad_norm"])) for m in metrics)
     assert "reward/aesthetic" in metrics[-1] and "time/update" in metrics[-1]
 
