@@ -76,7 +76,8 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     summary = {"auc": roc_auc(predict(model, arrays["test"]), arrays["test"]["label"] > 0.5),
                "popularity_auc": roc_auc(popularity_scores(splits["train"], splits["test"]),
                                          splits["test"]["label"] > 0.5),
-               "valid_auc_best": max(h["valid_auc"] for h in history), "epochs": len(history),
+               "valid_auc_best": max(h["valid_auc"] for h in history), "best_epoch": int(history[0]["epoch"]),
+               "epochs": p.epochs,
                "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - start, 1),
                "impressions": {s: len(r) for s, r in splits.items()}}
     if "heldout" in arrays:

@@ -119,8 +119,8 @@ def fit(model_args: dict, item_features: torch.Tensor, train: dict, valid: dict,
     model = PreferenceModel(**model_args)
     with best.as_directory() as folder:
         model.load_state_dict(torch.load(Path(folder) / "model.pt", weights_only=True))
-    history = result.metrics_dataframe[["epoch", "loss", "valid_auc"]].to_dict("records")
-    return model.eval(), history
+    kept = [metrics for _, metrics in (result.best_checkpoints or [])]  # the best-validation epoch's metrics
+    return model.eval(), kept or [result.metrics]
 
 
 def save_preference_model(model: PreferenceModel, folder: Path, clip: str, history_len: int) -> None:
