@@ -72,3 +72,19 @@ def test_backprop_refuses_non_differentiable_rewards(micro_world):
 
     with pytest.raises(ValueError, match=r"needs differentiable rewards.*\['frozen'\]"):
         check_differentiable({"frozen": Frozen()}, {"frozen": 1.0})
+
+
+def test_kl_to_the_adapter_off_policy_and_cfg_rollouts(micro_world):
+    from icg_rl.rl.sampling import sample_trajectory
+
+    trainer = trainer_for(micro_world, "algo.kl_coef=0.1", "algo.guidance_scale=3.0")
+    with torch.no_grad():
+        trainer.pipe.icg.adapter.projection.gate.fill_(0.5)  # the policy differs from the adapter-off reference
+    metrics = trainer.step()
+    assert metrics["loss/kl"] > 0.0
+    with torch.no_grad():
+        trainer.pipe.icg.adapter.projection.gate.fill_(0.0)  # the policy *is* the reference: KL exactly 0
+    assert trainer.step()["loss/kl"] == 0.0
+    batch = next(trainer._batches)
+    traj, images = sample_trajectory(trainer.pipe, batch, 4, 1.0, 3.0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(traj.log_probs).all() and images.shape[0] == len(traj)
