@@ -16,7 +16,7 @@ import torch
 
 from icg_rl.config import load_config
 from icg_rl.data.stream import LoadReferences, build_pairs
-from icg_rl.evaluation.oracle_metrics import oracle_ctr
+from icg_rl.evaluation.world_reference import oracle_ctr
 from icg_rl.rl.local import LocalTrainer
 from icg_rl.rl.sampling import sample_trajectory
 

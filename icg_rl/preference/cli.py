@@ -82,8 +82,8 @@ def train_and_evaluate(cfg, out: Path) -> dict:
                "impressions": {s: len(r) for s, r in splits.items()}}
     if "heldout" in arrays:
         summary["heldout_users_auc"] = roc_auc(predict(model, arrays["heldout"]), arrays["heldout"]["label"] > 0.5)
-    if cfg.data.kind == "coverworld":
-        from icg_rl.evaluation.oracle_metrics import oracle_auc
+    if cfg.data.kind == "coverworld":  # after training: the world's truth as the reference, never as a signal
+        from icg_rl.evaluation.world_reference import true_click_auc
 
-        summary["oracle_auc"] = oracle_auc(data.root, splits["test"])
+        summary["oracle_auc"] = true_click_auc(data.root, splits["test"])
     return summary

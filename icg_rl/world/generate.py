@@ -7,6 +7,7 @@ only the oracle (evaluation) reads. Same seed → same bytes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,8 +207,6 @@ def write_world(world: World, out: str | Path, progress: bool = True) -> None:
 
 def world_is_current(out: str | Path, cfg: WorldConfig) -> bool:
     """True when `out` holds a complete world built from this exact config (so a build can be reused)."""
-    import json
-
     marker = Path(out) / "world.json"
     if not marker.is_file():
         return False

@@ -1,4 +1,5 @@
-"""What the CoverWorld oracle says about logged impressions (evaluation only; never used to train)."""
+"""The CoverWorld truth as a reference for evaluation: the oracle's AUC on logged impressions and the true CTR of
+generated covers. Evaluation only — callers use it after training, to report against the ceiling."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from icg_rl.metrics import roc_auc
 from icg_rl.world.oracle import Oracle
 
 
-def oracle_auc(world_dir, rows: pd.DataFrame) -> float:
+def true_click_auc(world_dir, rows: pd.DataFrame) -> float:
     """AUC of the true click probability on impressions (user_id, item_id, variant_id, label): the ceiling any
     click model can reach on these labels."""
     oracle = Oracle(world_dir)
