@@ -120,11 +120,12 @@ def _make_impressions(cfg, truth_users, truth_items, variants, click_model, rng)
     genre_of = truth_items["genre_index"].to_numpy()
     num_items, per_item = len(truth_items), cfg.variants_per_item + 1
     phi = variants.filter(like="phi_").to_numpy().reshape(num_items, per_item, -1)  # (items, variants, 5)
-    n = min(cfg.impressions_per_user, num_items)
+    n = cfg.impressions_per_user
+    repeat = n > num_items  # a heavy user sees items again, in other variants (as artwork A/B tests do)
     user_idx, item_idx, var_idx, times = [], [], [], []
     for u in range(len(truth_users)):
         weights = np.exp(0.7 * affinity[u, genre_of])
-        chosen = rng.choice(num_items, size=n, replace=False, p=weights / weights.sum())
+        chosen = rng.choice(num_items, size=n, replace=repeat, p=weights / weights.sum())
         user_idx.append(np.full(n, u))
         item_idx.append(chosen)
         var_idx.append(rng.integers(per_item, size=n))

@@ -116,3 +116,11 @@ def test_summary_reports_click_variance_shares(micro_world):
     _, summary = micro_world
     shares = summary["world"].get("click_variance_share")
     assert shares is not None and shares["genre"] > 0.1 and shares["look"] > 0.1
+
+
+def test_heavy_users_see_items_again_in_other_variants():
+    cfg = load_config(MICRO_CONFIG, ["world.impressions_per_user=80"])  # > the 32 items of the micro world
+    world = generate_world(cfg.world, progress=False)
+    per_user = world.interactions.groupby("user_id").size()
+    assert (per_user == 80).all()
+    assert world.interactions.duplicated(["user_id", "item_id"]).any()
