@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from icg_rl.config import load_config
-from icg_rl.data.stream import LoadReferences, build_pairs
+from icg_rl.data.stream import LoadReferences, build_pairs, frame_to_batch
 from icg_rl.evaluation.world_reference import oracle_ctr
 from icg_rl.rl.local import LocalTrainer
 from icg_rl.rl.sampling import sample_trajectory
@@ -24,8 +24,7 @@ from icg_rl.rl.sampling import sample_trajectory
 @torch.no_grad()
 def oracle_eval(trainer: LocalTrainer, pairs, seed: int = 99) -> dict[str, float]:
     frame = LoadReferences(trainer.cfg.data.reference_size, trainer.cfg.data.history_len)(pairs)
-    batch = {c: np.asarray(list(frame[c])) if c in ("reference_image", "history") else frame[c].to_numpy()
-             for c in frame.columns}
+    batch = frame_to_batch(frame)
     batch["group_key"] = np.char.add(batch["user_id"].astype(str), batch["item_id"].astype(str))
     traj, _ = sample_trajectory(trainer.pipe, batch, trainer.cfg.algo.num_inference_steps, trainer.cfg.algo.eta,
                                 trainer.cfg.algo.guidance_scale, torch.Generator().manual_seed(seed))

@@ -73,9 +73,15 @@ class LoadReferences:
         })
 
 
+def frame_to_batch(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A `LoadReferences` frame as the numpy batch dict (images and histories stacked into 2-D+ arrays)."""
+    return {c: np.stack(list(frame[c])) if c in ("reference_image", "history") else frame[c].to_numpy()
+            for c in frame.columns}
+
+
 def expand_groups(batch: dict[str, np.ndarray], samples_per_pair: int) -> dict[str, np.ndarray]:
     """Repeat each of the P pairs K times (consecutive rows) and add `group_key`."""
-    out = {k: np.repeat(np.asarray(list(v)) if v.dtype == object and k in ("history", "reference_image")
+    out = {k: np.repeat(np.stack(list(v)) if v.dtype == object and k in ("history", "reference_image")
                         else v, samples_per_pair, axis=0) for k, v in batch.items()}
     out["group_key"] = np.char.add(np.char.add(out["user_id"].astype(str), "|"), out["item_id"].astype(str))
     return out

@@ -165,7 +165,18 @@ class ICGPipeline(StableDiffusionPipeline):
                         mllm_lora_rank: int = 0, torch_dtype: torch.dtype | None = None) -> ICGPipeline:
         """Base from an SD-layout folder, the MLLM from its folder; ICG weights from `icg_path` (its config wins
         over the keyword arguments) or freshly initialised with the gate at zero."""
-        config = _icg_config(icg_path, locals())
+        if icg_path is not None:
+            config = _saved_config(icg_path, mllm_path)
+        elif mllm_path is None:
+            raise ValueError("mllm_path: required when icg_path is None (the folder of the image-text model)")
+        else:
+            features = item_features or {}
+            config = {"base": str(base_path), "mllm": str(mllm_path), "meta_tokens": meta_tokens,
+                      "user_dim": user_dim, "history_len": history_len,
+                      "item_feature_dim": len(next(iter(features.values()))) if features else 1,
+                      "item_ids": list(features), "user_ids": list(user_ids or []), "prompt_template": prompt_template,
+                      "unet_lora_rank": unet_lora_rank, "unet_lora_alpha": unet_lora_alpha,
+                      "mllm_lora_rank": mllm_lora_rank}
         base = StableDiffusionPipeline.from_pretrained(str(base_path), safety_checker=None,
                                                        requires_safety_checker=False, torch_dtype=torch_dtype)
         mllm = MetaTokenEncoder.from_pretrained(config["mllm"], config["meta_tokens"],
@@ -201,26 +212,16 @@ class ICGPipeline(StableDiffusionPipeline):
             set_peft_model_state_dict(self.unet, {k.removeprefix("unet."): v for k, v in lora.items()})
 
 
-def _icg_config(icg_path, args: dict) -> dict:
-    """The ICG config: from the saved folder when there is one, else from the keyword arguments."""
-    if icg_path is not None:
-        path = Path(icg_path) / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"icg_path: {icg_path} has no {CONFIG_NAME}; is it an ICGPipeline.save_pretrained "
-                                    f"folder?")
-        config = json.loads(path.read_text())
-        if args["mllm_path"] is not None:
-            config["mllm"] = str(args["mllm_path"])
-        return config
-    if args["mllm_path"] is None:
-        raise ValueError("mllm_path: required when icg_path is None (the folder of the image-text model)")
-    features = args["item_features"] or {}
-    dim = len(next(iter(features.values()))) if features else 1
-    return {"base": str(args["base_path"]), "mllm": str(args["mllm_path"]), "meta_tokens": args["meta_tokens"],
-            "user_dim": args["user_dim"], "history_len": args["history_len"], "item_feature_dim": dim,
-            "item_ids": list(features), "user_ids": list(args["user_ids"] or []),
-            "prompt_template": args["prompt_template"], "unet_lora_rank": args["unet_lora_rank"],
-            "unet_lora_alpha": args["unet_lora_alpha"], "mllm_lora_rank": args["mllm_lora_rank"]}
+def _saved_config(icg_path, mllm_path) -> dict:
+    """The ICG config of a `save_pretrained` folder (an explicit `mllm_path` overrides where the MLLM lives)."""
+    path = Path(icg_path) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"icg_path: {icg_path} has no {CONFIG_NAME}; is it an ICGPipeline.save_pretrained "
+                                f"folder?")
+    config = json.loads(path.read_text())
+    if mllm_path is not None:
+        config["mllm"] = str(mllm_path)
+    return config
 
 
 def model_paths(cfg) -> tuple[str, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 
 from tokenizers import pre_tokenizers
 from transformers import CLIPTokenizer
@@ -69,7 +68,3 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int)
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
-
-
-def save_tokenizer(tokenizer: CLIPTokenizer, folder: str | Path) -> None:
-    tokenizer.save_pretrained(str(folder))

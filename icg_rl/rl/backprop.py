@@ -12,8 +12,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.checkpoint import checkpoint
 
-from icg_rl.models.user import ICGUser
-from icg_rl.rl.sampling import decode, encode_prompts, predict_noise
+from icg_rl.rl.sampling import decode, encode_prompts, pipeline_inputs, predict_noise
 
 
 def check_differentiable(rewards: dict, weights: dict[str, float]) -> None:
@@ -26,9 +25,7 @@ def check_differentiable(rewards: dict, weights: dict[str, float]) -> None:
 def backprop_update(pipe, batch: dict, rewards: dict, mixer, algo, optimizer, generator: torch.Generator):
     """One reward-backprop update on a stream batch -> (metrics, images [B, 3, H, W] detached)."""
     check_differentiable(rewards, mixer.weights)
-    titles = [str(t) for t in batch["title"]]
-    refs = [img if has else None for img, has in zip(batch["reference_image"], batch["has_reference"])]
-    users = [ICGUser(str(u) or None, [str(i) for i in h if i]) for u, h in zip(batch["user_id"], batch["history"])]
+    titles, refs, users = pipeline_inputs(batch)
     features = pipe.encode_condition_inputs(pipe.prepare_condition_inputs(titles, refs, users))  # (B, K, d)
     prompt_embeds = encode_prompts(pipe, pipe.prompts(titles))
     uncond = encode_prompts(pipe, [""]) if algo.guidance_scale > 1.0 else None

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from icg_rl.data import load_from_config
-from icg_rl.data.stream import LoadReferences, build_pairs, expand_groups
+from icg_rl.data.stream import LoadReferences, build_pairs, expand_groups, frame_to_batch
 from icg_rl.models.item_features import compute_item_features
 from icg_rl.models.pipeline import pipeline_from_config
 from icg_rl.rewards.aesthetic import resolve_clip
@@ -69,8 +69,7 @@ class LocalTrainer:
             order = np.random.default_rng(self.cfg.train.seed + self.epoch).permutation(len(self.pairs))
             for start in range(0, len(order) - p + 1, p):
                 frame = self.load(self.pairs.iloc[order[start:start + p]].reset_index(drop=True))
-                yield expand_groups({c: np.asarray(list(frame[c])) if c in ("reference_image", "history")
-                                     else frame[c].to_numpy() for c in frame.columns}, k)
+                yield expand_groups(frame_to_batch(frame), k)
             self.epoch += 1
 
     def score(self, images: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:

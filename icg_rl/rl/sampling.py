@@ -11,8 +11,17 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from icg_rl.models.user import ICGUser
 from icg_rl.rl.logprob import ddim_step_with_logprob
 from icg_rl.rl.trajectory import Trajectory
+
+
+def pipeline_inputs(batch: dict) -> tuple[list[str], list, list[ICGUser]]:
+    """A stream batch as the pipeline's (titles, reference images or None, users)."""
+    titles = [str(t) for t in batch["title"]]
+    refs = [img if has else None for img, has in zip(batch["reference_image"], batch["has_reference"])]
+    users = [ICGUser(str(u) or None, [str(i) for i in h if i]) for u, h in zip(batch["user_id"], batch["history"])]
+    return titles, refs, users
 
 
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
@@ -50,11 +59,7 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
                       generator: torch.Generator, policy_version: int = 0) -> tuple[Trajectory, torch.Tensor]:
     """One rollout of a stream batch (title, reference_image, has_reference, user_id, history, group_key) ->
     (Trajectory, float images [B, 3, H, W])."""
-    from icg_rl.models.user import ICGUser
-
-    titles = [str(t) for t in batch["title"]]
-    refs = [img if has else None for img, has in zip(batch["reference_image"], batch["has_reference"])]
-    users = [ICGUser(str(u) or None, [str(i) for i in h if i]) for u, h in zip(batch["user_id"], batch["history"])]
+    titles, refs, users = pipeline_inputs(batch)
     condition = pipe.prepare_condition_inputs(titles, refs, users)
     features = pipe.encode_condition_inputs(condition)  # (B, K, d)
     prompt_embeds = encode_prompts(pipe, pipe.prompts(titles))  # (B, L, D)

@@ -4,7 +4,7 @@ import pytest
 
 from icg_rl.data import load_dataset, load_from_config
 from icg_rl.data.schema import INTERACTION_COLUMNS, ITEM_COLUMNS, RecDataset
-from icg_rl.data.stream import PairStream, build_pairs, expand_groups
+from icg_rl.data.stream import PairStream, build_pairs, expand_groups, stream_from_config
 
 
 def test_coverworld_loads_into_the_schema(micro_world):
@@ -57,7 +57,7 @@ def test_ray_data_stream_yields_groups_in_the_batch_contract(micro_world, ray_cl
     cfg, _ = micro_world
     data = load_from_config(cfg)
     P, K, H = cfg.data.pairs_per_batch, cfg.data.samples_per_pair, cfg.data.history_len
-    stream = PairStream(data, "train", P, K, H, reference_size=cfg.world.image_size, seed=3)
+    stream = stream_from_config(cfg, data, "train", seed=3)  # P, K, H and the reference size from cfg.data
     batches = list(stream.iter_groups(epoch=0))
     assert len(batches) == len(stream) > 0
     first = batches[0]
