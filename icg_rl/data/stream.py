@@ -73,6 +73,11 @@ class LoadReferences:
         })
 
 
+def epoch_order(num_pairs: int, seed: int, epoch: int) -> np.ndarray:
+    """The seeded shuffle of an epoch: the in-process trainer and the Ray stream visit pairs in this order."""
+    return np.random.default_rng([seed, epoch]).permutation(num_pairs)
+
+
 def frame_to_batch(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """A `LoadReferences` frame as the numpy batch dict (images and histories stacked into 2-D+ arrays)."""
     return {c: np.stack(list(frame[c])) if c in ("reference_image", "history") else frame[c].to_numpy()
@@ -101,15 +106,20 @@ class PairStream:
         self.P, self.K, self.seed, self.shuffle = pairs_per_batch, samples_per_pair, seed, shuffle
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # same seed, same order: runs are reproducible
-        self.dataset = ray.data.from_pandas(self.pairs).map_batches(
-            LoadReferences(reference_size, history_len), batch_format="pandas")
+        self.load = LoadReferences(reference_size, history_len)
 
     def __len__(self) -> int:
         """Full batches per epoch."""
         return len(self.pairs) // self.P
 
-    def iter_groups(self, epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        dataset = self.dataset.random_shuffle(seed=self.seed + epoch) if self.shuffle else self.dataset
+    def iter_groups(self, epoch: int = 0, start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of an epoch in `epoch_order` (or file order without shuffle), from batch `start_batch` on."""
+        import ray.data
+
+        order = epoch_order(len(self.pairs), self.seed, epoch) if self.shuffle else np.arange(len(self.pairs))
+        order = order[start_batch * self.P: len(self) * self.P]  # full batches only
+        dataset = ray.data.from_pandas(self.pairs.iloc[order].reset_index(drop=True)).map_batches(
+            self.load, batch_format="pandas")
         for batch in dataset.iter_batches(batch_size=self.P, batch_format="numpy", drop_last=True):
             yield expand_groups(batch, self.K)
 

@@ -79,13 +79,17 @@ class ICGPipeline(StableDiffusionPipeline):
                    "history_mask": mask}
         return inputs
 
-    def encode_condition_inputs(self, inputs: dict) -> torch.Tensor:
-        """Raw inputs -> refined meta features [B, K, d_mllm] (differentiable w.r.t. every ICG parameter)."""
+    def encode_condition_inputs(self, inputs: dict, zero_user: bool = False) -> torch.Tensor:
+        """Raw inputs -> refined meta features [B, K, d_mllm] (differentiable w.r.t. every ICG parameter).
+
+        `zero_user` replaces the user embedding by zeros: the evaluation arm that shows what personalization adds."""
         device = self._execution_device
         prepared = {k.removeprefix("mllm."): v.to(device) for k, v in inputs.items() if k.startswith("mllm.")}
         meta = self.mllm(prepared=prepared)  # (B, K, d_mllm)
         user = self.icg.user_encoder(inputs["user_index"].to(device), inputs["history"].to(device, meta.dtype),
                                      inputs["history_mask"].to(device))  # (B, user_dim)
+        if zero_user:
+            user = torch.zeros_like(user)
         return self.icg.refiner(meta, user.to(meta.dtype))
 
     def encode_conditions(self, titles: list[str], reference_images=None, users=None) -> torch.Tensor:

@@ -103,10 +103,10 @@ class RewardMixer:
         self._check_scores(scores)
         metrics: dict[str, float] = {}
         total = None
+        if update:
+            self.update(scores)
         for name in self.mixed:
             s = scores[name]
-            if update:
-                self.stats[name].update(s)
             norm = self._normalise(name, s)
             term = self.weights[name] * norm
             total = term if total is None else total + term
@@ -117,6 +117,12 @@ class RewardMixer:
                 metrics.update(_describe(name, scores[name]))
         metrics["reward/total"] = float(total.detach().mean())
         return total, metrics
+
+    def update(self, scores: dict[str, torch.Tensor]) -> None:
+        """Fold a batch of scores into the running statistics of every mixed reward (without mixing)."""
+        self._check_scores(scores)
+        for name in self.mixed:
+            self.stats[name].update(scores[name].detach())
 
     def _check_scores(self, scores: dict[str, torch.Tensor]) -> None:
         sizes = {}

@@ -8,6 +8,8 @@ drawn uniformly in 1..K each update (AlignProp's randomized truncation, which ke
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.checkpoint import checkpoint
@@ -22,9 +24,15 @@ def check_differentiable(rewards: dict, weights: dict[str, float]) -> None:
                          f"{bad}; set their weight to 0 or use algo.name=ddpo")
 
 
-def backprop_update(pipe, batch: dict, rewards: dict, mixer, algo, optimizer, generator: torch.Generator):
-    """One reward-backprop update on a stream batch -> (metrics, images [B, 3, H, W] detached)."""
+def backprop_loss(pipe, batch: dict, rewards: dict, mixer, algo, generator: torch.Generator, noise_generators=None,
+                  gather_scores: Callable[[dict], dict] | None = None):
+    """The reward-backprop loss of a stream batch -> (loss, metrics, images [B, 3, H, W] detached).
+
+    `noise_generators` (one per row, see `rl/seeding.py`) draw the sampling noise; `generator` draws the
+    truncation. `gather_scores` lets data-parallel ranks normalise with the statistics of the *global* batch: it
+    receives this rank's detached scores and returns every rank's, which update the mixer before it normalises."""
     check_differentiable(rewards, mixer.weights)
+    noise_generators = noise_generators if noise_generators is not None else generator
     titles, refs, users = pipeline_inputs(batch)
     features = pipe.encode_condition_inputs(pipe.prepare_condition_inputs(titles, refs, users))  # (B, K, d)
     prompt_embeds = encode_prompts(pipe, pipe.prompts(titles))
@@ -32,7 +40,7 @@ def backprop_update(pipe, batch: dict, rewards: dict, mixer, algo, optimizer, ge
     scheduler = pipe.scheduler
     scheduler.set_timesteps(algo.num_inference_steps, device=features.device)
     size = pipe.unet.config.sample_size
-    latents = randn_tensor((len(titles), pipe.unet.config.in_channels, size, size), generator=generator,
+    latents = randn_tensor((len(titles), pipe.unet.config.in_channels, size, size), generator=noise_generators,
                            dtype=features.dtype) * scheduler.init_noise_sigma
     k = algo.backprop_steps
     if algo.random_truncation:
@@ -47,17 +55,28 @@ def backprop_update(pipe, batch: dict, rewards: dict, mixer, algo, optimizer, ge
                 noise = checkpoint(predict_noise, *args, use_reentrant=False)
             else:
                 noise = predict_noise(*args)
-            latents = scheduler.step(noise, t, latents, eta=algo.eta, generator=generator).prev_sample
+            latents = scheduler.step(noise, t, latents, eta=algo.eta, generator=noise_generators).prev_sample
     images = decode(pipe, latents)  # (B, 3, H, W), with grad through the last K steps
     scores = {name: reward.score(images, batch) for name, reward in rewards.items()}
-    total, metrics = mixer(scores)
+    if gather_scores is not None:
+        mixer.update(gather_scores({n: s.detach() for n, s in scores.items()}))
+        total, metrics = mixer(scores, update=False)
+    else:
+        total, metrics = mixer(scores)
     loss = -total.mean()  # ascend the mixed reward
+    metrics["loss/backprop"] = float(loss.detach())
+    metrics["stats/backprop_steps"] = k
+    return loss, metrics, images.detach()
+
+
+def backprop_update(pipe, batch: dict, rewards: dict, mixer, algo, optimizer, generator: torch.Generator,
+                    noise_generators=None):
+    """One in-process reward-backprop update -> (metrics, images [B, 3, H, W] detached)."""
+    loss, metrics, images = backprop_loss(pipe, batch, rewards, mixer, algo, generator, noise_generators)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     metrics["stats/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, algo.max_grad_norm))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    metrics["loss/backprop"] = float(loss.detach())
-    metrics["stats/backprop_steps"] = k
-    return metrics, images.detach()
+    return metrics, images

@@ -41,19 +41,24 @@ def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -
     return per_element.mean(dim=tuple(range(1, per_element.ndim)))  # mean over (C, h, w)
 
 
-def ddpo_update(pipe, trajectory, advantages: torch.Tensor, optimizer, algo,
-                generator: torch.Generator) -> dict[str, float]:
-    """One DDPO update on a trajectory batch: PPO-clip on a random `timestep_fraction` of the recorded steps.
+def ddpo_gradients(pipe, trajectory, advantages: torch.Tensor, algo, generator: torch.Generator
+                   ) -> tuple[list[torch.Tensor | None], dict[str, float]]:
+    """The DDPO gradient of a trajectory batch, one entry per `pipe.trainable_parameters()` (None = unused).
 
-    The condition (MLLM meta tokens → user refinement) is recomputed once with the current weights; each step's
-    loss is backpropagated into a detached copy of it (the UNet graph of one step at a time is all that lives in
-    memory), and the accumulated gradient is pushed through the condition encoder once at the end."""
+    PPO-clip on a random `timestep_fraction` of the recorded steps. The condition (MLLM meta tokens → user
+    refinement) is recomputed once with the current weights; each step's loss is differentiated w.r.t. a detached
+    copy of it and the UNet-side parameters (one step's UNet graph at a time lives in memory), and the accumulated
+    dL/d(condition) is pushed through the condition encoder once at the end. Gradients are returned, not stored
+    in `.grad`: a plain optimizer (`ddpo_update`) and a DeepSpeed engine (`gradient_surrogate`) apply them alike."""
+    params = pipe.trainable_parameters()
     steps = trajectory.log_probs.shape[1]
     chosen = torch.randperm(steps, generator=generator)[: max(1, round(algo.timestep_fraction * steps))]
     features = pipe.encode_condition_inputs(trajectory.condition)  # (B, K, d), with grad
     leaf = features.detach().requires_grad_(True)
     uncond = encode_prompts(pipe, [""]) if algo.guidance_scale > 1.0 else None
     pipe.scheduler.set_timesteps(steps, device=leaf.device)
+    grads: list[torch.Tensor | None] = [None] * len(params)
+    leaf_grad = torch.zeros_like(leaf)
     totals: dict[str, float] = {"loss/policy": 0.0, "loss/kl": 0.0, "stats/approx_kl": 0.0, "stats/clip_fraction": 0.0}
     for j in chosen.tolist():
         t, latents, next_latents = trajectory.timesteps[j], trajectory.latents[:, j], trajectory.latents[:, j + 1]
@@ -64,12 +69,38 @@ def ddpo_update(pipe, trajectory, advantages: torch.Tensor, optimizer, algo,
             kl = step_kl(pipe, latents, t, trajectory.prompt_embeds, leaf, noise, algo, uncond)
             loss = loss + algo.kl_coef * kl
             totals["loss/kl"] += float(kl.detach()) / len(chosen)
-        (loss / len(chosen)).backward()
+        step_grads = torch.autograd.grad(loss / len(chosen), [leaf, *params], allow_unused=True)
+        leaf_grad += step_grads[0]
+        grads = _accumulate(grads, step_grads[1:])
         totals["loss/policy"] += float(loss.detach()) / len(chosen)
         totals["stats/approx_kl"] += float(stats["approx_kl"]) / len(chosen)
         totals["stats/clip_fraction"] += float(stats["clip_fraction"]) / len(chosen)
-    features.backward(leaf.grad)  # the accumulated dL/d(condition) into meta tokens, user encoder, refiner
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    # the accumulated dL/d(condition) into meta tokens, user encoder, refiner
+    grads = _accumulate(grads, torch.autograd.grad(features, params, grad_outputs=leaf_grad, allow_unused=True))
+    return grads, totals
+
+
+def _accumulate(total: list, new) -> list:
+    return [n if t is None else (t if n is None else t + n) for t, n in zip(total, new)]
+
+
+def gradient_surrogate(params, grads) -> torch.Tensor:
+    """A scalar whose gradient w.r.t. each parameter is exactly the given gradient: Σ_p ⟨p, g_p⟩ with g constant.
+    An engine that owns the backward pass (DeepSpeed's ZeRO hooks reduce gradients as autograd produces them)
+    runs one `engine.backward(surrogate)` instead of our per-step loop."""
+    terms = [(p * g.detach()).sum() for p, g in zip(params, grads) if g is not None]
+    if not terms:
+        raise RuntimeError("gradient_surrogate: no parameter received a gradient")
+    return torch.stack(terms).sum()
+
+
+def ddpo_update(pipe, trajectory, advantages: torch.Tensor, optimizer, algo,
+                generator: torch.Generator) -> dict[str, float]:
+    """One in-process DDPO update: gradients, global-norm clip, optimizer step."""
+    grads, totals = ddpo_gradients(pipe, trajectory, advantages, algo, generator)
+    params = pipe.trainable_parameters()
+    for p, g in zip(params, grads):
+        p.grad = g if g is not None else torch.zeros_like(p)
     totals["stats/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, algo.max_grad_norm))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

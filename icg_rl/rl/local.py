@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from icg_rl.data import load_from_config
-from icg_rl.data.stream import LoadReferences, build_pairs, expand_groups, frame_to_batch
+from icg_rl.data.stream import LoadReferences, build_pairs, epoch_order, expand_groups, frame_to_batch
 from icg_rl.models.item_features import compute_item_features
 from icg_rl.models.pipeline import pipeline_from_config
 from icg_rl.rewards.aesthetic import resolve_clip
@@ -29,6 +29,7 @@ from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
 from icg_rl.rl.backprop import backprop_update, check_differentiable
 from icg_rl.rl.ddpo import ddpo_update
 from icg_rl.rl.sampling import sample_trajectory
+from icg_rl.rl.seeding import EVALUATION, row_generators, update_generator
 
 
 @contextmanager
@@ -56,7 +57,6 @@ class LocalTrainer:
         self.mixer = RewardMixer(weights, normalize=cfg.reward.normalize)
         self.tracker = PerKeyStatTracker()
         self.optimizer = torch.optim.AdamW(self.pipe.trainable_parameters(), lr=cfg.algo.lr)
-        self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.pairs = build_pairs(self.data, split, cfg.data.history_len)
         self.load = LoadReferences(cfg.data.reference_size, cfg.data.history_len)
         self.iteration, self.epoch = 0, 0
@@ -66,7 +66,7 @@ class LocalTrainer:
         """Seeded epochs over the pairs, P pairs per batch, each repeated K times (the Ray stream's contract)."""
         p, k = self.cfg.data.pairs_per_batch, self.cfg.data.samples_per_pair
         while True:
-            order = np.random.default_rng(self.cfg.train.seed + self.epoch).permutation(len(self.pairs))
+            order = epoch_order(len(self.pairs), self.cfg.train.seed, self.epoch)
             for start in range(0, len(order) - p + 1, p):
                 frame = self.load(self.pairs.iloc[order[start:start + p]].reset_index(drop=True))
                 yield expand_groups(frame_to_batch(frame), k)
@@ -77,16 +77,18 @@ class LocalTrainer:
             return {name: reward.score(images, batch) for name, reward in self.rewards.items()}
 
     def step(self) -> dict[str, float]:
-        algo, timings = self.cfg.algo, {}
+        algo, timings, seed = self.cfg.algo, {}, self.cfg.train.seed
         batch = next(self._batches)
+        noise = row_generators(seed, self.iteration, range(len(batch["group_key"])))  # see rl/seeding.py
+        generator = update_generator(seed, self.iteration)
         if algo.name == "backprop":
             with timed("update", timings):
                 metrics, _ = backprop_update(self.pipe, batch, self.rewards, self.mixer, algo, self.optimizer,
-                                             self.generator)
+                                             generator, noise)
         else:
             with timed("rollout", timings):
                 trajectory, images = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta,
-                                                       algo.guidance_scale, self.generator, self.iteration)
+                                                       algo.guidance_scale, noise, self.iteration)
             with timed("reward", timings):
                 scores = self.score(images, trajectory.extra)
             total, metrics = self.mixer(scores)
@@ -94,7 +96,7 @@ class LocalTrainer:
             metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
             with timed("update", timings):
                 metrics |= ddpo_update(self.pipe, trajectory, torch.from_numpy(advantages), self.optimizer, algo,
-                                       self.generator)
+                                       generator)
         self.iteration += 1
         metrics |= timings | {"iteration": self.iteration,
                               "stats/gate": float(self.pipe.icg.adapter.projection.gate.detach())}
@@ -104,8 +106,9 @@ class LocalTrainer:
     def evaluate(self, batch: dict, seed: int = 1234) -> dict[str, float]:
         """Raw reward means of fresh samples for a fixed batch (same seed each call: comparable over training)."""
         algo = self.cfg.algo
+        noise = row_generators(seed, 0, range(len(batch["group_key"])), EVALUATION)
         _, images = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
-                                      torch.Generator().manual_seed(seed))
+                                      noise)
         scores = self.score(images, batch)
         raw_total = sum(self.mixer.weights[n] * s.mean() for n, s in scores.items())
         return {f"eval/{n}": float(s.mean()) for n, s in scores.items()} | {"eval/weighted_total": float(raw_total)}

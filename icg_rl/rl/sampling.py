@@ -56,12 +56,13 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_scale: float,
-                      generator: torch.Generator, policy_version: int = 0) -> tuple[Trajectory, torch.Tensor]:
+                      generator, policy_version: int = 0, zero_user: bool = False) -> tuple[Trajectory, torch.Tensor]:
     """One rollout of a stream batch (title, reference_image, has_reference, user_id, history, group_key) ->
-    (Trajectory, float images [B, 3, H, W])."""
+    (Trajectory, float images [B, 3, H, W]). `generator`: one torch.Generator, or one per row (`rl/seeding.py`:
+    rows then draw the same noise however the batch is split)."""
     titles, refs, users = pipeline_inputs(batch)
     condition = pipe.prepare_condition_inputs(titles, refs, users)
-    features = pipe.encode_condition_inputs(condition)  # (B, K, d)
+    features = pipe.encode_condition_inputs(condition, zero_user)  # (B, K, d)
     prompt_embeds = encode_prompts(pipe, pipe.prompts(titles))  # (B, L, D)
     uncond = encode_prompts(pipe, [""]) if guidance_scale > 1.0 else None
     scheduler = pipe.scheduler

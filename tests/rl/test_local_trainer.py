@@ -36,16 +36,22 @@ def test_recomputed_ratio_on_unchanged_weights_is_exactly_one(micro_world):
             assert torch.equal(torch.exp(log_prob - traj.log_probs[:, j]), torch.ones(len(traj)))
 
 
+# DDPO's signal per iteration is weaker (8 images, clipped ratios): a bolder step and more iterations; measured
+# gains over 3 seeds: +0.047 to +0.071 (DDPO), margin 0.03.
+SETTINGS = {"ddpo": (30, ["algo.lr=0.1", "algo.clip_range=0.5"]), "backprop": (20, ["algo.backprop_steps=2"])}
+
+
 @pytest.mark.parametrize("algo", ["ddpo", "backprop"])
-def test_twenty_iterations_raise_the_reward(micro_world, algo):
-    trainer = trainer_for(micro_world, f"algo.name={algo}", "algo.backprop_steps=2")
+def test_training_raises_the_reward(micro_world, algo):
+    iterations, overrides = SETTINGS[algo]
+    trainer = trainer_for(micro_world, f"algo.name={algo}", *overrides)
     probes = [next(trainer._batches) for _ in range(3)]  # 3 batches x 2 noise seeds: 48 images per evaluation
 
     def weighted_reward() -> float:
         return float(np.mean([trainer.evaluate(p, seed=s)["eval/weighted_total"] for p in probes for s in (1, 2)]))
 
     before = weighted_reward()
-    metrics = [trainer.step() for _ in range(20)]
+    metrics = [trainer.step() for _ in range(iterations)]
     after = weighted_reward()
     assert after > before + 0.03, (before, after, metrics[-1])
     assert all(torch.isfinite(torch.tensor(m["stats/grad_norm"])) for m in metrics)
