@@ -14,6 +14,7 @@ from typing import Any
 
 from icg_rl.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from icg_rl.data.schema import DataFileError
+from icg_rl.distributed.placement import ResourceShortfall
 from icg_rl.io import atomic_write_json
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -41,7 +42,7 @@ def run_main(body: Callable[[], int | None]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return body() or EXIT_OK
-    except (ConfigError, DataFileError, FileNotFoundError) as err:
+    except (ConfigError, DataFileError, FileNotFoundError, ResourceShortfall) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -149,7 +149,7 @@ class AlgoConfig(Section):
 
 
 class RayConfig(Section):
-    """Cluster placement (DESIGN.md §8)."""
+    """Cluster placement (DESIGN.md §8). Per-role `*_cpus` / `*_gpus` override the per-worker defaults."""
 
     address: str | None = Field(None, description="cluster address; None = RAY_ADDRESS or a new local cluster")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local cluster; None = all")
@@ -158,6 +158,26 @@ class RayConfig(Section):
     learner_workers: int = Field(1, ge=1, description="learner ranks (DeepSpeed world size)")
     cpus_per_worker: float = Field(0.5, gt=0.0, description="CPUs requested per actor")
     gpus_per_worker: float = Field(0.0, ge=0.0, description="GPUs requested per actor (fractions allowed)")
+    rollout_cpus: float | None = Field(None, gt=0.0, description="CPUs per rollout actor; None = cpus_per_worker")
+    rollout_gpus: float | None = Field(None, ge=0.0, description="GPUs per rollout actor; None = gpus_per_worker")
+    reward_cpus: float | None = Field(None, gt=0.0, description="CPUs per reward actor; None = cpus_per_worker")
+    reward_gpus: float | None = Field(None, ge=0.0, description="GPUs per reward actor; None = gpus_per_worker")
+    learner_cpus: float | None = Field(None, gt=0.0, description="CPUs per learner rank; None = cpus_per_worker")
+    learner_gpus: float | None = Field(None, ge=0.0, description="GPUs per learner rank; None = gpus_per_worker")
+    data_cpus: float = Field(1.0, ge=0.0, description="CPUs left free for Ray Data's tasks (the pair stream); "
+                             "counted in the fit check, since a packed cluster would stall the stream")
+    threads_per_worker: int | None = Field(None, ge=1, description="torch CPU threads per actor; None = its CPUs "
+                                           "rounded up (sync phases do not overlap, so a CPU-only run may use more)")
+    resource_wait_s: float = Field(0.0, ge=0.0, description="seconds to wait for an autoscaler to add what the "
+                                   "actors need before failing; 0 = check the cluster as it is")
+    max_restarts: int = Field(3, ge=0, description="restarts of a rollout or reward actor (its work is retried)")
+    deepspeed_config: str = Field("configs/deepspeed/zero2.json", description="DeepSpeed JSON (ZeRO stage, "
+                                  "precision); optimizer, clipping and batch sizes are filled from algo/data")
+
+    def role(self, name: str) -> tuple[float, float]:
+        """(CPUs, GPUs) per actor of a role: 'rollout', 'reward' or 'learner'."""
+        cpus, gpus = getattr(self, f"{name}_cpus"), getattr(self, f"{name}_gpus")
+        return (self.cpus_per_worker if cpus is None else cpus, self.gpus_per_worker if gpus is None else gpus)
 
 
 class TrainConfig(Section):
@@ -166,7 +186,9 @@ class TrainConfig(Section):
     seed: int = Field(0, description="seed of the run")
     iterations: int = Field(10, ge=1, description="RL iterations")
     checkpoint_every: int = Field(5, ge=1, description="iterations between checkpoints")
-    eval_every: int = Field(5, ge=1, description="iterations between evaluations")
+    eval_every: int = Field(5, ge=1, description="iterations between evaluations on held-out pairs")
+    eval_pairs: int = Field(64, ge=1, description="held-out (user, item) pairs of the test split scored at evaluation")
+    out: str = Field("runs/train", description="folder of the run's outputs (the CLI's --out overrides it)")
     tracker: Literal["wandb", "none"] = Field("wandb", description="metrics tracker (wandb runs offline by default)")
 
 

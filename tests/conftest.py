@@ -43,3 +43,14 @@ def ray_cluster():
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def micro_preference(micro_world, ray_cluster):
+    """The micro world's preference model, trained once where `reward.preference: coverworld` finds it (the
+    training tests' reward): returns (config, folder, summary)."""
+    from icg_rl.preference.cli import train_and_evaluate
+
+    cfg, _ = micro_world
+    out = Path(cfg.world.dir) / "models" / "preference"
+    return cfg, out, train_and_evaluate(cfg, out)

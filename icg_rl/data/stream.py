@@ -106,6 +106,7 @@ class PairStream:
         self.P, self.K, self.seed, self.shuffle = pairs_per_batch, samples_per_pair, seed, shuffle
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # same seed, same order: runs are reproducible
+        context.enable_progress_bars = False  # one small dataset per epoch: the trainer's own bar says enough
         self.load = LoadReferences(reference_size, history_len)
 
     def __len__(self) -> int:

@@ -17,9 +17,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from icg_rl.distributed.placement import check_fits, torch_threads
 from icg_rl.rewards.base import RewardModel, build_reward
-
-RESOURCE_SLACK = 1e-6  # fractional requests (0.1 × 10) must not fail on float rounding
 
 
 class RewardWorker:
@@ -32,7 +31,7 @@ class RewardWorker:
     """
 
     def __init__(self, name: str, reward_cfg, world_dir: str, threads: int | None = 1,
-                 factory: Callable[..., RewardModel] | None = None):
+                 factory: Callable[..., RewardModel] | None = None, device: str | None = None):
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"RewardWorker threads: must be >= 1 or None, got {threads}")
@@ -40,7 +39,8 @@ class RewardWorker:
         self.name = name
         self.model = factory(reward_cfg, world_dir) if factory is not None else build_reward(name, reward_cfg,
                                                                                              world_dir)
-        self.model.eval()
+        self.device = torch.device(device or "cpu")
+        self.model.to(self.device).eval()
 
     def ready(self) -> dict:
         """Returns once the model is built: lets a pool surface construction errors early."""
@@ -48,7 +48,7 @@ class RewardWorker:
 
     def score(self, images, batch: dict | None = None) -> np.ndarray:
         """images uint8 ndarray [B, H, W, 3] or float Tensor [B, 3, H, W] in [0, 1] -> scores float32 [B]."""
-        x = to_float_images(images, self.name)
+        x = to_float_images(images, self.name).to(self.device)
         with torch.no_grad():
             scores = self.model.score(x, batch or {})  # (B,)
         return scores.detach().to(torch.float32).cpu().numpy()
@@ -68,29 +68,6 @@ def to_float_images(images, name: str) -> torch.Tensor:
                     f"[B, 3, H, W] in [0, 1], got {got}")
 
 
-def check_fits(requests: dict[str, tuple[int, float, float]]) -> None:
-    """Raise unless the summed requests {pool: (count, cpus_each, gpus_each)} fit the cluster's total resources.
-
-    Compares with `ray.cluster_resources()` (the totals, not what is free now): call it once with every pool the
-    run will create, since pools that each fit alone may not fit together.
-    """
-    import ray
-
-    if not ray.is_initialized():
-        raise RuntimeError("check_fits: Ray is not initialised; call ray.init (or icg_rl's cluster start) first")
-    have = ray.cluster_resources()
-    have_cpu, have_gpu = float(have.get("CPU", 0.0)), float(have.get("GPU", 0.0))
-    need_cpu = sum(n * c for n, c, _ in requests.values())
-    need_gpu = sum(n * g for n, _, g in requests.values())
-    if need_cpu <= have_cpu + RESOURCE_SLACK and need_gpu <= have_gpu + RESOURCE_SLACK:
-        return
-    parts = ", ".join(f"{pool}: {n} × ({c:g} CPU, {g:g} GPU)" for pool, (n, c, g) in requests.items())
-    raise RuntimeError(f"actor requests exceed the cluster: {parts} = {need_cpu:g} CPU, {need_gpu:g} GPU; the "
-                       f"cluster has {have_cpu:g} CPU, {have_gpu:g} GPU. Lower ray.cpus_per_worker / "
-                       f"ray.gpus_per_worker or the worker counts, or raise ray.num_cpus (pending actors would "
-                       f"otherwise wait forever)")
-
-
 class RewardPool:
     """`num_workers` Ray actors of one reward; a batch is split into chunks scored in parallel, in row order.
 
@@ -100,7 +77,8 @@ class RewardPool:
     """
 
     def __init__(self, name: str, reward_cfg, world_dir: str, num_workers: int, num_cpus: float,
-                 num_gpus: float = 0.0, max_restarts: int = 3, factory: Callable[..., RewardModel] | None = None):
+                 num_gpus: float = 0.0, max_restarts: int = 3, factory: Callable[..., RewardModel] | None = None,
+                 threads: int | None = None):
         import ray
 
         if num_workers < 1:
@@ -111,8 +89,9 @@ class RewardPool:
         self.name = name
         actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
                                max_task_retries=max_restarts)(RewardWorker)
-        threads = max(1, math.floor(num_cpus))
-        self.actors = [actor_cls.remote(name, reward_cfg, str(world_dir), threads, factory)
+        threads = torch_threads(num_cpus, threads)
+        device = "cuda" if num_gpus > 0 else None
+        self.actors = [actor_cls.remote(name, reward_cfg, str(world_dir), threads, factory, device)
                        for _ in range(num_workers)]
         self._next = 0  # round-robin start, so one-chunk calls do not all land on actor 0
 
@@ -148,6 +127,15 @@ class RewardPool:
             self._next += 1
             refs.append(actor.score.remote(_rows(images, lo, hi), slice_batch(batch, lo, hi, n)))
         return refs
+
+    def score_refs(self, images_ref, batch_ref) -> object:
+        """Queue one chunk whose images and batch are still being produced (ObjectRefs of a rollout task): Ray
+        starts scoring the moment they exist, so a pool never waits for the rest of the batch. Returns one ref."""
+        if not self.actors:
+            raise RuntimeError(f"RewardPool {self.name!r} is shut down")
+        actor = self.actors[self._next % len(self.actors)]
+        self._next += 1
+        return actor.score.remote(images_ref, batch_ref)
 
     @staticmethod
     def gather(refs: Sequence) -> np.ndarray:

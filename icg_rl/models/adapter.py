@@ -34,7 +34,8 @@ class ICGProjection(nn.Module):
         hidden_dim = hidden_dim or max(in_dim, cross_attention_dim)
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, cross_attention_dim))
         self.norm = nn.LayerNorm(cross_attention_dim)
-        self.gate = nn.Parameter(torch.zeros(()))  # zero: the untrained adapter adds nothing
+        # zero: the untrained adapter adds nothing. Shape (1,), not (): DeepSpeed cannot broadcast 0-d parameters
+        self.gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [N, K, d_mllm] -> ICG tokens [N, K, d_cross]."""

@@ -66,3 +66,15 @@ def load_item_features(folder: str | Path) -> dict[str, np.ndarray]:
     ids = json.loads((folder / "item_ids.json").read_text())
     features = load_file(str(folder / "item_features.safetensors"))["features"]
     return dict(zip(ids, features))
+
+
+def policy_context(cfg, data: RecDataset) -> tuple[list[str], dict[str, np.ndarray]]:
+    """What an ICG policy is built with besides its weights: the known (training) user ids and the item features
+    histories are made of. Computed once (by the driver) and shipped to every actor that builds the policy."""
+    from icg_rl.rewards.aesthetic import resolve_clip
+
+    embedder = CLIPEmbedder.from_pretrained(resolve_clip(cfg.reward, cfg.world.dir))
+    ids, features = compute_item_features(embedder, data)
+    log = data.interactions
+    users = sorted(set(log.loc[log["split"] == "train", "user_id"] if "split" in log else log["user_id"]))
+    return [str(u) for u in users], {i: f.numpy() for i, f in zip(ids, features)}

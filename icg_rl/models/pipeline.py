@@ -28,7 +28,7 @@ from icg_rl.models.adapter import ICGAdapter
 from icg_rl.models.mllm import MetaTokenEncoder
 from icg_rl.models.user import FiLMRefiner, ICGUser, UserEncoder, history_tensors
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the adapter gate has shape (1,)
 WEIGHTS_NAME, CONFIG_NAME, LORA_NAME = "icg.safetensors", "icg_config.json", "pytorch_lora_weights.safetensors"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -133,11 +133,16 @@ class ICGPipeline(StableDiffusionPipeline):
         state |= {f"icg.{k}": v for k, v in self.icg.state_dict().items()}
         return state
 
+    def trainable_named_parameters(self) -> dict[str, nn.Parameter]:
+        """Every trained parameter by a stable name (meta tokens, MLLM LoRA, ICG modules, UNet LoRA): what a
+        learner updates and weight sync ships."""
+        named = {f"mllm.{n}": p for n, p in self.mllm.named_parameters() if p.requires_grad}
+        named |= {f"icg.{n}": p for n, p in self.icg.named_parameters() if p.requires_grad}
+        named |= {f"unet.{n}": p for n, p in self.unet.named_parameters() if "lora_" in n}
+        return named
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        params = [p for p in self.mllm.parameters() if p.requires_grad]
-        params += [p for p in self.icg.parameters() if p.requires_grad]
-        params += [p for n, p in self.unet.named_parameters() if "lora_" in n]
-        return params
+        return list(self.trainable_named_parameters().values())
 
     def freeze_base(self) -> None:
         """Base weights frozen: only ICG modules, meta tokens and LoRA layers keep requires_grad."""

@@ -19,11 +19,10 @@ import torch
 
 from icg_rl.data import load_from_config
 from icg_rl.data.stream import LoadReferences, build_pairs, epoch_order, expand_groups, frame_to_batch
-from icg_rl.models.item_features import compute_item_features
+from icg_rl.distributed.reward import to_float_images
+from icg_rl.models.item_features import policy_context
 from icg_rl.models.pipeline import pipeline_from_config
-from icg_rl.rewards.aesthetic import resolve_clip
 from icg_rl.rewards.base import build_reward
-from icg_rl.rewards.clip_embedder import CLIPEmbedder
 from icg_rl.rewards.mix import RewardMixer
 from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
 from icg_rl.rl.backprop import backprop_update, check_differentiable
@@ -44,11 +43,9 @@ class LocalTrainer:
         self.cfg = cfg
         torch.manual_seed(cfg.train.seed)
         self.data = load_from_config(cfg)
-        embedder = CLIPEmbedder.from_pretrained(resolve_clip(cfg.reward, cfg.world.dir))
-        item_ids, features = compute_item_features(embedder, self.data)
-        log = self.data.interactions
-        users = sorted(set(log.loc[log["split"] == "train", "user_id"] if "split" in log else log["user_id"]))
-        self.pipe = pipeline_from_config(cfg, user_ids=users, item_features=dict(zip(item_ids, features)))
+        users, item_features = policy_context(cfg, self.data)
+        torch.manual_seed(cfg.train.seed)  # the ICG init draws from here, as in every learner rank
+        self.pipe = pipeline_from_config(cfg, user_ids=users, item_features=item_features)
         self.pipe.set_progress_bar_config(disable=True)
         weights = {k: v for k, v in cfg.reward.weights.items() if v != 0}
         self.rewards = {name: build_reward(name, cfg.reward, cfg.world.dir) for name in weights}
@@ -90,7 +87,8 @@ class LocalTrainer:
                 trajectory, images = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta,
                                                        algo.guidance_scale, noise, self.iteration)
             with timed("reward", timings):
-                scores = self.score(images, trajectory.extra)
+                # score the uint8 images a rollout records (and ships to reward actors), not the float decode
+                scores = self.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
             total, metrics = self.mixer(scores)
             advantages, adv_stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker)
             metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}

@@ -11,12 +11,8 @@ from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def trained(micro_world, ray_cluster, tmp_path_factory):
-    from icg_rl.preference.cli import train_and_evaluate
-
-    cfg, _ = micro_world
-    out = tmp_path_factory.mktemp("preference")
-    return cfg, out, train_and_evaluate(cfg, out)
+def trained(micro_preference):
+    return micro_preference
 
 
 def test_beats_popularity_and_reports_the_oracle(trained):

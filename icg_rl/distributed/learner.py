@@ -1,0 +1,251 @@
+"""The LearnerGroup (DESIGN.md §1, §8): N actors in one torch.distributed group, each wrapping the trainable ICG
+parameters (+LoRA) in a DeepSpeed engine, running DDPO or reward backprop with the math of `rl/local.py`.
+
+    group = LearnerGroup(cfg, user_ids, item_features, num_workers=2, num_cpus=0.5)
+    metrics = group.update_ddpo(trajectory, advantages, iteration)     # rows split evenly over the ranks
+    weights_ref, nbytes = group.weights()                              # rank 0's trainable arrays, as an ObjectRef
+
+Data parallel: each rank computes the mean loss of its rows; DeepSpeed averages gradients over ranks, so N ranks
+with B/N rows each take the step one rank takes with B rows. Every rank draws the same timesteps / truncation
+(`rl/seeding.py`), and for reward backprop the mixer normalises with the statistics of the global batch.
+
+DDPO's gradient is computed by `rl/ddpo.ddpo_gradients` (per-step autograd, as in-process) and handed to the
+engine as one `engine.backward` of a surrogate whose gradient is exactly that; DeepSpeed then reduces (ZeRO-2
+partitions), clips and steps. The engine's optimizer, clipping and batch sizes come from `algo`/`data`; the JSON
+file (`ray.deepspeed_config`) holds ZeRO stage and precision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from icg_rl.distributed.placement import torch_threads
+from icg_rl.distributed.weights import load_trainable_arrays, nbytes, trainable_arrays
+from icg_rl.rl.seeding import row_generators, update_generator
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OWNED_KEYS = ("optimizer", "gradient_clipping", "train_batch_size", "train_micro_batch_size_per_gpu",
+              "gradient_accumulation_steps")
+
+
+def deepspeed_config(cfg, rows_per_rank: int, world_size: int) -> dict:
+    """The JSON file's settings plus what our config owns (optimizer = the in-process trainer's AdamW)."""
+    path = Path(cfg.ray.deepspeed_config)
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
+    if not path.is_file():
+        raise FileNotFoundError(f"ray.deepspeed_config: {cfg.ray.deepspeed_config} does not exist (looked in the "
+                                f"working directory and {REPO_ROOT})")
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"ray.deepspeed_config: {path} is not valid JSON: {err}") from err
+    clashing = sorted(k for k in OWNED_KEYS if k in ds)
+    if clashing:
+        raise ValueError(f"ray.deepspeed_config: {path} sets {clashing}; these come from algo.* and data.* (lr, "
+                         f"max_grad_norm, pairs_per_batch × samples_per_pair) — remove them from the file")
+    algo = cfg.algo
+    return ds | {
+        "train_micro_batch_size_per_gpu": rows_per_rank, "gradient_accumulation_steps": 1,
+        "train_batch_size": rows_per_rank * world_size, "gradient_clipping": algo.max_grad_norm,
+        "optimizer": {"type": "AdamW", "params": {"lr": algo.lr, "betas": [0.9, 0.999], "eps": 1e-8,
+                                                  "weight_decay": 0.01, "torch_adam": True}},
+    }
+
+
+class TrainableParameters(nn.Module):
+    """The engine's module: the pipeline's trainable parameters, shared (not copied), under sanitised names —
+    DeepSpeed broadcasts and partitions these, never the frozen base."""
+
+    def __init__(self, named: dict[str, nn.Parameter]):
+        super().__init__()
+        for name, param in named.items():
+            self.register_parameter(name.replace(".", "__"), param)
+
+
+class LearnerWorker:
+    def __init__(self, cfg, rank: int, world_size: int, user_ids: list[str], item_features: dict,
+                 threads: int | None = 1, device: str | None = None, initial_weights: dict | None = None):
+        from icg_rl.models.pipeline import pipeline_from_config
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        torch.manual_seed(cfg.train.seed)  # same initial ICG weights on every rank (and as rl/local.py)
+        self.pipe = pipeline_from_config(cfg, user_ids=user_ids, item_features=item_features)
+        if initial_weights is not None:  # before the engine exists: ZeRO keeps its own fp32 copy afterwards
+            load_trainable_arrays(self.pipe, initial_weights)
+        self.pipe.to(device or "cpu")
+        self.pipe.set_progress_bar_config(disable=True)
+        self.engine = None
+
+    def node_address(self) -> tuple[str, int]:
+        """This node's IP and a free port: rank 0's becomes the group's rendezvous."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int, rows_per_rank: int) -> dict:
+        import deepspeed
+
+        os.environ.update({"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": "0",
+                           "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)})
+        backend = "nccl" if self.pipe.device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        module = TrainableParameters(self.pipe.trainable_named_parameters())
+        self.engine, *_ = deepspeed.initialize(model=module, model_parameters=list(module.parameters()),
+                                               config=deepspeed_config(self.cfg, rows_per_rank, self.world_size))
+        if self.cfg.algo.name == "backprop":
+            self._build_rewards()
+        return {"rank": self.rank, "backend": backend, "zero_stage": self.engine.zero_optimization_stage(),
+                "parameters": sum(p.numel() for p in module.parameters())}
+
+    def _build_rewards(self) -> None:
+        from icg_rl.rewards.base import build_reward
+        from icg_rl.rewards.mix import RewardMixer
+        from icg_rl.rl.backprop import check_differentiable
+
+        weights = {k: v for k, v in self.cfg.reward.weights.items() if v != 0}
+        self.rewards = {n: build_reward(n, self.cfg.reward, self.cfg.world.dir).to(self.pipe.device)
+                        for n in weights}
+        check_differentiable(self.rewards, weights)
+        self.mixer = RewardMixer(weights, normalize=self.cfg.reward.normalize)
+
+    def _step(self, surrogate: torch.Tensor) -> float:
+        self.engine.backward(surrogate)
+        self.engine.step()
+        return float(self.engine.get_global_grad_norm() or 0.0)
+
+    def ddpo_step(self, wire: dict, advantages: np.ndarray, iteration: int) -> dict[str, float]:
+        from icg_rl.rl.ddpo import ddpo_gradients, gradient_surrogate
+        from icg_rl.rl.trajectory import Trajectory
+
+        trajectory = Trajectory.from_wire(wire)
+        params = self.pipe.trainable_parameters()
+        grads, metrics = ddpo_gradients(self.pipe, trajectory, torch.as_tensor(advantages).to(self.pipe.device),
+                                        self.cfg.algo, update_generator(self.cfg.train.seed, iteration))
+        metrics["stats/grad_norm"] = self._step(gradient_surrogate(params, grads))
+        return metrics
+
+    def backprop_step(self, batch: dict, first_row: int, iteration: int) -> dict[str, float]:
+        from icg_rl.rl.backprop import backprop_loss
+
+        seed = self.cfg.train.seed
+        noise = row_generators(seed, iteration, range(first_row, first_row + len(batch["group_key"])))
+        loss, metrics, _ = backprop_loss(self.pipe, batch, self.rewards, self.mixer, self.cfg.algo,
+                                         update_generator(seed, iteration), noise, self._gather_scores)
+        metrics["stats/grad_norm"] = self._step(loss)
+        return metrics
+
+    def _gather_scores(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every rank's scores, in rank order (equal shard sizes), for the mixer's global statistics."""
+        if self.world_size == 1:
+            return scores
+        out = {}
+        for name, s in scores.items():
+            parts = [torch.empty_like(s) for _ in range(self.world_size)]
+            torch.distributed.all_gather(parts, s.contiguous())
+            out[name] = torch.cat(parts)
+        return out
+
+    def weights(self) -> tuple[dict[str, np.ndarray], int]:
+        arrays = trainable_arrays(self.pipe)
+        return arrays, nbytes(arrays)
+
+    def export(self) -> dict[str, bytes]:
+        """The final ICG weights as `ICGPipeline.save_pretrained` writes them, as file bytes (the driver writes
+        them where it runs: the learner may be on another node)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.pipe.save_pretrained(tmp)
+            return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+
+class LearnerGroup:
+    """`num_workers` LearnerWorker actors in a placement group (packed), forming one DeepSpeed world."""
+
+    def __init__(self, cfg, user_ids: list[str], item_features: dict, num_workers: int, num_cpus: float,
+                 num_gpus: float = 0.0, threads: int | None = None, timeout_s: float = 600.0,
+                 initial_weights: dict | None = None):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        rows = cfg.data.pairs_per_batch * cfg.data.samples_per_pair
+        if rows % num_workers:
+            raise ValueError(f"ray.learner_workers={num_workers} must divide the batch of data.pairs_per_batch × "
+                             f"data.samples_per_pair = {rows} rows (every rank takes an equal share)")
+        self.rows_per_rank, self.num_workers = rows // num_workers, num_workers
+        bundle = {"CPU": num_cpus} | ({"GPU": num_gpus} if num_gpus > 0 else {})
+        self.placement = placement_group([bundle] * num_workers, strategy="PACK")
+        ray.get(self.placement.ready(), timeout=timeout_s)
+        actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(LearnerWorker)
+        users_ref, features_ref = ray.put(user_ids), ray.put(item_features)
+        threads = torch_threads(num_cpus, threads)
+        device = "cuda" if num_gpus > 0 else None
+        self.actors = [actor_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            self.placement, placement_group_bundle_index=rank)).remote(
+            cfg, rank, num_workers, users_ref, features_ref, threads, device, initial_weights)
+            for rank in range(num_workers)]
+        addr, port = ray.get(self.actors[0].node_address.remote(), timeout=timeout_s)
+        self.info = ray.get([a.setup.remote(addr, port, self.rows_per_rank) for a in self.actors], timeout=timeout_s)
+
+    def _shards(self, n: int) -> list[slice]:
+        if n != self.rows_per_rank * self.num_workers:
+            raise ValueError(f"learner batch has {n} rows; the group was set up for "
+                             f"{self.rows_per_rank * self.num_workers}")
+        return [slice(r * self.rows_per_rank, (r + 1) * self.rows_per_rank) for r in range(self.num_workers)]
+
+    def update_ddpo(self, trajectory, advantages: np.ndarray, iteration: int) -> dict[str, float]:
+        import ray
+
+        refs = [a.ddpo_step.remote(trajectory.rows(s).to_wire(), advantages[s], iteration)
+                for a, s in zip(self.actors, self._shards(len(trajectory)))]
+        return mean_metrics(ray.get(refs))
+
+    def update_backprop(self, batch: dict, iteration: int) -> dict[str, float]:
+        import ray
+
+        from icg_rl.distributed.reward import slice_batch
+
+        n = len(batch["group_key"])
+        refs = [a.backprop_step.remote(slice_batch(batch, s.start, s.stop, n), s.start, iteration)
+                for a, s in zip(self.actors, self._shards(n))]
+        return mean_metrics(ray.get(refs))
+
+    def weights(self) -> tuple[object, int]:
+        """(ObjectRef of rank 0's trainable arrays, their size in bytes); the arrays never pass the driver."""
+        import ray
+
+        arrays_ref, size_ref = self.actors[0].weights.options(num_returns=2).remote()
+        return arrays_ref, int(ray.get(size_ref))
+
+    def export(self) -> dict[str, bytes]:
+        import ray
+
+        return ray.get(self.actors[0].export.remote())
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        remove_placement_group(self.placement)
+        self.actors = []
+
+
+def mean_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """Average each metric over ranks (every rank logs the mean of its own equal-sized shard)."""
+    keys = per_rank[0].keys()
+    return {k: float(np.mean([m[k] for m in per_rank])) for k in keys}

@@ -1,0 +1,100 @@
+"""Where a run's actors go, and the check that they fit before any is created (DESIGN.md §8).
+
+Ray leaves an actor whose request exceeds the cluster pending forever, with no error. A run therefore adds up
+everything it will ask for — rollout actors, one pool per reward, learner ranks — and compares it with the
+cluster's totals first (waiting up to `ray.resource_wait_s` for an autoscaler to add nodes), failing with the
+numbers when it cannot fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+RESOURCE_SLACK = 1e-6  # fractional requests (0.1 × 10) must not fail on float rounding
+
+
+class ResourceShortfall(RuntimeError):
+    """The actors a run asks for cannot fit the cluster (the message has the numbers)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    count: int
+    cpus: float
+    gpus: float
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> str:
+    """Attach to the cluster at `address` (or RAY_ADDRESS), or start a local one; returns a description."""
+    import ray
+
+    if ray.is_initialized():
+        return "the already initialised Ray session"
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns token auth on; a local cluster needs none
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return f"the cluster at {address}"
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}})
+    return f"a new local cluster ({ray.cluster_resources().get('CPU', 0):g} CPUs)"
+
+
+def run_requests(cfg, reward_names: list[str]) -> dict[str, Request]:
+    """Every actor group a training run creates, from `cfg.ray`."""
+    r = cfg.ray
+    requests = {"rollout": Request(r.rollout_workers, *r.role("rollout")),
+                "learner": Request(r.learner_workers, *r.role("learner"))}
+    for name in reward_names:
+        requests[f"reward pool {name!r}"] = Request(r.reward_workers, *r.role("reward"))
+    if r.data_cpus > 0:
+        requests["Ray Data (pair stream)"] = Request(1, r.data_cpus, 0.0)
+    return requests
+
+
+def shortfall(requests: dict[str, Request], have: dict[str, float]) -> str | None:
+    """None when the summed requests fit `have` (Ray's resource totals), else a message with the numbers."""
+    need_cpu = sum(q.count * q.cpus for q in requests.values())
+    need_gpu = sum(q.count * q.gpus for q in requests.values())
+    have_cpu, have_gpu = float(have.get("CPU", 0.0)), float(have.get("GPU", 0.0))
+    if need_cpu <= have_cpu + RESOURCE_SLACK and need_gpu <= have_gpu + RESOURCE_SLACK:
+        return None
+    parts = ", ".join(f"{name}: {q.count} × ({q.cpus:g} CPU, {q.gpus:g} GPU)" for name, q in requests.items())
+    missing = []
+    if need_cpu > have_cpu + RESOURCE_SLACK:
+        missing.append(f"{need_cpu - have_cpu:g} CPU")
+    if need_gpu > have_gpu + RESOURCE_SLACK:
+        missing.append(f"{need_gpu - have_gpu:g} GPU")
+    return (f"actor requests exceed the cluster by {' and '.join(missing)}: {parts} = {need_cpu:g} CPU, "
+            f"{need_gpu:g} GPU; the cluster has {have_cpu:g} CPU, {have_gpu:g} GPU. Lower ray.*_cpus / ray.*_gpus "
+            f"or the worker counts, add nodes, or raise ray.num_cpus (pending actors would otherwise wait forever)")
+
+
+def check_fits(requests: dict[str, Request | tuple[int, float, float]], wait_s: float = 0.0) -> None:
+    """Raise RuntimeError unless the summed requests fit the cluster's totals (not what is free now), polling up
+    to `wait_s` seconds for an autoscaler. Call it once with every group the run creates: groups that each fit
+    alone may not fit together."""
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("check_fits: Ray is not initialised; call ray.init (or placement.connect) first")
+    requests = {k: q if isinstance(q, Request) else Request(*q) for k, q in requests.items()}
+    deadline = time.monotonic() + wait_s
+    while True:
+        problem = shortfall(requests, ray.cluster_resources())
+        if problem is None:
+            return
+        if time.monotonic() >= deadline:
+            raise ResourceShortfall(problem)
+        log.info("waiting for the cluster to grow (%.0f s left): %s", deadline - time.monotonic(), problem)
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+
+def torch_threads(cpus: float, configured: int | None) -> int:
+    """Intra-op threads for an actor: the configured number, else its CPU request rounded up (at least 1)."""
+    return configured if configured is not None else max(1, math.ceil(cpus - RESOURCE_SLACK))

@@ -1,0 +1,130 @@
+"""Rollout actors (DESIGN.md §1, §8): hold the frozen models plus the current ICG weights, sample trajectories.
+
+    pool = RolloutPool(cfg, user_ids, item_features, num_workers=2, num_cpus=0.5)
+    pool.set_weights(version, weights_ref)                      # from the learner, through the object store
+    chunks = pool.sample(batch, iteration, version)             # [(trajectory_ref, images_ref, reward_batch_ref)]
+
+A batch is split into contiguous row chunks, one per actor. Each row draws its noise from its own generator
+(`rl/seeding.py`), so the samples do not depend on how many actors there are. Each chunk returns three objects:
+the trajectory (for the learner) and the images and reward inputs, which reward pools can be handed while the
+chunk is still sampling. An actor that crashes restarts (`max_restarts`), rebuilds its models and is given the
+current weights again; its chunk is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from icg_rl.distributed.placement import torch_threads
+from icg_rl.distributed.reward import slice_batch
+from icg_rl.distributed.weights import VersionedWeights
+from icg_rl.rl.sampling import sample_trajectory
+from icg_rl.rl.seeding import ROLLOUT, row_generators
+
+log = logging.getLogger(__name__)
+REWARD_INPUTS = ("title", "user_id", "history", "reference_image", "has_reference", "item_id")
+
+
+class RolloutWorker:
+    """One policy copy for sampling. Runs without Ray too (tests, the in-process comparison)."""
+
+    def __init__(self, cfg, user_ids: list[str], item_features: dict, threads: int | None = 1,
+                 device: str | None = None):
+        from icg_rl.models.pipeline import pipeline_from_config
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.cfg = cfg
+        self.pipe = pipeline_from_config(cfg, user_ids=user_ids, item_features=item_features)
+        self.pipe.to(device or "cpu")
+        self.pipe.set_progress_bar_config(disable=True)
+        self.weights = VersionedWeights()
+
+    def ready(self) -> dict:
+        return {"version": self.weights.version, "device": str(self.pipe.device)}
+
+    def set_weights(self, version: int, arrays: dict) -> float:
+        """Load weights `version` (must be newer than the held one); returns the load time in ms."""
+        start = time.perf_counter()
+        self.weights.apply(self.pipe, version, arrays)
+        return (time.perf_counter() - start) * 1e3
+
+    def version(self) -> int:
+        return self.weights.version
+
+    def sample(self, batch: dict, first_row: int, iteration: int, version: int, stream: int = ROLLOUT,
+               zero_user: bool = False) -> tuple[dict, np.ndarray, dict]:
+        """Rows of a stream batch -> (trajectory wire dict, images uint8 [B, H, W, 3], reward inputs).
+
+        `first_row` is the chunk's first row in the whole batch (it picks the rows' noise generators); `version`
+        must be the weights version this actor holds (a stale actor refuses instead of sampling)."""
+        self.weights.check(version)
+        algo = self.cfg.algo
+        rows = range(first_row, first_row + len(batch["group_key"]))
+        noise = row_generators(self.cfg.train.seed, iteration, rows, stream)
+        trajectory, _ = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
+                                          noise, policy_version=version, zero_user=zero_user)
+        reward_inputs = {k: np.asarray(batch[k]) for k in REWARD_INPUTS if k in batch}
+        return trajectory.to_wire(), trajectory.images, reward_inputs
+
+
+class RolloutPool:
+    """`num_workers` RolloutWorker actors; `sample` splits a batch over them and returns refs per chunk."""
+
+    def __init__(self, cfg, user_ids: list[str], item_features: dict, num_workers: int, num_cpus: float,
+                 num_gpus: float = 0.0, threads: int | None = None, max_restarts: int = 3):
+        import ray
+
+        self.cfg, self.version, self._weights_ref = cfg, 0, None
+        actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
+                               max_task_retries=max_restarts)(RolloutWorker)
+        users_ref, features_ref = ray.put(user_ids), ray.put(item_features)  # one copy for every actor
+        self.actors = [actor_cls.remote(cfg, users_ref, features_ref, torch_threads(num_cpus, threads),
+                                        "cuda" if num_gpus > 0 else None) for _ in range(num_workers)]
+
+    def ready(self, timeout_s: float | None = None) -> list[dict]:
+        import ray
+
+        return ray.get([a.ready.remote() for a in self.actors], timeout=timeout_s)
+
+    def set_weights(self, version: int, weights_ref) -> float:
+        """Every actor loads `weights_ref` (an ObjectRef of the arrays); returns the slowest load in ms."""
+        import ray
+
+        self.version, self._weights_ref = version, weights_ref
+        return max(ray.get([a.set_weights.remote(version, weights_ref) for a in self.actors]))
+
+    def sample(self, batch: dict, iteration: int, stream: int = ROLLOUT, zero_user: bool = False) -> list[tuple]:
+        """Submit the batch in contiguous chunks (one per actor); returns [(trajectory_ref, images_ref,
+        reward_inputs_ref)] in row order. Nothing waits here."""
+        n = len(batch["group_key"])
+        bounds = np.linspace(0, n, min(len(self.actors), n) + 1).round().astype(int)
+        chunks = []
+        for actor, lo, hi in zip(self.actors, bounds[:-1], bounds[1:]):
+            chunk = slice_batch(batch, int(lo), int(hi), n)
+            chunks.append(actor.sample.options(num_returns=3).remote(chunk, int(lo), iteration, self.version,
+                                                                     stream, zero_user))
+        return chunks
+
+    def resync(self) -> None:
+        """Give every actor the current weights again (after a restart an actor holds version 0)."""
+        import ray
+
+        if self._weights_ref is None:
+            return
+        versions = ray.get([a.version.remote() for a in self.actors])
+        stale = [a for a, v in zip(self.actors, versions) if v != self.version]
+        if stale:
+            log.warning("%d rollout actor(s) restarted; reloading weights version %d", len(stale), self.version)
+            ray.get([a.set_weights.remote(self.version, self._weights_ref) for a in stale])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []

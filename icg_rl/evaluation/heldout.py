@@ -1,0 +1,60 @@
+"""Held-out evaluation during and after training: fresh covers for test-split (user, item) pairs, scored by every
+reward pool, and on CoverWorld by the oracle (true CTR) — beside the items' reference covers, the best existing
+variant per user (a perfect artwork selector) and the same policy with the user embedding zeroed.
+
+Samples use the evaluation noise stream (`rl/seeding.py`), the same every time: numbers are comparable over a run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from icg_rl.data.stream import LoadReferences, build_pairs, epoch_order, expand_groups, frame_to_batch
+from icg_rl.rl.seeding import EVALUATION
+
+
+def heldout_batch(cfg, data, split: str = "test") -> dict[str, np.ndarray]:
+    """`train.eval_pairs` pairs of a split (a seeded choice, fixed for the run), one row each."""
+    pairs = build_pairs(data, split, cfg.data.history_len)
+    if pairs.empty:
+        raise ValueError(f"evaluation: split {split!r} has no (user, item) pairs")
+    chosen = epoch_order(len(pairs), cfg.train.seed, 2**31 - 1)[: cfg.train.eval_pairs]  # an epoch never trained
+    frame = LoadReferences(cfg.data.reference_size, cfg.data.history_len)(pairs.iloc[np.sort(chosen)])
+    return expand_groups(frame_to_batch(frame), 1)
+
+
+def sample_images(rollout, batch: dict, zero_user: bool = False) -> np.ndarray:
+    """uint8 [N, H, W, 3] covers from the rollout pool with its current weights."""
+    import ray
+
+    chunks = rollout.sample(batch, iteration=0, stream=EVALUATION, zero_user=zero_user)
+    return np.concatenate(ray.get([images for _, images, _ in chunks]))
+
+
+def score_images(pools: dict, images: np.ndarray, batch: dict) -> dict[str, float]:
+    """Raw mean score of every reward pool on the images."""
+    inputs = {k: batch[k] for k in ("title", "user_id", "history", "reference_image", "has_reference", "item_id")
+              if k in batch}
+    refs = {name: pool.score_async(images, inputs) for name, pool in pools.items()}
+    return {name: float(pool.gather(refs[name]).mean()) for name, pool in pools.items()}
+
+
+def evaluate_heldout(cfg, rollout, pools: dict, batch: dict, with_oracle: bool) -> tuple[dict, dict]:
+    """-> (metrics {"eval/...", "oracle/..."}, images {"reference", "icg", "user_zeroed"} uint8 arrays)."""
+    images = {"reference": np.asarray(batch["reference_image"]), "icg": sample_images(rollout, batch),
+              "user_zeroed": sample_images(rollout, batch, zero_user=True)}
+    metrics = {f"eval/{name}": v for name, v in score_images(pools, images["icg"], batch).items()}
+    if "clip_t" in pools:
+        metrics["eval/clip_t_reference"] = score_images({"clip_t": pools["clip_t"]}, images["reference"],
+                                                        batch)["clip_t"]
+    if with_oracle:  # CoverWorld: the world's truth, as a reference only (never a training signal)
+        from icg_rl.evaluation.world_reference import oracle_ctr
+
+        users, items = batch["user_id"], batch["item_id"]
+        icg = oracle_ctr(cfg.world.dir, users, items, images["icg"])
+        zeroed = oracle_ctr(cfg.world.dir, users, items, images["user_zeroed"])
+        metrics |= {"oracle/ctr_icg": icg["oracle/ctr_generated"], "oracle/ctr_reference": icg["oracle/ctr_reference"],
+                    "oracle/ctr_best_variant": icg["oracle/ctr_best_variant"],
+                    "oracle/ctr_user_zeroed": zeroed["oracle/ctr_generated"],
+                    "oracle/aesthetic_icg": icg["oracle/aesthetic_generated"]}
+    return metrics, images

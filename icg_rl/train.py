@@ -1,0 +1,254 @@
+"""`python -m icg_rl.train`: ICG RL fine-tuning on a Ray cluster (DESIGN.md §1, §8).
+
+    python -m icg_rl.train [--config configs/coverworld.yaml] [--out DIR] [--address ADDR] [KEY=VALUE ...]
+    ray job submit --working-dir . -- python -m icg_rl.train --config configs/micro.yaml
+
+Connects to RAY_ADDRESS / --address (or starts a local cluster), checks that every actor fits, then runs the loop:
+stream pairs → rollouts → rewards → advantages → learner update → weight sync → held-out evaluation. Writes the
+final ICG weights (`DIR/checkpoint`, loadable by `ICGPipeline.from_pretrained`), sample grids and reward curves
+(PNG), `metrics.jsonl`, wandb (offline) and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from icg_rl.cli import base_parser, parse_config, report, run_main
+
+log = logging.getLogger("icg_rl.train")
+MIN_SIDE = 48  # sample grids are upscaled to at least this many pixels per cover, to be readable
+
+
+class RayTrainer:
+    """The driver: owns the algorithm (this class reads like it); actors own models and devices."""
+
+    def __init__(self, cfg, out: Path):
+        from icg_rl.data import load_from_config
+        from icg_rl.data.stream import stream_from_config
+        from icg_rl.distributed.learner import LearnerGroup
+        from icg_rl.distributed.placement import check_fits, run_requests
+        from icg_rl.distributed.reward import RewardPool
+        from icg_rl.distributed.rollout import RolloutPool
+        from icg_rl.evaluation.heldout import heldout_batch
+        from icg_rl.models.item_features import policy_context
+        from icg_rl.rewards.mix import RewardMixer
+        from icg_rl.rl.advantages import PerKeyStatTracker
+
+        self.cfg, self.out, r = cfg, out, cfg.ray
+        self.weights = {n: w for n, w in cfg.reward.weights.items() if w != 0}
+        pools = list(self.weights) + ([] if "clip_t" in self.weights else ["clip_t"])  # clip_t: eval relevance
+        check_fits(run_requests(cfg, pools), r.resource_wait_s)  # before any actor exists: fail, never hang
+        self.data = load_from_config(cfg)
+        user_ids, item_features = policy_context(cfg, self.data)
+        self.stream = stream_from_config(cfg, self.data, "train")
+        self.heldout = heldout_batch(cfg, self.data)
+        log.info("starting %d rollout, %d learner and %d×%d reward actors", r.rollout_workers, r.learner_workers,
+                 len(pools), r.reward_workers)
+        self.rollout = RolloutPool(cfg, user_ids, item_features, r.rollout_workers, *r.role("rollout"),
+                                   threads=r.threads_per_worker, max_restarts=r.max_restarts)
+        self.rewards = {n: RewardPool(n, cfg.reward, cfg.world.dir, r.reward_workers, *r.role("reward"),
+                                      max_restarts=r.max_restarts, threads=r.threads_per_worker) for n in pools}
+        self.learner = LearnerGroup(cfg, user_ids, item_features, r.learner_workers, *r.role("learner"),
+                                    threads=r.threads_per_worker)
+        self.rollout.ready()
+        for pool in self.rewards.values():
+            pool.ready()
+        self.mixer = RewardMixer(self.weights, normalize=cfg.reward.normalize)
+        self.tracker = PerKeyStatTracker()
+        self.iteration, self.epoch, self.version = 0, 0, 0
+        self._batches = self._batch_stream()
+        self.sync_weights()  # version 0: the rollouts sample exactly the learner's initial policy
+
+    def _batch_stream(self):
+        while True:
+            yield from self.stream.iter_groups(self.epoch)
+            self.epoch += 1
+
+    # ------------------------------------------------------------------------------------------ one iteration
+    def step(self) -> dict[str, float]:
+        import ray
+
+        from icg_rl.distributed.reward import RewardPool
+        from icg_rl.rl.advantages import group_advantages
+        from icg_rl.rl.trajectory import Trajectory
+
+        algo, t = self.cfg.algo, {}
+        start = time.perf_counter()
+        batch = next(self._batches)
+        if algo.name == "ddpo":
+            chunks = self.rollout.sample(batch, self.iteration)
+            score_refs = {n: [self.rewards[n].score_refs(images, inputs) for _, images, inputs in chunks]
+                          for n in self.weights}  # queued now: each pool starts on a chunk the moment it exists
+            trajectory = Trajectory.concat([Trajectory.from_wire(w) for w in ray.get([c[0] for c in chunks])])
+            t["time/rollout"] = time.perf_counter() - start
+            scores = {n: torch.from_numpy(RewardPool.gather(refs)) for n, refs in score_refs.items()}
+            t["time/reward"] = time.perf_counter() - start - t["time/rollout"]
+            total, metrics = self.mixer(scores)
+            advantages, adv_stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker)
+            metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
+            learn_start = time.perf_counter()
+            metrics |= self.learner.update_ddpo(trajectory, advantages, self.iteration)
+        else:  # reward backprop: the learner samples with gradient and scores with its own differentiable rewards
+            learn_start = time.perf_counter()
+            metrics = self.learner.update_backprop(batch, self.iteration)
+        t["time/learn"] = time.perf_counter() - learn_start
+        self.iteration += 1
+        metrics |= self.sync_weights()
+        t["time/iteration"] = time.perf_counter() - start
+        rows = len(batch["group_key"])
+        return metrics | t | {"perf/samples_per_s": rows / t["time/iteration"], "iteration": self.iteration}
+
+    def sync_weights(self) -> dict[str, float]:
+        """Learner rank 0's trainable weights → every rollout actor, as version `self.iteration`."""
+        start = time.perf_counter()
+        self.version = self.iteration
+        weights_ref, size = self.learner.weights()
+        self.rollout.set_weights(self.version, weights_ref)
+        return {"sync/ms": (time.perf_counter() - start) * 1e3, "sync/bytes": float(size),
+                "sync/version": float(self.version)}
+
+    def evaluate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        from icg_rl.evaluation.heldout import evaluate_heldout
+
+        return evaluate_heldout(self.cfg, self.rollout, self.rewards, self.heldout,
+                                with_oracle=self.cfg.data.kind == "coverworld")
+
+    def export(self, folder: Path) -> Path:
+        """Final ICG weights into `folder`, atomically (written beside it, then renamed into place)."""
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, payload in self.learner.export().items():
+            (tmp / name).write_bytes(payload)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        return folder
+
+    def shutdown(self) -> None:
+        self._batches.close()  # ends the Ray Data iterator while Ray is still up
+        self.learner.shutdown()
+        self.rollout.shutdown()
+        for pool in self.rewards.values():
+            pool.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("python -m icg_rl.train", __doc__)
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a new "
+                                                        "local cluster)")
+    args = parser.parse_intermixed_args(argv if argv is not None else sys.argv[1:])
+
+    def body() -> int:
+        cfg = parse_config(args)
+        out = Path(args.out or cfg.train.out)
+        summary = train(cfg, out, address=args.address)
+        report(summary, out, f"ICG training run in {out}")
+        return 0
+
+    return run_main(body)
+
+
+def prepare(cfg) -> None:
+    """What the run needs that a CoverWorld default can build: the world and its models, the preference model."""
+    if cfg.data.kind == "coverworld":
+        from icg_rl.world.cli import build
+
+        log.info("CoverWorld at %s (built once per config, then reused)", cfg.world.dir)
+        build(cfg, Path(cfg.world.dir), progress=True)
+    preference = Path(cfg.world.dir) / "models" / "preference"
+    if cfg.reward.weights.get("preference", 0) != 0 and cfg.reward.preference == "coverworld" \
+            and not (preference / "model").is_dir():
+        from icg_rl.preference.cli import train_and_evaluate
+
+        log.info("training the personalized preference model from the click log → %s", preference)
+        report(train_and_evaluate(cfg, preference), preference, f"preference model at {preference}")
+
+
+def train(cfg, out: Path, address: str | None = None) -> dict:
+    from tqdm.auto import tqdm
+
+    from icg_rl.distributed.placement import connect
+    from icg_rl.io import atomic_write_png, image_grid
+    from icg_rl.tracking import Tracker, plot_curves
+
+    torch.set_num_threads(1)  # the driver only mixes rewards and computes advantages; actors do the work
+    cfg = cfg.model_copy(update={"world": cfg.world.model_copy(update={"dir": str(Path(cfg.world.dir).resolve())})})
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("Ray: %s", connect(address or cfg.ray.address, cfg.ray.num_cpus))
+    prepare(cfg)
+    started = time.perf_counter()
+    trainer = RayTrainer(cfg, out)
+    setup_s = time.perf_counter() - started
+    tracker = Tracker(cfg.train.tracker, out, cfg.model_dump(mode="json"))
+    try:
+        first, _ = trainer.evaluate()
+        tracker.log(first, step=0)
+        log.info("before training: %s", _line(first))
+        loop_start, totals = time.perf_counter(), {}
+        bar = tqdm(range(cfg.train.iterations), desc=f"ICG {cfg.algo.name}", unit="it", dynamic_ncols=True)
+        for it in bar:
+            metrics = trainer.step()
+            for key in ("time/rollout", "time/reward", "time/learn", "sync/ms", "time/iteration"):
+                totals[key] = totals.get(key, 0.0) + metrics.get(key, 0.0)
+            if trainer.iteration % cfg.train.eval_every == 0 or it == cfg.train.iterations - 1:
+                metrics |= trainer.evaluate()[0]
+            tracker.log(metrics, step=trainer.iteration)
+            bar.write(f"it {trainer.iteration:4d}  {_line(metrics)}")
+            if trainer.iteration % cfg.train.checkpoint_every == 0:
+                trainer.export(out / "checkpoint")
+        loop_s = time.perf_counter() - loop_start
+        final, images = trainer.evaluate()
+        checkpoint = trainer.export(out / "checkpoint")
+        rows = cfg.data.pairs_per_batch * cfg.data.samples_per_pair
+        n = min(8, len(images["icg"]))
+        columns = np.stack([images[k][:n] for k in ("reference", "icg", "user_zeroed")], axis=1)  # (n, 3, H, W, 3)
+        grid = image_grid(_upscale(columns.reshape(-1, *columns.shape[2:])), columns=3)
+        atomic_write_png(out / "samples.png", grid)
+        tracker.log_image("samples", grid, step=trainer.iteration)
+        plot_curves(tracker.history, ("reward/", "eval/", "oracle/", "loss/", "stats/clip", "stats/approx_kl"),
+                    out / "rewards.png", f"ICG {cfg.algo.name} on {cfg.data.kind}")
+    finally:
+        tracker.finish()
+        trainer.shutdown()
+    summary = {
+        "iterations": trainer.iteration, "samples_per_s": rows * trainer.iteration / totals["time/iteration"],
+        "checkpoint": str(checkpoint), "seconds": {"setup": round(setup_s, 1), "loop": round(loop_s, 1)},
+        "time_per_iteration_s": {k.split("/")[1] if k.startswith("time") else "sync": v / max(1, trainer.iteration)
+                                 / (1e3 if k == "sync/ms" else 1.0) for k, v in totals.items()},
+        "sync_bytes": int(metrics.get("sync/bytes", 0)),
+        "eval": {k.removeprefix("eval/"): v for k, v in final.items() if k.startswith("eval/")},
+        "samples": str(out / "samples.png"), "curves": str(out / "rewards.png"),
+    }
+    if cfg.data.kind == "coverworld":
+        oracle = {k.removeprefix("oracle/"): v for k, v in final.items() if k.startswith("oracle/")}
+        if "eval/clip_t" in final:
+            oracle |= {"relevance_icg": final["eval/clip_t"], "relevance_reference": final["eval/clip_t_reference"]}
+        summary["oracle"] = oracle
+    return summary
+
+
+def _line(metrics: dict[str, float]) -> str:
+    """One readable log line: rewards per component, KL, clip fraction, samples/s, sync ms, held-out numbers."""
+    keys = [k for k in metrics if (k.startswith("reward/") and not k.endswith(("_std", "_norm")))
+            or k in ("stats/approx_kl", "loss/kl", "stats/clip_fraction", "perf/samples_per_s", "sync/ms")
+            or k.startswith(("oracle/ctr", "eval/"))]
+    short = {"reward": "", "eval": "heldout_", "oracle": "", "stats": "", "loss": "", "perf": "", "sync": "sync_"}
+    return "  ".join(f"{short[k.split('/')[0]]}{k.split('/', 1)[1]}={metrics[k]:.4g}" for k in keys)
+
+
+def _upscale(images: np.ndarray) -> np.ndarray:
+    factor = max(1, -(-MIN_SIDE // images.shape[1]))
+    return images.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The Ray trainer (icg_rl/train.py + distributed/) on the micro world and the shared local cluster: it takes the
+in-process reference trainer's first step, 2 learner ranks take the 1-rank step, the command writes what it
+promises, and a run that cannot fit fails at once instead of hanging."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from icg_rl.config import load_config
+from tests.conftest import MICRO_CONFIG
+
+FAST = ["algo.num_inference_steps=4", "data.pairs_per_batch=2", "data.samples_per_pair=4", "model.meta_tokens=2",
+        "reward.weights={aesthetic: 1.0, clip_t: 0.5}", "algo.lr=0.05", "algo.clip_range=0.5", "train.tracker=none"]
+
+
+def micro(micro_world, *overrides):
+    cfg, _ = micro_world
+    return load_config(MICRO_CONFIG, [f"world.dir={cfg.world.dir}", *FAST, *overrides])
+
+
+def trainable(pipe) -> dict[str, np.ndarray]:
+    from icg_rl.distributed.weights import trainable_arrays
+
+    return trainable_arrays(pipe)
+
+
+def test_first_iteration_equals_the_local_trainer(micro_world, ray_cluster, tmp_path):
+    from icg_rl.rl.local import LocalTrainer
+    from icg_rl.train import RayTrainer
+
+    cfg = micro(micro_world)
+    local = LocalTrainer(cfg)
+    initial = trainable(local.pipe)
+    expected = local.step()
+    ray_trainer = RayTrainer(cfg, tmp_path)
+    try:
+        got = ray_trainer.step()
+        ray_weights, _ = ray_cluster.get(ray_trainer.learner.actors[0].weights.remote())
+    finally:
+        ray_trainer.shutdown()
+    # Same batch, same per-row noise, same rewards: the same numbers. Actors run with 2 torch threads, this
+    # process with its own count, so reductions may round differently: relative 1e-5.
+    for key in ("reward/aesthetic", "reward/clip_t", "reward/total", "loss/policy", "stats/clip_fraction"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+    updated = trainable(local.pipe)
+    assert sum(not np.array_equal(updated[n], initial[n]) for n in initial) > len(initial) // 2  # a real update
+    for name, value in updated.items():
+        np.testing.assert_allclose(ray_weights[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert got["sync/bytes"] == sum(v.nbytes for v in ray_weights.values()) and got["sync/version"] == 1
+
+
+def test_two_learner_ranks_take_the_one_rank_step(micro_world, ray_cluster):
+    from icg_rl.distributed.learner import LearnerGroup
+    from icg_rl.rl.local import LocalTrainer
+    from icg_rl.rl.sampling import sample_trajectory
+
+    cfg = micro(micro_world)
+    local = LocalTrainer(cfg)
+    with torch.no_grad():
+        for p in local.pipe.trainable_parameters():  # start away from the zero gate: every parameter moves
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    start = trainable(local.pipe)
+    batch = next(local._batches)
+    trajectory, _ = sample_trajectory(local.pipe, batch, 4, 1.0, 1.0, torch.Generator().manual_seed(0))
+    advantages = np.linspace(-1.5, 1.5, len(trajectory)).astype(np.float32)
+    users, features = [str(u) for u in local.pipe.icg.user_encoder.user_ids], local.pipe.icg.feature_table()
+    features = {k: v.numpy() for k, v in features.items()}
+    after = {}
+    for ranks in (1, 2):
+        group = LearnerGroup(cfg, users, features, num_workers=ranks, num_cpus=0.25, threads=1, initial_weights=start)
+        try:
+            metrics = group.update_ddpo(trajectory, advantages, iteration=0)
+            after[ranks] = ray_cluster.get(group.actors[-1].weights.remote())[0]  # the last rank: all agree
+        finally:
+            group.shutdown()
+        assert np.isfinite(metrics["loss/policy"]) and metrics["stats/grad_norm"] > 0
+    moved = [n for n in start if not np.allclose(after[1][n], start[n])]
+    assert len(moved) > len(start) // 2, "the update barely moved anything: the comparison would be vacuous"
+    # The only difference is where the two shards' gradients are summed (gloo all-reduce): float32 rounding. Adam's
+    # first step is ≈ lr·g/|g| per element, which amplifies that rounding where g is tiny: atol 5e-6 = 1e-4 × lr.
+    for name in start:
+        np.testing.assert_allclose(after[2][name], after[1][name], rtol=1e-5, atol=5e-6, err_msg=name)
+
+
+def test_rollout_actor_refuses_stale_weights(micro_world):
+    from icg_rl.distributed.rollout import RolloutWorker
+    from icg_rl.distributed.weights import StaleWeightsError
+
+    cfg = micro(micro_world)
+    worker = RolloutWorker(cfg, ["u1"], {"i1": np.zeros(8, np.float32)}, threads=None)
+    arrays = trainable(worker.pipe)
+    worker.set_weights(0, arrays)
+    worker.set_weights(3, arrays)
+    with pytest.raises(StaleWeightsError, match="version 2 is not newer than the held version 3"):
+        worker.set_weights(2, arrays)
+    with pytest.raises(StaleWeightsError, match="asked for weights version 4, this actor holds 3"):
+        worker.sample({"group_key": np.array(["u1|i1"])}, 0, 0, version=4)
+    name = next(iter(arrays))
+    with pytest.raises(ValueError, match=f"{name} has shape"):
+        worker.set_weights(5, arrays | {name: np.zeros((7, 7), np.float32)})
+
+
+def test_a_run_that_cannot_fit_fails_at_once(micro_world, ray_cluster, tmp_path):
+    from icg_rl.distributed.placement import ResourceShortfall
+    from icg_rl.train import RayTrainer
+
+    cfg = micro(micro_world, "ray.rollout_workers=64", "ray.learner_gpus=1")
+    with pytest.raises(ResourceShortfall, match=r"exceed the cluster by 15\.5 CPU and 1 GPU.*rollout: 64 ×"):
+        RayTrainer(cfg, tmp_path)
+    assert not ray_cluster.util.placement_group_table() or all(
+        pg["state"] == "REMOVED" for pg in ray_cluster.util.placement_group_table().values())
+
+
+@pytest.mark.slow
+def test_train_command_writes_weights_grids_curves_and_summary(micro_world, micro_preference, ray_cluster,
+                                                                tmp_path):
+    from PIL import Image
+
+    from icg_rl.models.pipeline import ICGPipeline
+    from icg_rl.train import main
+
+    cfg, _ = micro_world
+    out = tmp_path / "run"
+    code = main(["--config", str(MICRO_CONFIG), "--out", str(out), f"world.dir={cfg.world.dir}", "algo.name=backprop",
+                 "algo.num_inference_steps=4", "train.iterations=3", "train.eval_every=2", "train.eval_pairs=8",
+                 "train.tracker=wandb"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 3 and summary["samples_per_s"] > 0
+    assert set(summary["oracle"]) >= {"ctr_icg", "ctr_reference", "ctr_best_variant", "ctr_user_zeroed",
+                                      "relevance_icg", "relevance_reference"}
+    assert 0 < summary["oracle"]["ctr_reference"] <= summary["oracle"]["ctr_best_variant"] <= 1
+    pipe = ICGPipeline.from_pretrained(cfg.world.dir + "/models/sd", icg_path=summary["checkpoint"])
+    assert float(pipe.icg.adapter.projection.gate.abs()) > 0  # trained weights, not the zero-gate init
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and "reward/preference" in rows[1]
+    assert "oracle/ctr_icg" in rows[2] and "loss/backprop" in rows[3]
+    for png in ("samples.png", "rewards.png"):
+        with Image.open(out / png) as image:
+            assert image.size[0] > 100
+    assert list((out / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
