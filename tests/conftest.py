@@ -39,7 +39,7 @@ def ray_cluster():
     """One small local Ray cluster for every test that needs Ray (startup costs seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     yield ray
     ray.shutdown()

@@ -40,7 +40,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     if address:
         ray.init(address=address, log_to_driver=True)
         return f"the cluster at {address}"
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+    # address="local": a new cluster, never whatever `ray start` left registered in /tmp/ray on this machine
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}})
     return f"a new local cluster ({ray.cluster_resources().get('CPU', 0):g} CPUs)"
 

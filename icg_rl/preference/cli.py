@@ -40,9 +40,9 @@ def popularity_scores(train_rows, rows) -> np.ndarray:
 
 
 def train_and_evaluate(cfg, out: Path) -> dict:
-    import ray
 
     from icg_rl.data import load_from_config
+    from icg_rl.distributed.placement import connect
     from icg_rl.models.item_features import compute_item_features
     from icg_rl.preference.data import impression_rows
     from icg_rl.preference.model import PreferenceModel
@@ -66,8 +66,7 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     arrays = {s: numeric_rows(rows, index, covers, item_embeds, cfg.data.history_len) for s, rows in splits.items()
               if len(rows)}
     log.info("impressions: %s", {s: len(r) for s, r in splits.items()})
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    log.info("Ray: %s", connect(cfg.ray.address, cfg.ray.num_cpus))
     fit_start = time.perf_counter()
     model, history = fit(model_args, item_features, arrays["train"], arrays["valid"], p, out / "ray_train")
     train_seconds = time.perf_counter() - fit_start
