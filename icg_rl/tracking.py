@@ -68,8 +68,15 @@ def plot_curves(history: list[dict], prefixes: tuple[str, ...], path: str | Path
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        points = [(row["step"], row[key]) for row in history if key in row]
-        ax.plot(*zip(*points), marker="." if len(points) < 30 else None, linewidth=1.2)
+        steps, values = zip(*[(row["step"], row[key]) for row in history if key in row])
+        if len(values) < 30:
+            ax.plot(steps, values, marker=".", linewidth=1.2)
+        else:  # per-iteration noise in light grey, a moving average on top
+            window = max(5, len(values) // 25)
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps, values, color="0.8", linewidth=0.6)
+            ax.plot(steps[window - 1:], smooth, linewidth=1.4, label=f"mean of {window}")
+            ax.legend(fontsize=7, loc="best")
         ax.set_title(key, fontsize=9)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:

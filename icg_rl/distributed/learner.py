@@ -131,7 +131,7 @@ class LearnerWorker:
         from icg_rl.rl.ddpo import ddpo_gradients, gradient_surrogate
         from icg_rl.rl.trajectory import Trajectory
 
-        trajectory = Trajectory.from_wire(wire)
+        trajectory = Trajectory.from_wire(wire).to(self.pipe.device)
         params = self.pipe.trainable_parameters()
         grads, metrics = ddpo_gradients(self.pipe, trajectory, torch.as_tensor(advantages).to(self.pipe.device),
                                         self.cfg.algo, update_generator(self.cfg.train.seed, iteration))

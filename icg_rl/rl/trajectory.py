@@ -71,6 +71,13 @@ class Trajectory:
             policy_version=min(p.policy_version for p in parts),
             extra={k: np.concatenate([np.asarray(p.extra[k]) for p in parts]) for k in parts[0].extra})
 
+    def to(self, device) -> Trajectory:
+        """The tensors on `device` (a learner on GPU recomputes the recorded steps there)."""
+        return Trajectory(
+            latents=self.latents.to(device), log_probs=self.log_probs.to(device), timesteps=self.timesteps.to(device),
+            condition={k: v.to(device) for k, v in self.condition.items()}, prompt_embeds=self.prompt_embeds.to(device),
+            images=self.images, group_key=self.group_key, policy_version=self.policy_version, extra=self.extra)
+
     def to_wire(self) -> dict:
         """A compact, picklable form for Ray's object store: numpy arrays, half-size latents are not used (the
         ratio must be exactly 1 on unchanged weights, so latents stay float32)."""
