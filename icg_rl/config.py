@@ -189,6 +189,9 @@ class TrainConfig(Section):
     eval_every: int = Field(5, ge=1, description="iterations between evaluations on held-out pairs")
     eval_pairs: int = Field(64, ge=1, description="held-out (user, item) pairs of the test split scored at evaluation")
     out: str = Field("runs/train", description="folder of the run's outputs (the CLI's --out overrides it)")
+    storage_path: str | None = Field(None, description="where checkpoints go: a folder or a pyarrow filesystem URI "
+                                     "(s3://..., gs://...); None = OUT/checkpoints")
+    keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept; older ones are deleted")
     tracker: Literal["wandb", "none"] = Field("wandb", description="metrics tracker (wandb runs offline by default)")
 
 

@@ -11,6 +11,7 @@ final ICG weights (`DIR/checkpoint`, loadable by `ICGPipeline.from_pretrained`),
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
@@ -62,14 +63,17 @@ class RayTrainer:
             pool.ready()
         self.mixer = RewardMixer(self.weights, normalize=cfg.reward.normalize)
         self.tracker = PerKeyStatTracker()
-        self.iteration, self.epoch, self.version = 0, 0, 0
+        self.iteration, self.epoch, self.batch_in_epoch, self.version = 0, 0, 0, 0
         self._batches = self._batch_stream()
         self.sync_weights()  # version 0: the rollouts sample exactly the learner's initial policy
 
     def _batch_stream(self):
+        """Epochs of the pair stream; (epoch, batch_in_epoch) is the data position a checkpoint records."""
         while True:
-            yield from self.stream.iter_groups(self.epoch)
-            self.epoch += 1
+            for batch in self.stream.iter_groups(self.epoch, self.batch_in_epoch):
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
     # ------------------------------------------------------------------------------------------ one iteration
     def step(self) -> dict[str, float]:
@@ -120,6 +124,39 @@ class RayTrainer:
         return evaluate_heldout(self.cfg, self.rollout, self.rewards, self.heldout,
                                 with_oracle=self.cfg.data.kind == "coverworld")
 
+    # ----------------------------------------------------------------------------------------------- checkpoints
+    def state_files(self) -> dict[str, bytes]:
+        """Everything an exact resume needs. Noise and timestep draws derive from (seed, iteration) (rl/seeding.py),
+        so the iteration counter stands for every actor's RNG; the driver's own RNG states are kept as well."""
+        import random
+
+        state = {"iteration": self.iteration, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                 "version": self.version, "mixer": self.mixer.state_dict(), "tracker": self.tracker.state_dict(),
+                 "algo": self.cfg.algo.name, "learner_workers": self.cfg.ray.learner_workers,
+                 "rng": {"python": repr(random.getstate()), "numpy": repr(np.random.get_state(legacy=False)),
+                         "torch": torch.get_rng_state().tolist()}}
+        files = {"trainer_state.json": json.dumps(state).encode()}
+        files |= {f"icg/{name}": payload for name, payload in self.learner.export().items()}
+        files |= {f"learner/{name}": payload for name, payload in self.learner.save_state().items()}
+        return files
+
+    def restore(self, files: dict[str, bytes]) -> None:
+        from icg_rl.checkpoint import subtree
+
+        state = json.loads(files["trainer_state.json"])
+        for key, now in (("algo", self.cfg.algo.name), ("learner_workers", self.cfg.ray.learner_workers)):
+            if state[key] != now:
+                raise ValueError(f"resume: the checkpoint was written with {key}={state[key]!r}, this run has "
+                                 f"{now!r}; resume with the same setting")
+        self.learner.load_state(subtree(files, "learner"))
+        self.mixer.load_state_dict(state["mixer"])
+        self.tracker.load_state_dict(state["tracker"])
+        torch.set_rng_state(torch.tensor(state["rng"]["torch"], dtype=torch.uint8))
+        self._batches.close()
+        self.iteration, self.epoch, self.batch_in_epoch = state["iteration"], state["epoch"], state["batch_in_epoch"]
+        self._batches = self._batch_stream()
+        self.sync_weights()
+
     def export(self, folder: Path) -> Path:
         """Final ICG weights into `folder`, atomically (written beside it, then renamed into place)."""
         tmp = folder.with_name(f".{folder.name}.tmp")
@@ -145,12 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser("python -m icg_rl.train", __doc__)
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a new "
                                                         "local cluster)")
+    parser.add_argument("--resume", default=None, metavar="auto|PATH",
+                        help="continue a run exactly: 'auto' = the newest intact checkpoint in train.storage_path "
+                             "(falls back past a corrupt one; starts fresh when there is none), or one checkpoint")
     args = parser.parse_intermixed_args(argv if argv is not None else sys.argv[1:])
 
     def body() -> int:
         cfg = parse_config(args)
         out = Path(args.out or cfg.train.out)
-        summary = train(cfg, out, address=args.address)
+        summary = train(cfg, out, address=args.address, resume=args.resume)
         report(summary, out, f"ICG training run in {out}")
         return 0
 
@@ -173,9 +213,10 @@ def prepare(cfg) -> None:
         report(train_and_evaluate(cfg, preference), preference, f"preference model at {preference}")
 
 
-def train(cfg, out: Path, address: str | None = None) -> dict:
+def train(cfg, out: Path, address: str | None = None, resume: str | None = None) -> dict:
     from tqdm.auto import tqdm
 
+    from icg_rl.checkpoint import CheckpointStore, checkpoint_name
     from icg_rl.distributed.placement import connect
     from icg_rl.io import atomic_write_png, image_grid
     from icg_rl.tracking import Tracker, plot_curves
@@ -188,13 +229,23 @@ def train(cfg, out: Path, address: str | None = None) -> dict:
     started = time.perf_counter()
     trainer = RayTrainer(cfg, out)
     setup_s = time.perf_counter() - started
+    store = CheckpointStore(cfg.train.storage_path or out / "checkpoints", keep=cfg.train.keep_checkpoints)
     tracker = Tracker(cfg.train.tracker, out, cfg.model_dump(mode="json"))
     try:
-        first, _ = trainer.evaluate()
-        tracker.log(first, step=0)
-        log.info("before training: %s", _line(first))
-        loop_start, totals = time.perf_counter(), {}
-        bar = tqdm(range(cfg.train.iterations), desc=f"ICG {cfg.algo.name}", unit="it", dynamic_ncols=True)
+        name, files = store.resume(resume) if resume else (None, None)
+        if name is not None:
+            trainer.restore(files)
+            log.info("resumed from %s/%s at iteration %d", store.uri, name, trainer.iteration)
+        elif resume:
+            log.info("--resume %s: no checkpoint in %s yet; starting from iteration 0", resume, store.uri)
+        if trainer.iteration == 0:
+            first, _ = trainer.evaluate()
+            tracker.log(first, step=0)
+            log.info("before training: %s", _line(first))
+        loop_start, totals = time.perf_counter(), {"time/iteration": 0.0}
+        metrics, saved_stats = {}, None
+        bar = tqdm(range(trainer.iteration, cfg.train.iterations), desc=f"ICG {cfg.algo.name}", unit="it",
+                   dynamic_ncols=True, initial=trainer.iteration, total=cfg.train.iterations)
         for it in bar:
             metrics = trainer.step()
             for key in ("time/rollout", "time/reward", "time/learn", "sync/ms", "time/iteration"):
@@ -203,8 +254,13 @@ def train(cfg, out: Path, address: str | None = None) -> dict:
                 metrics |= trainer.evaluate()[0]
             tracker.log(metrics, step=trainer.iteration)
             bar.write(f"it {trainer.iteration:4d}  {_line(metrics)}")
-            if trainer.iteration % cfg.train.checkpoint_every == 0:
-                trainer.export(out / "checkpoint")
+            if trainer.iteration % cfg.train.checkpoint_every == 0 or it == cfg.train.iterations - 1:
+                saved = time.perf_counter()
+                files = trainer.state_files()
+                where = store.write(checkpoint_name(trainer.iteration), files)
+                saved_stats = {"path": where, "mb": round(sum(map(len, files.values())) / 1e6, 3),
+                               "seconds": round(time.perf_counter() - saved, 3)}
+                bar.write(f"checkpoint {where}: {saved_stats['mb']:.2f} MB in {saved_stats['seconds']:.2f} s")
         loop_s = time.perf_counter() - loop_start
         final, images = trainer.evaluate()
         checkpoint = trainer.export(out / "checkpoint")
@@ -220,11 +276,12 @@ def train(cfg, out: Path, address: str | None = None) -> dict:
         tracker.finish()
         trainer.shutdown()
     summary = {
-        "iterations": trainer.iteration, "samples_per_s": rows * trainer.iteration / totals["time/iteration"],
+        "iterations": trainer.iteration,
+        "samples_per_s": rows * len(bar) / totals["time/iteration"] if totals["time/iteration"] else 0.0,
         "checkpoint": str(checkpoint), "seconds": {"setup": round(setup_s, 1), "loop": round(loop_s, 1)},
-        "time_per_iteration_s": {k.split("/")[1] if k.startswith("time") else "sync": v / max(1, trainer.iteration)
+        "time_per_iteration_s": {k.split("/")[1] if k.startswith("time") else "sync": v / max(1, len(bar))
                                  / (1e3 if k == "sync/ms" else 1.0) for k, v in totals.items()},
-        "sync_bytes": int(metrics.get("sync/bytes", 0)),
+        "sync_bytes": int(metrics.get("sync/bytes", 0)), "last_checkpoint": saved_stats,
         "eval": {k.removeprefix("eval/"): v for k, v in final.items() if k.startswith("eval/")},
         "samples": str(out / "samples.png"), "curves": str(out / "rewards.png"),
     }

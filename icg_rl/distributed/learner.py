@@ -163,6 +163,30 @@ class LearnerWorker:
         arrays = trainable_arrays(self.pipe)
         return arrays, nbytes(arrays)
 
+    def save_state(self) -> dict[str, bytes]:
+        """This rank's DeepSpeed checkpoint files (weights, ZeRO optimizer partition; collective: every rank at
+        once), plus the backprop mixer's statistics from rank 0."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.engine.save_checkpoint(tmp, tag="state", save_latest=False)
+            files = {str(p.relative_to(tmp)): p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
+        if self.rank == 0 and getattr(self, "mixer", None) is not None:
+            files["mixer.json"] = json.dumps(self.mixer.state_dict()).encode()
+        return files
+
+    def load_state(self, files: dict[str, bytes]) -> None:
+        """Restore what `save_state` wrote (every rank's files, merged): weights, optimizer moments, mixer."""
+        with tempfile.TemporaryDirectory() as tmp:
+            for rel, payload in files.items():
+                (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+                (Path(tmp) / rel).write_bytes(payload)
+            path, _ = self.engine.load_checkpoint(tmp, tag="state", load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"learner rank {self.rank}: DeepSpeed found no checkpoint in the restored files "
+                               f"({sorted(files)[:6]})")
+        if "mixer.json" in files and getattr(self, "mixer", None) is not None:
+            self.mixer.load_state_dict(json.loads(files["mixer.json"]))
+
     def export(self) -> dict[str, bytes]:
         """The final ICG weights as `ICGPipeline.save_pretrained` writes them, as file bytes (the driver writes
         them where it runs: the learner may be on another node)."""
@@ -234,6 +258,21 @@ class LearnerGroup:
         import ray
 
         return ray.get(self.actors[0].export.remote())
+
+    def save_state(self) -> dict[str, bytes]:
+        """Every rank's checkpoint files, merged (names are distinct per rank; rank 0 writes the shared ones)."""
+        import ray
+
+        merged: dict[str, bytes] = {}
+        for files in ray.get([a.save_state.remote() for a in self.actors]):
+            merged |= files
+        return merged
+
+    def load_state(self, files: dict[str, bytes]) -> None:
+        import ray
+
+        ref = ray.put(files)
+        ray.get([a.load_state.remote(ref) for a in self.actors])
 
     def shutdown(self) -> None:
         import ray
