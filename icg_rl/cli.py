@@ -45,6 +45,12 @@ def run_main(body: Callable[[], int | None]) -> int:
     except (ConfigError, DataFileError, FileNotFoundError, ResourceShortfall) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RuntimeError as err:
+        if type(err).__name__ != "RunInterrupted":  # a training run that stopped cleanly: its message, no traceback
+            traceback.print_exc()
+            return EXIT_FAILURE
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILURE

@@ -27,6 +27,10 @@ log = logging.getLogger("icg_rl.train")
 MIN_SIDE = 48  # sample grids are upscaled to at least this many pixels per cover, to be readable
 
 
+class RunInterrupted(RuntimeError):
+    """The run cannot go on (an actor without restarts died); the message says where to resume from."""
+
+
 class RayTrainer:
     """The driver: owns the algorithm (this class reads like it); actors own models and devices."""
 
@@ -55,7 +59,8 @@ class RayTrainer:
         self.rollout = RolloutPool(cfg, user_ids, item_features, r.rollout_workers, *r.role("rollout"),
                                    threads=r.threads_per_worker, max_restarts=r.max_restarts)
         self.rewards = {n: RewardPool(n, cfg.reward, cfg.world.dir, r.reward_workers, *r.role("reward"),
-                                      max_restarts=r.max_restarts, threads=r.threads_per_worker) for n in pools}
+                                      max_restarts=r.max_restarts, threads=r.threads_per_worker, task_retries=0)
+                        for n in pools}  # failures surface here, to be retried and logged by `collect`
         self.learner = LearnerGroup(cfg, user_ids, item_features, r.learner_workers, *r.role("learner"),
                                     threads=r.threads_per_worker)
         self.rollout.ready()
@@ -77,23 +82,14 @@ class RayTrainer:
 
     # ------------------------------------------------------------------------------------------ one iteration
     def step(self) -> dict[str, float]:
-        import ray
 
-        from icg_rl.distributed.reward import RewardPool
         from icg_rl.rl.advantages import group_advantages
-        from icg_rl.rl.trajectory import Trajectory
 
         algo, t = self.cfg.algo, {}
         start = time.perf_counter()
         batch = next(self._batches)
         if algo.name == "ddpo":
-            chunks = self.rollout.sample(batch, self.iteration)
-            score_refs = {n: [self.rewards[n].score_refs(images, inputs) for _, images, inputs in chunks]
-                          for n in self.weights}  # queued now: each pool starts on a chunk the moment it exists
-            trajectory = Trajectory.concat([Trajectory.from_wire(w) for w in ray.get([c[0] for c in chunks])])
-            t["time/rollout"] = time.perf_counter() - start
-            scores = {n: torch.from_numpy(RewardPool.gather(refs)) for n, refs in score_refs.items()}
-            t["time/reward"] = time.perf_counter() - start - t["time/rollout"]
+            trajectory, scores = self.collect(batch, t)
             total, metrics = self.mixer(scores)
             advantages, adv_stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker)
             metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
@@ -108,6 +104,38 @@ class RayTrainer:
         t["time/iteration"] = time.perf_counter() - start
         rows = len(batch["group_key"])
         return metrics | t | {"perf/samples_per_s": rows / t["time/iteration"], "iteration": self.iteration}
+
+    def collect(self, batch: dict, timings: dict) -> tuple:
+        """Rollouts of the batch, each chunk scored by every reward pool as soon as it exists -> (Trajectory,
+        {reward: scores}). A rollout or reward actor that dies restarts (`ray.max_restarts`); its work is redone
+        here — with the same per-row noise, so the result is the same — and the log says what was retried."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        from icg_rl.distributed.reward import RewardPool
+        from icg_rl.rl.trajectory import Trajectory
+
+        for attempt in range(self.cfg.ray.max_restarts + 1):
+            start = time.perf_counter()
+            chunks = self.rollout.sample(batch, self.iteration)
+            score_refs = {n: [self.rewards[n].score_refs(images, inputs) for _, images, inputs in chunks]
+                          for n in self.weights}  # queued now: each pool starts on a chunk the moment it exists
+            try:
+                parts = ray.get([c[0] for c in chunks])
+                timings["time/rollout"] = time.perf_counter() - start
+                scores = {n: torch.from_numpy(RewardPool.gather(refs)) for n, refs in score_refs.items()}
+                timings["time/reward"] = time.perf_counter() - start - timings["time/rollout"]
+                return Trajectory.concat([Trajectory.from_wire(w) for w in parts]), scores
+            except (RayActorError, RayTaskError) as err:
+                if attempt == self.cfg.ray.max_restarts:
+                    raise
+                log.warning("iteration %d: an actor failed (%s); waiting for its restart and retrying the "
+                            "iteration's rollouts and rewards (attempt %d of %d)", self.iteration + 1,
+                            type(err).__name__, attempt + 2, self.cfg.ray.max_restarts + 1)
+                for pool in self.rewards.values():
+                    pool.ready()  # blocks until a restarting reward actor answers again
+                self.rollout.resync()  # a restarted rollout actor holds version 0 until it is given the weights
+        raise AssertionError("unreachable")
 
     def sync_weights(self) -> dict[str, float]:
         """Learner rank 0's trainable weights → every rollout actor, as version `self.iteration`."""
@@ -216,6 +244,8 @@ def prepare(cfg) -> None:
 def train(cfg, out: Path, address: str | None = None, resume: str | None = None) -> dict:
     from tqdm.auto import tqdm
 
+    from ray.exceptions import RayActorError
+
     from icg_rl.checkpoint import CheckpointStore, checkpoint_name
     from icg_rl.distributed.placement import connect
     from icg_rl.io import atomic_write_png, image_grid
@@ -247,7 +277,13 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
         bar = tqdm(range(trainer.iteration, cfg.train.iterations), desc=f"ICG {cfg.algo.name}", unit="it",
                    dynamic_ncols=True, initial=trainer.iteration, total=cfg.train.iterations)
         for it in bar:
-            metrics = trainer.step()
+            try:
+                metrics = trainer.step()
+            except RayActorError as err:  # a learner rank (no restarts: its optimizer state is not replicated)
+                raise RunInterrupted(
+                    f"an actor died at iteration {trainer.iteration + 1} and the run cannot continue ({err}). "
+                    f"Last intact checkpoint: {store.uri}/{store.latest() or '(none yet)'}. Continue with the same "
+                    f"command plus --resume auto") from err
             for key in ("time/rollout", "time/reward", "time/learn", "sync/ms", "time/iteration"):
                 totals[key] = totals.get(key, 0.0) + metrics.get(key, 0.0)
             if trainer.iteration % cfg.train.eval_every == 0 or it == cfg.train.iterations - 1:

@@ -78,7 +78,7 @@ class RewardPool:
 
     def __init__(self, name: str, reward_cfg, world_dir: str, num_workers: int, num_cpus: float,
                  num_gpus: float = 0.0, max_restarts: int = 3, factory: Callable[..., RewardModel] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, task_retries: int | None = None):
         import ray
 
         if num_workers < 1:
@@ -87,8 +87,9 @@ class RewardPool:
             raise ValueError(f"RewardPool {name!r}: num_cpus and num_gpus must be >= 0, got {num_cpus}, {num_gpus}")
         check_fits({f"reward pool {name!r}": (num_workers, num_cpus, num_gpus)})
         self.name = name
+        # task_retries None: Ray retries a crashed chunk by itself; 0: the caller sees the failure (and can log it)
         actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
-                               max_task_retries=max_restarts)(RewardWorker)
+                               max_task_retries=max_restarts if task_retries is None else task_retries)(RewardWorker)
         threads = torch_threads(num_cpus, threads)
         device = "cuda" if num_gpus > 0 else None
         self.actors = [actor_cls.remote(name, reward_cfg, str(world_dir), threads, factory, device)

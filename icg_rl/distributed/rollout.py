@@ -83,6 +83,7 @@ class RolloutPool:
         actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
                                max_task_retries=max_restarts)(RolloutWorker)
         users_ref, features_ref = ray.put(user_ids), ray.put(item_features)  # one copy for every actor
+        self._context = (users_ref, features_ref)  # held: a restarting actor is rebuilt from these
         self.actors = [actor_cls.remote(cfg, users_ref, features_ref, torch_threads(num_cpus, threads),
                                         "cuda" if num_gpus > 0 else None) for _ in range(num_workers)]
 

@@ -141,3 +141,47 @@ def test_train_command_writes_weights_grids_curves_and_summary(micro_world, micr
         with Image.open(out / png) as image:
             assert image.size[0] > 100
     assert list((out / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+
+
+def test_killed_rollout_and_reward_actors_restart_and_the_iteration_is_retried(micro_world, ray_cluster, tmp_path,
+                                                                              caplog):
+    import logging
+
+    from icg_rl.train import RayTrainer
+
+    trainer = RayTrainer(micro(micro_world), tmp_path)
+    try:
+        trainer.step()
+        ray_cluster.kill(trainer.rollout.actors[0], no_restart=False)  # what a preempted node does to them
+        ray_cluster.kill(trainer.rewards["aesthetic"].actors[0], no_restart=False)
+        with caplog.at_level(logging.WARNING, logger="icg_rl.train"):
+            metrics = trainer.step()
+            after = trainer.step()
+    finally:
+        trainer.shutdown()
+    assert "an actor failed" in caplog.text and "retrying the iteration's rollouts and rewards" in caplog.text
+    assert metrics["iteration"] == 2 and after["iteration"] == 3
+    assert np.isfinite(metrics["reward/aesthetic"]) and after["sync/version"] == 3
+
+
+def test_a_lost_learner_rank_stops_the_run_with_the_checkpoint_and_how_to_resume(micro_world, ray_cluster,
+                                                                                  tmp_path, monkeypatch):
+    from icg_rl.checkpoint import CheckpointStore
+    from icg_rl.distributed.learner import LearnerGroup
+    from icg_rl.train import RunInterrupted, train
+
+    original, calls = LearnerGroup.update_ddpo, []
+
+    def update_then_lose_rank_0(self, *args, **kwargs):  # the kill is real; the patch only picks the moment
+        calls.append(1)
+        if len(calls) == 3:
+            ray_cluster.kill(self.actors[0])  # learners have no restarts: their optimizer state is not replicated
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LearnerGroup, "update_ddpo", update_then_lose_rank_0)
+    cfg = micro(micro_world, "train.iterations=4", "train.checkpoint_every=2", "train.eval_every=100",
+                "train.eval_pairs=4")
+    with pytest.raises(RunInterrupted, match=r"(?s)iteration 3.*checkpoints/iter_000002.*--resume auto"):
+        train(cfg, tmp_path / "run")
+    name, files = CheckpointStore(tmp_path / "run" / "checkpoints").resume("auto")
+    assert name == "iter_000002" and "trainer_state.json" in files  # intact and verified
