@@ -242,9 +242,8 @@ def prepare(cfg) -> None:
 
 
 def train(cfg, out: Path, address: str | None = None, resume: str | None = None) -> dict:
-    from tqdm.auto import tqdm
-
     from ray.exceptions import RayActorError
+    from tqdm.auto import tqdm
 
     from icg_rl.checkpoint import CheckpointStore, checkpoint_name
     from icg_rl.distributed.placement import connect
