@@ -41,7 +41,8 @@ def test_ray_job_submit_runs_training_on_a_started_cluster(micro_world, micro_pr
     bin_dir = str(Path(sys.executable).parent)  # the job's `python` is the one on the head's PATH: this venv's
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     gcs, dashboard = free_port(), free_port()
-    # own ports (the shared cluster's dashboard agent holds the default 52365) and its own short temp dir: Ray's unix socket paths must stay under ~107 characters, and the default /tmp/ray
+    # own ports (the shared cluster's dashboard agent holds the default 52365) and its own short temp dir: Ray's
+    # unix socket paths must stay under ~107 characters, and the default /tmp/ray
     # would remember this cluster as "the current one" after the test kills it
     temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
     head_log = open(tmp_path / "head.log", "w")  # noqa: SIM115 - closed in finally
