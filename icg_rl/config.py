@@ -180,6 +180,14 @@ class RayConfig(Section):
         return (self.cpus_per_worker if cpus is None else cpus, self.gpus_per_worker if gpus is None else gpus)
 
 
+class RolloutConfig(Section):
+    """How rollouts are scheduled against learner updates (DESIGN.md §8)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    async_: bool = Field(False, alias="async", description="sample iteration t+1 while the learner updates t (one "
+                         "step off-policy; PPO ratios use the recorded log-probs); DDPO only")
+
+
 class TrainConfig(Section):
     """The training run."""
 
@@ -206,6 +214,7 @@ class Config(Section):
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
@@ -299,5 +308,5 @@ def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[t
             rows += describe_fields(annotation, f"{prefix}{name}.")
         else:
             default = field.get_default(call_default_factory=True)
-            rows.append((f"{prefix}{name}", json.dumps(default), field.description or ""))
+            rows.append((f"{prefix}{field.alias or name}", json.dumps(default), field.description or ""))
     return rows

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from icg_rl.cli import base_parser, parse_config, report, run_main
+from icg_rl.config import ConfigError
 
 log = logging.getLogger("icg_rl.train")
 MIN_SIDE = 48  # sample grids are upscaled to at least this many pixels per cover, to be readable
@@ -47,6 +48,9 @@ class RayTrainer:
         from icg_rl.rl.advantages import PerKeyStatTracker
 
         self.cfg, self.out, r = cfg, out, cfg.ray
+        if cfg.rollout.async_ and cfg.algo.name != "ddpo":
+            raise ConfigError(f"rollout.async=true needs algo.name=ddpo, got {cfg.algo.name!r}: reward backprop "
+                              f"samples with gradient inside the learner, there is no separate rollout to overlap")
         self.weights = {n: w for n, w in cfg.reward.weights.items() if w != 0}
         pools = list(self.weights) + ([] if "clip_t" in self.weights else ["clip_t"])  # clip_t: eval relevance
         check_fits(run_requests(cfg, pools), r.resource_wait_s)  # before any actor exists: fail, never hang
@@ -69,6 +73,7 @@ class RayTrainer:
         self.mixer = RewardMixer(self.weights, normalize=cfg.reward.normalize)
         self.tracker = PerKeyStatTracker()
         self.iteration, self.epoch, self.batch_in_epoch, self.version = 0, 0, 0, 0
+        self.pending, self.position = None, None  # async: the next iteration's rollouts in flight
         self._batches = self._batch_stream()
         self.sync_weights()  # version 0: the rollouts sample exactly the learner's initial policy
 
@@ -82,15 +87,23 @@ class RayTrainer:
 
     # ------------------------------------------------------------------------------------------ one iteration
     def step(self) -> dict[str, float]:
-
         from icg_rl.rl.advantages import group_advantages
 
         algo, t = self.cfg.algo, {}
         start = time.perf_counter()
-        batch = next(self._batches)
+        batch = next(self._batches) if self.pending is None else None
+        if algo.name == "ddpo" and self.cfg.rollout.async_:
+            # one step off-policy: this iteration's rollouts were sampled during the previous update; the next
+            # iteration's start now, with the current weights, and run while the learner updates
+            pending = self.pending or self.submit(batch, self.iteration)
+            trajectory, scores = self.finish(pending, t)
+            self.position = (self.epoch, self.batch_in_epoch)  # what a checkpoint records: next batch unsampled
+            self.pending = self.submit(next(self._batches), self.iteration + 1)
+        elif algo.name == "ddpo":
+            trajectory, scores = self.finish(self.submit(batch, self.iteration), t)
         if algo.name == "ddpo":
-            trajectory, scores = self.collect(batch, t)
             total, metrics = self.mixer(scores)
+            metrics["stats/policy_lag"] = float(self.version - trajectory.policy_version)
             advantages, adv_stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker)
             metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
             learn_start = time.perf_counter()
@@ -102,13 +115,21 @@ class RayTrainer:
         self.iteration += 1
         metrics |= self.sync_weights()
         t["time/iteration"] = time.perf_counter() - start
-        rows = len(batch["group_key"])
+        rows = self.cfg.data.pairs_per_batch * self.cfg.data.samples_per_pair
         return metrics | t | {"perf/samples_per_s": rows / t["time/iteration"], "iteration": self.iteration}
 
-    def collect(self, batch: dict, timings: dict) -> tuple:
-        """Rollouts of the batch, each chunk scored by every reward pool as soon as it exists -> (Trajectory,
-        {reward: scores}). A rollout or reward actor that dies restarts (`ray.max_restarts`); its work is redone
-        here — with the same per-row noise, so the result is the same — and the log says what was retried."""
+    def submit(self, batch: dict, iteration: int) -> dict:
+        """Queue the rollouts of a batch, each chunk scored by every reward pool the moment it exists."""
+        chunks = self.rollout.sample(batch, iteration)
+        score_refs = {n: [self.rewards[n].score_refs(images, inputs) for _, images, inputs in chunks]
+                      for n in self.weights}
+        return {"batch": batch, "iteration": iteration, "chunks": chunks, "score_refs": score_refs,
+                "start": time.perf_counter(), "version": self.version}
+
+    def finish(self, pending: dict, timings: dict) -> tuple:
+        """Wait for submitted rollouts and rewards -> (Trajectory, {reward: scores}). A rollout or reward actor
+        that dies restarts (`ray.max_restarts`); its work is redone here — with the same per-row noise, so the
+        result is the same — and the log says what was retried."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
@@ -116,25 +137,22 @@ class RayTrainer:
         from icg_rl.rl.trajectory import Trajectory
 
         for attempt in range(self.cfg.ray.max_restarts + 1):
-            start = time.perf_counter()
-            chunks = self.rollout.sample(batch, self.iteration)
-            score_refs = {n: [self.rewards[n].score_refs(images, inputs) for _, images, inputs in chunks]
-                          for n in self.weights}  # queued now: each pool starts on a chunk the moment it exists
             try:
-                parts = ray.get([c[0] for c in chunks])
-                timings["time/rollout"] = time.perf_counter() - start
-                scores = {n: torch.from_numpy(RewardPool.gather(refs)) for n, refs in score_refs.items()}
-                timings["time/reward"] = time.perf_counter() - start - timings["time/rollout"]
+                parts = ray.get([c[0] for c in pending["chunks"]])
+                timings["time/rollout"] = time.perf_counter() - pending["start"]
+                scores = {n: torch.from_numpy(RewardPool.gather(refs)) for n, refs in pending["score_refs"].items()}
+                timings["time/reward"] = time.perf_counter() - pending["start"] - timings["time/rollout"]
                 return Trajectory.concat([Trajectory.from_wire(w) for w in parts]), scores
             except (RayActorError, RayTaskError) as err:
                 if attempt == self.cfg.ray.max_restarts:
                     raise
                 log.warning("iteration %d: an actor failed (%s); waiting for its restart and retrying the "
-                            "iteration's rollouts and rewards (attempt %d of %d)", self.iteration + 1,
+                            "iteration's rollouts and rewards (attempt %d of %d)", pending["iteration"] + 1,
                             type(err).__name__, attempt + 2, self.cfg.ray.max_restarts + 1)
                 for pool in self.rewards.values():
                     pool.ready()  # blocks until a restarting reward actor answers again
                 self.rollout.resync()  # a restarted rollout actor holds version 0 until it is given the weights
+                pending = self.submit(pending["batch"], pending["iteration"])
         raise AssertionError("unreachable")
 
     def sync_weights(self) -> dict[str, float]:
@@ -158,7 +176,9 @@ class RayTrainer:
         so the iteration counter stands for every actor's RNG; the driver's own RNG states are kept as well."""
         import random
 
-        state = {"iteration": self.iteration, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+        # with async rollouts the next batch is already drawn (and being sampled): record the position before it
+        epoch, batch_in_epoch = self.position if self.pending is not None else (self.epoch, self.batch_in_epoch)
+        state = {"iteration": self.iteration, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                  "version": self.version, "mixer": self.mixer.state_dict(), "tracker": self.tracker.state_dict(),
                  "algo": self.cfg.algo.name, "learner_workers": self.cfg.ray.learner_workers,
                  "rng": {"python": repr(random.getstate()), "numpy": repr(np.random.get_state(legacy=False)),
@@ -181,6 +201,7 @@ class RayTrainer:
         self.tracker.load_state_dict(state["tracker"])
         torch.set_rng_state(torch.tensor(state["rng"]["torch"], dtype=torch.uint8))
         self._batches.close()
+        self.pending = None
         self.iteration, self.epoch, self.batch_in_epoch = state["iteration"], state["epoch"], state["batch_in_epoch"]
         self._batches = self._batch_stream()
         self.sync_weights()

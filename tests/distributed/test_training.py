@@ -185,3 +185,19 @@ def test_a_lost_learner_rank_stops_the_run_with_the_checkpoint_and_how_to_resume
         train(cfg, tmp_path / "run")
     name, files = CheckpointStore(tmp_path / "run" / "checkpoints").resume("auto")
     assert name == "iter_000002" and "trainer_state.json" in files  # intact and verified
+
+
+def test_async_rollouts_overlap_the_update_one_step_off_policy(micro_world, ray_cluster, tmp_path):
+    from icg_rl.config import ConfigError
+    from icg_rl.train import RayTrainer
+
+    with pytest.raises(ConfigError, match="rollout.async=true needs algo.name=ddpo"):
+        RayTrainer(micro(micro_world, "rollout.async=true", "algo.name=backprop"), tmp_path)
+    trainer = RayTrainer(micro(micro_world, "rollout.async=true"), tmp_path)
+    try:
+        lags = [trainer.step()["stats/policy_lag"] for _ in range(3)]
+        state = json.loads(trainer.state_files()["trainer_state.json"])
+    finally:
+        trainer.shutdown()
+    assert lags == [0.0, 1.0, 1.0]  # the first batch has no earlier update to overlap; then one version behind
+    assert (state["epoch"], state["batch_in_epoch"]) == (0, 3)  # the drawn-ahead 4th batch is not counted
