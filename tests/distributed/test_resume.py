@@ -9,6 +9,8 @@ import sys
 import time
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from tests.conftest import MICRO_CONFIG, ROOT
 
@@ -39,7 +41,10 @@ def test_sigkill_after_a_checkpoint_then_resume_auto_is_exact(micro_world, micro
     assert latest.read_text() == "iter_000002" and not (out / "summary.json").exists()
 
     assert main([*common, "--out", str(out), "--resume", "auto"]) == 0
-    straight = (tmp_path / "straight" / "checkpoint" / "icg.safetensors").read_bytes()
-    resumed = (out / "checkpoint" / "icg.safetensors").read_bytes()
-    assert resumed == straight, "resumed weights differ from the uninterrupted run's"
+    # tensors, not file bytes: safetensors writes its metadata map in a per-process hash order
+    straight = load_file(tmp_path / "straight" / "checkpoint" / "icg.safetensors")
+    resumed = load_file(out / "checkpoint" / "icg.safetensors")
+    assert resumed.keys() == straight.keys()
+    different = [k for k in straight if not torch.equal(resumed[k], straight[k])]
+    assert not different, f"resumed weights differ from the uninterrupted run's: {different[:5]}"
     assert sorted(os.listdir(out / "checkpoints")) == ["iter_000002", "iter_000004", "latest"]
