@@ -153,7 +153,10 @@ class RayConfig(Section):
 
     address: str | None = Field(None, description="cluster address; None = RAY_ADDRESS or a new local cluster")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local cluster; None = all")
-    rollout_workers: int = Field(1, ge=1, description="rollout actors")
+    rollout_workers: int | Literal["auto"] = Field(1, description="rollout actors, or 'auto': as many as the "
+                                                   "cluster holds beside the other actors, growing when nodes join "
+                                                   "and shrinking when they leave")
+    max_rollout_workers: int = Field(8, ge=1, description="upper bound of an 'auto' rollout pool")
     reward_workers: int = Field(1, ge=1, description="actors per reward pool")
     learner_workers: int = Field(1, ge=1, description="learner ranks (DeepSpeed world size)")
     cpus_per_worker: float = Field(0.5, gt=0.0, description="CPUs requested per actor")

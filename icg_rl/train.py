@@ -39,7 +39,7 @@ class RayTrainer:
         from icg_rl.data import load_from_config
         from icg_rl.data.stream import stream_from_config
         from icg_rl.distributed.learner import LearnerGroup
-        from icg_rl.distributed.placement import check_fits, run_requests
+        from icg_rl.distributed.placement import check_fits, rollout_capacity, run_requests
         from icg_rl.distributed.reward import RewardPool
         from icg_rl.distributed.rollout import RolloutPool
         from icg_rl.evaluation.heldout import heldout_batch
@@ -58,10 +58,13 @@ class RayTrainer:
         user_ids, item_features = policy_context(cfg, self.data)
         self.stream = stream_from_config(cfg, self.data, "train")
         self.heldout = heldout_batch(cfg, self.data)
-        log.info("starting %d rollout, %d learner and %d×%d reward actors", r.rollout_workers, r.learner_workers,
-                 len(pools), r.reward_workers)
-        self.rollout = RolloutPool(cfg, user_ids, item_features, r.rollout_workers, *r.role("rollout"),
-                                   threads=r.threads_per_worker, max_restarts=r.max_restarts)
+        self.pools, self.elastic = pools, r.rollout_workers == "auto"
+        rollouts = rollout_capacity(cfg, pools) if self.elastic else r.rollout_workers
+        log.info("starting %d rollout%s, %d learner and %d×%d reward actors", rollouts,
+                 " (auto)" if self.elastic else "", r.learner_workers, len(pools), r.reward_workers)
+        # an elastic pool drops actors whose node left instead of restarting them (they would wait for resources)
+        self.rollout = RolloutPool(cfg, user_ids, item_features, rollouts, *r.role("rollout"),
+                                   threads=r.threads_per_worker, max_restarts=0 if self.elastic else r.max_restarts)
         self.rewards = {n: RewardPool(n, cfg.reward, cfg.world.dir, r.reward_workers, *r.role("reward"),
                                       max_restarts=r.max_restarts, threads=r.threads_per_worker, task_retries=0)
                         for n in pools}  # failures surface here, to be retried and logged by `collect`
@@ -91,6 +94,8 @@ class RayTrainer:
 
         algo, t = self.cfg.algo, {}
         start = time.perf_counter()
+        if self.elastic:
+            self.resize_rollouts()
         batch = next(self._batches) if self.pending is None else None
         if algo.name == "ddpo" and self.cfg.rollout.async_:
             # one step off-policy: this iteration's rollouts were sampled during the previous update; the next
@@ -117,6 +122,18 @@ class RayTrainer:
         t["time/iteration"] = time.perf_counter() - start
         rows = self.cfg.data.pairs_per_batch * self.cfg.data.samples_per_pair
         return metrics | t | {"perf/samples_per_s": rows / t["time/iteration"], "iteration": self.iteration}
+
+    def resize_rollouts(self) -> None:
+        """`ray.rollout_workers: auto`: take in actors that finished starting, start more when the cluster grew."""
+        from icg_rl.distributed.placement import rollout_capacity
+
+        before = len(self.rollout.actors)
+        if self.rollout.admit():
+            log.info("rollout pool grew: %d → %d actors", before, len(self.rollout.actors))
+        wanted = rollout_capacity(self.cfg, self.pools) - len(self.rollout.actors) - len(self.rollout.starting)
+        if wanted > 0:
+            log.info("the cluster has room for %d more rollout actor(s); starting them", wanted)
+            self.rollout.grow(wanted)
 
     def submit(self, batch: dict, iteration: int) -> dict:
         """Queue the rollouts of a batch, each chunk scored by every reward pool the moment it exists."""
@@ -149,6 +166,15 @@ class RayTrainer:
                 log.warning("iteration %d: an actor failed (%s); waiting for its restart and retrying the "
                             "iteration's rollouts and rewards (attempt %d of %d)", pending["iteration"] + 1,
                             type(err).__name__, attempt + 2, self.cfg.ray.max_restarts + 1)
+                if self.elastic:
+                    dropped = self.rollout.drop_dead()
+                    if dropped:
+                        log.warning("rollout pool shrank: %d actor(s) gone with their node; %d remain", dropped,
+                                    len(self.rollout.actors))
+                    if not self.rollout.actors:
+                        self.rollout.grow(1)
+                        while not self.rollout.admit():
+                            time.sleep(0.5)
                 for pool in self.rewards.values():
                     pool.ready()  # blocks until a restarting reward actor answers again
                 self.rollout.resync()  # a restarted rollout actor holds version 0 until it is given the weights

@@ -49,7 +49,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
 def run_requests(cfg, reward_names: list[str]) -> dict[str, Request]:
     """Every actor group a training run creates, from `cfg.ray`."""
     r = cfg.ray
-    requests = {"rollout": Request(r.rollout_workers, *r.role("rollout")),
+    rollouts = 1 if r.rollout_workers == "auto" else r.rollout_workers  # auto: at least one must fit
+    requests = {"rollout": Request(rollouts, *r.role("rollout")),
                 "learner": Request(r.learner_workers, *r.role("learner"))}
     for name in reward_names:
         requests[f"reward pool {name!r}"] = Request(r.reward_workers, *r.role("reward"))
@@ -94,6 +95,21 @@ def check_fits(requests: dict[str, Request | tuple[int, float, float]], wait_s: 
             raise ResourceShortfall(problem)
         log.info("waiting for the cluster to grow (%.0f s left): %s", deadline - time.monotonic(), problem)
         time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+
+def rollout_capacity(cfg, reward_names: list[str]) -> int:
+    """How many rollout actors the cluster holds now beside every other actor group (for `rollout_workers: auto`),
+    between 1 and `ray.max_rollout_workers`."""
+    import ray
+
+    have = ray.cluster_resources()
+    others = {k: q for k, q in run_requests(cfg, reward_names).items() if k != "rollout"}
+    free_cpu = float(have.get("CPU", 0.0)) - sum(q.count * q.cpus for q in others.values())
+    free_gpu = float(have.get("GPU", 0.0)) - sum(q.count * q.gpus for q in others.values())
+    cpus, gpus = cfg.ray.role("rollout")
+    fits = [math.floor(free_cpu / cpus + RESOURCE_SLACK)] + ([math.floor(free_gpu / gpus + RESOURCE_SLACK)]
+                                                              if gpus > 0 else [])
+    return max(1, min(cfg.ray.max_rollout_workers, *fits))
 
 
 def torch_threads(cpus: float, configured: int | None) -> int:

@@ -80,12 +80,12 @@ class RolloutPool:
         import ray
 
         self.cfg, self.version, self._weights_ref = cfg, 0, None
-        actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
-                               max_task_retries=max_restarts)(RolloutWorker)
+        self._actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
+                                     max_task_retries=max_restarts)(RolloutWorker)
         users_ref, features_ref = ray.put(user_ids), ray.put(item_features)  # one copy for every actor
-        self._context = (users_ref, features_ref)  # held: a restarting actor is rebuilt from these
-        self.actors = [actor_cls.remote(cfg, users_ref, features_ref, torch_threads(num_cpus, threads),
-                                        "cuda" if num_gpus > 0 else None) for _ in range(num_workers)]
+        self._args = (cfg, users_ref, features_ref, torch_threads(num_cpus, threads), "cuda" if num_gpus > 0 else None)
+        self.actors = [self._actor_cls.remote(*self._args) for _ in range(num_workers)]
+        self.starting: list[tuple] = []  # (actor, ready ref): joining the pool once built and given the weights
 
     def ready(self, timeout_s: float | None = None) -> list[dict]:
         import ray
@@ -97,7 +97,8 @@ class RolloutPool:
         import ray
 
         self.version, self._weights_ref = version, weights_ref
-        return max(ray.get([a.set_weights.remote(version, weights_ref) for a in self.actors]))
+        return max(ray.get([a.set_weights.remote(version, weights_ref) for a in self.actors]))  # (starting
+        # actors get the newest version when `admit` takes them in)
 
     def sample(self, batch: dict, iteration: int, stream: int = ROLLOUT, zero_user: bool = False) -> list[tuple]:
         """Submit the batch in contiguous chunks (one per actor); returns [(trajectory_ref, images_ref,
@@ -110,6 +111,51 @@ class RolloutPool:
             chunks.append(actor.sample.options(num_returns=3).remote(chunk, int(lo), iteration, self.version,
                                                                      stream, zero_user))
         return chunks
+
+    def grow(self, count: int) -> None:
+        """Start `count` more actors; they join `actors` (at the next `sample`) once built and holding the weights."""
+        for _ in range(count):
+            actor = self._actor_cls.remote(*self._args)
+            ready = actor.set_weights.remote(self.version, self._weights_ref) if self._weights_ref is not None \
+                else actor.ready.remote()
+            self.starting.append((actor, ready, self.version))
+
+    def admit(self) -> int:
+        """Move started actors that are ready (and hold the current weights) into the pool; returns how many."""
+        import ray
+
+        admitted = 0
+        for actor, ready, version in list(self.starting):
+            done, _ = ray.wait([ready], timeout=0)
+            if not done:
+                continue
+            self.starting.remove((actor, ready, version))
+            try:
+                ray.get(ready)
+            except ray.exceptions.RayActorError:
+                continue  # died while starting (its node left)
+            if version != self.version:
+                ray.get(actor.set_weights.remote(self.version, self._weights_ref))
+            self.actors.append(actor)
+            admitted += 1
+        return admitted
+
+    def drop_dead(self, timeout_s: float = 30.0) -> int:
+        """Remove actors that no longer answer (their node left); returns how many were dropped."""
+        import ray
+
+        pings = {actor.version.remote(): actor for actor in self.actors}
+        done, _ = ray.wait(list(pings), num_returns=len(pings), timeout=timeout_s)
+        alive = []
+        for ref in done:
+            try:
+                ray.get(ref)
+                alive.append(pings[ref])
+            except ray.exceptions.RayActorError:
+                continue
+        dropped = len(self.actors) - len(alive)
+        self.actors = [a for a in self.actors if a in alive]
+        return dropped
 
     def resync(self) -> None:
         """Give every actor the current weights again (after a restart an actor holds version 0)."""
@@ -126,6 +172,6 @@ class RolloutPool:
     def shutdown(self) -> None:
         import ray
 
-        for actor in self.actors:
+        for actor in self.actors + [a for a, _, _ in self.starting]:
             ray.kill(actor, no_restart=True)
-        self.actors = []
+        self.actors, self.starting = [], []
