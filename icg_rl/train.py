@@ -35,7 +35,7 @@ class RunInterrupted(RuntimeError):
 class RayTrainer:
     """The driver: owns the algorithm (this class reads like it); actors own models and devices."""
 
-    def __init__(self, cfg, out: Path):
+    def __init__(self, cfg):
         from icg_rl.data import load_from_config
         from icg_rl.data.stream import stream_from_config
         from icg_rl.distributed.learner import LearnerGroup
@@ -47,7 +47,7 @@ class RayTrainer:
         from icg_rl.rewards.mix import RewardMixer
         from icg_rl.rl.advantages import PerKeyStatTracker
 
-        self.cfg, self.out, r = cfg, out, cfg.ray
+        self.cfg, r = cfg, cfg.ray
         if cfg.rollout.async_ and cfg.algo.name != "ddpo":
             raise ConfigError(f"rollout.async=true needs algo.name=ddpo, got {cfg.algo.name!r}: reward backprop "
                               f"samples with gradient inside the learner, there is no separate rollout to overlap")
@@ -67,7 +67,7 @@ class RayTrainer:
                                    threads=r.threads_per_worker, max_restarts=0 if self.elastic else r.max_restarts)
         self.rewards = {n: RewardPool(n, cfg.reward, cfg.world.dir, r.reward_workers, *r.role("reward"),
                                       max_restarts=r.max_restarts, threads=r.threads_per_worker, task_retries=0)
-                        for n in pools}  # failures surface here, to be retried and logged by `collect`
+                        for n in pools}  # failures surface here, to be retried and logged by `finish`
         self.learner = LearnerGroup(cfg, user_ids, item_features, r.learner_workers, *r.role("learner"),
                                     threads=r.threads_per_worker)
         self.rollout.ready()
@@ -303,7 +303,7 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
     log.info("Ray: %s", connect(address or cfg.ray.address, cfg.ray.num_cpus))
     prepare(cfg)
     started = time.perf_counter()
-    trainer = RayTrainer(cfg, out)
+    trainer = RayTrainer(cfg)
     setup_s = time.perf_counter() - started
     store = CheckpointStore(cfg.train.storage_path or out / "checkpoints", keep=cfg.train.keep_checkpoints)
     tracker = Tracker(cfg.train.tracker, out, cfg.model_dump(mode="json"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from icg_rl.data.stream import LoadReferences, build_pairs, epoch_order, expand_groups, frame_to_batch
+from icg_rl.distributed.rollout import REWARD_INPUTS
 from icg_rl.rl.seeding import EVALUATION
 
 
@@ -33,8 +34,7 @@ def sample_images(rollout, batch: dict, zero_user: bool = False) -> np.ndarray:
 
 def score_images(pools: dict, images: np.ndarray, batch: dict) -> dict[str, float]:
     """Raw mean score of every reward pool on the images."""
-    inputs = {k: batch[k] for k in ("title", "user_id", "history", "reference_image", "has_reference", "item_id")
-              if k in batch}
+    inputs = {k: batch[k] for k in REWARD_INPUTS if k in batch}
     refs = {name: pool.score_async(images, inputs) for name, pool in pools.items()}
     return {name: float(pool.gather(refs[name]).mean()) for name, pool in pools.items()}
 

@@ -25,7 +25,7 @@ def main(world_dir: str, out: str) -> None:
         f"world.dir={world_dir}", "algo.num_inference_steps=2", "data.pairs_per_batch=2", "data.samples_per_pair=4",
         "model.meta_tokens=2", "reward.weights={aesthetic: 1.0, clip_t: 0.5}", "train.tracker=none",
         "ray.rollout_workers=auto", "ray.max_rollout_workers=4", "ray.threads_per_worker=1"])
-    trainer = RayTrainer(cfg, out)
+    trainer = RayTrainer(cfg)
     sizes = {"start": len(trainer.rollout.actors)}
     trainer.step()
     node = cluster.add_node(num_cpus=2)

@@ -34,7 +34,7 @@ def test_first_iteration_equals_the_local_trainer(micro_world, ray_cluster, tmp_
     local = LocalTrainer(cfg)
     initial = trainable(local.pipe)
     expected = local.step()
-    ray_trainer = RayTrainer(cfg, tmp_path)
+    ray_trainer = RayTrainer(cfg)
     try:
         got = ray_trainer.step()
         ray_weights, _ = ray_cluster.get(ray_trainer.learner.actors[0].weights.remote())
@@ -108,7 +108,7 @@ def test_a_run_that_cannot_fit_fails_at_once(micro_world, ray_cluster, tmp_path)
 
     cfg = micro(micro_world, "ray.rollout_workers=64", "ray.learner_gpus=1")
     with pytest.raises(ResourceShortfall, match=r"exceed the cluster by 15\.5 CPU and 1 GPU.*rollout: 64 ×"):
-        RayTrainer(cfg, tmp_path)
+        RayTrainer(cfg)
     assert not ray_cluster.util.placement_group_table() or all(
         pg["state"] == "REMOVED" for pg in ray_cluster.util.placement_group_table().values())
 
@@ -149,7 +149,7 @@ def test_killed_rollout_and_reward_actors_restart_and_the_iteration_is_retried(m
 
     from icg_rl.train import RayTrainer
 
-    trainer = RayTrainer(micro(micro_world), tmp_path)
+    trainer = RayTrainer(micro(micro_world))
     try:
         trainer.step()
         ray_cluster.kill(trainer.rollout.actors[0], no_restart=False)  # what a preempted node does to them
@@ -192,8 +192,8 @@ def test_async_rollouts_overlap_the_update_one_step_off_policy(micro_world, ray_
     from icg_rl.train import RayTrainer
 
     with pytest.raises(ConfigError, match="rollout.async=true needs algo.name=ddpo"):
-        RayTrainer(micro(micro_world, "rollout.async=true", "algo.name=backprop"), tmp_path)
-    trainer = RayTrainer(micro(micro_world, "rollout.async=true"), tmp_path)
+        RayTrainer(micro(micro_world, "rollout.async=true", "algo.name=backprop"))
+    trainer = RayTrainer(micro(micro_world, "rollout.async=true"))
     try:
         lags = [trainer.step()["stats/policy_lag"] for _ in range(3)]
         state = json.loads(trainer.state_files()["trainer_state.json"])
