@@ -1,0 +1,3 @@
+from icg_rl.serve.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""`python -m icg_rl.serve --checkpoint PATH`: serve a trained policy on this machine, quickly.
+
+Reads the serve config (default configs/serve/coverworld.yaml — the file `serve run`/`serve deploy` use), replaces
+its checkpoint, starts (or joins) a Ray cluster and serves until Ctrl-C. Then:
+
+    curl -s localhost:8000/v1/covers -H 'content-type: application/json' -d '{"title": "Night Harbour", "seed": 1}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from icg_rl.cli import run_main
+
+log = logging.getLogger("icg_rl.serve")
+DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve" / "coverworld.yaml"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m icg_rl.serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="ICG weights folder (a training run's OUT/checkpoint)")
+    p.add_argument("--config", default=str(DEFAULT_SERVE_CONFIG), help="Ray Serve config YAML (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a new local one)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="override @serve.batch's max_batch_size")
+    return p
+
+
+def load_serve_config(path: str | Path) -> dict:
+    """The YAML, validated by Ray's own schema for `serve deploy` files; returns its single application."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from icg_rl.config import ConfigError
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+        schema = ServeDeploySchema.model_validate(raw)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # pydantic / YAML: name the file
+        raise ConfigError(f"{path}: not a valid Ray Serve config ({error})") from None
+    if len(schema.applications) != 1:
+        raise ConfigError(f"{path}: applications: expected exactly one, found {len(schema.applications)}")
+    return raw["applications"][0]
+
+
+def application(app_config: dict, checkpoint: str, max_batch_size: int | None = None):
+    """build_app with the YAML's per-deployment options applied, as `serve run` would apply them."""
+    from icg_rl.serve.app import application as bound_application
+
+    args = dict(app_config.get("args") or {}, checkpoint=checkpoint)
+    options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app_config.get("deployments", [])}
+    if max_batch_size is not None:
+        generator = options.setdefault("CoverGenerator", {})
+        generator["user_config"] = dict(generator.get("user_config") or {}, max_batch_size=max_batch_size)
+    return bound_application(args, options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv if argv is not None else sys.argv[1:])
+
+    def body() -> int:
+        from ray import serve
+
+        from icg_rl.distributed.placement import connect
+
+        app_config = load_serve_config(args.config)
+        if not Path(args.checkpoint).is_dir():
+            raise FileNotFoundError(f"--checkpoint: {args.checkpoint} is not a folder; train one with "
+                                    f"`python -m icg_rl.train` (it writes OUT/checkpoint)")
+        log.info("Ray: %s", connect(args.address))
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(application(app_config, args.checkpoint, args.max_batch_size), name=app_config["name"],
+                  route_prefix=app_config.get("route_prefix", "/"))
+        log.info("serving %s at http://%s:%d (POST /v1/covers, GET /v1/model, GET /healthz, /docs); Ctrl-C stops",
+                 args.checkpoint, args.host, args.port)
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            serve.shutdown()
+
+    return run_main(body)
