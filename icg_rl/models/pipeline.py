@@ -233,6 +233,19 @@ def _saved_config(icg_path, mllm_path) -> dict:
     return config
 
 
+def load_checkpoint(checkpoint: str | Path, base: str | None = None, mllm: str | None = None,
+                    torch_dtype: torch.dtype | None = None) -> ICGPipeline:
+    """A trained policy from its ICG folder (a run's OUT/checkpoint or any save_pretrained folder), on the base
+    model and MLLM it was trained with — or on `base`/`mllm` when those moved (another machine, a mounted volume)."""
+    config = _saved_config(checkpoint, mllm)
+    base = base or config["base"]
+    for field, path in (("base", base), ("mllm", config["mllm"])):
+        if Path(path).is_absolute() and not Path(path).exists():
+            raise FileNotFoundError(f"{field}: {path} (named by {Path(checkpoint) / CONFIG_NAME}) does not exist "
+                                    f"here; pass where that model lives on this machine")
+    return ICGPipeline.from_pretrained(base, mllm_path=mllm, icg_path=checkpoint, torch_dtype=torch_dtype)
+
+
 def model_paths(cfg) -> tuple[str, str]:
     """`model.base` and `model.mllm` as loadable paths: 'coverworld' names the world build's tiny models."""
     models = Path(cfg.world.dir) / "models"

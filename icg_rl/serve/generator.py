@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from ray import serve
 
-from icg_rl.models.pipeline import CONFIG_NAME, WEIGHTS_NAME, ICGPipeline
+from icg_rl.models.pipeline import WEIGHTS_NAME, ICGPipeline, load_checkpoint
 from icg_rl.models.user import ICGUser
 from icg_rl.rl.seeding import derive_seed
 from icg_rl.serve.schema import MAX_SEED, Batching, ServeSettings
@@ -59,18 +58,7 @@ def model_version(checkpoint: Path) -> str:
 
 def load_policy(settings: ServeSettings) -> ICGPipeline:
     """The checkpoint's ICGPipeline on the base/MLLM it was trained with (or the configured replacements)."""
-    checkpoint = Path(settings.checkpoint)
-    config_file = checkpoint / CONFIG_NAME
-    if not config_file.is_file():
-        raise FileNotFoundError(f"checkpoint: {checkpoint} has no {CONFIG_NAME}; expected a training run's "
-                                f"OUT/checkpoint or an ICGPipeline.save_pretrained folder")
-    config = json.loads(config_file.read_text())
-    base = settings.base or config["base"]
-    for field, path in (("base", base), ("mllm", settings.mllm or config["mllm"])):
-        if not Path(path).exists() and Path(path).is_absolute():
-            raise FileNotFoundError(f"{field}: {path} (from {config_file}) does not exist here; set `{field}:` in the "
-                                    f"serve config to where that model lives on this machine")
-    pipe = ICGPipeline.from_pretrained(base, mllm_path=settings.mllm, icg_path=checkpoint)
+    pipe = load_checkpoint(settings.checkpoint, base=settings.base, mllm=settings.mllm)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

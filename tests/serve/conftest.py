@@ -1,7 +1,7 @@
 """One Serve instance for the serving tests: the micro world's policy behind the real HTTP proxy on 127.0.0.1.
 
 Two applications share it: `/` (no auth) and `/secure` (bearer token from the replica's environment, a small body
-limit). The checkpoint is a freshly initialised ICG policy with its adapter gate opened, so users change the images.
+limit). The checkpoint is tests/conftest.py's `micro_checkpoint` (adapter gate open, so users change the images).
 """
 
 from __future__ import annotations
@@ -21,28 +21,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def serve_checkpoint(micro_world, tmp_path_factory):
-    """(checkpoint folder, known user ids, item ids): an ICGPipeline.save_pretrained folder of the micro world."""
-    import torch
-
-    from icg_rl.data import load_from_config
-    from icg_rl.models.item_features import policy_context
-    from icg_rl.models.pipeline import pipeline_from_config
-
-    cfg, _ = micro_world
-    users, features = policy_context(cfg, load_from_config(cfg))
-    pipe = pipeline_from_config(cfg, user_ids=users, item_features=features)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        pipe.icg.adapter.projection.gate.fill_(3.0)  # open the adapter: ICG tokens (and so the user) reach the UNet
-        for p in pipe.icg.refiner.parameters():
-            p.add_(torch.randn_like(p) * 0.5)  # a user-dependent refinement, as training would leave
-    folder = Path(tmp_path_factory.mktemp("serve")) / "checkpoint"
-    pipe.save_pretrained(folder)
-    return folder, users, list(features)
 
 
 def settings(checkpoint: Path, **extra) -> dict:
@@ -65,13 +43,13 @@ def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
 
 
 @pytest.fixture(scope="package")
-def served(ray_cluster, serve_checkpoint):
+def served(ray_cluster, micro_checkpoint):
     """{"url", "secure_url", "checkpoint", "users", "items"} for a running Serve instance; shut down afterwards."""
     from ray import serve
 
     from icg_rl.serve.app import application
 
-    checkpoint, users, items = serve_checkpoint
+    checkpoint, users, items = micro_checkpoint
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     small = {"ray_actor_options": {"num_cpus": 0.1}}
