@@ -28,13 +28,26 @@ def base_parser(prog: str, description: str, commands: tuple[str, ...] = ()) -> 
         parser.add_argument("command", choices=commands, help="what to do")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config file (default: %(default)s)")
     parser.add_argument("--out", default=None, help="folder where results are written")
+    parser.add_argument("--check-paths", action="store_true", help="check that every local model/data path the "
+                        "config names exists, report all missing ones at once, and exit (0 = all there)")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
                         help="dotted overrides applied after the file, e.g. world.seed=3 algo.lr=1e-4")
     return parser
 
 
 def parse_config(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
+    if getattr(args, "check_paths", False):
+        from icg_rl.paths import check_paths
+
+        problems, notes = check_paths(cfg)
+        for note in notes:
+            print(f"note: {note}")
+        if problems:
+            raise ConfigError(f"{args.config}: {len(problems)} path(s) missing:\n  " + "\n  ".join(problems))
+        print(f"{args.config}: every local path exists")
+        raise SystemExit(0)
+    return cfg
 
 
 def run_main(body: Callable[[], int | None]) -> int:

@@ -274,17 +274,40 @@ def section_hash(*sections: BaseModel) -> str:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML file (default `configs/coverworld.yaml`), apply `key.path=value` overrides, validate."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
+    raw = read_tree(path)
+    for item in overrides:
+        apply_override(raw, item)
+    return validate(raw, source=str(path))
+
+
+def read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict. `extends: other.yaml` (relative to the file) starts from that file's tree and merges
+    this one over it, section by section — how the placement variants reuse a model config."""
     if not path.is_file():
-        raise ConfigError(f"--config: file {str(path)!r} does not exist")
+        raise ConfigError(f"--config: file {str(path)!r} does not exist" if not seen else
+                          f"{seen[-1]}: extends: file {str(path)!r} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: extends: a cycle ({' -> '.join(str(p) for p in (*seen, path))})")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"--config {path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    for item in overrides:
-        apply_override(raw, item)
-    return validate(raw, source=str(path))
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: got {parent!r}; expected the path of another config file")
+    return deep_merge(read_tree(path.parent / parent, (*seen, path.resolve())), raw)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if both_dicts else value
+    return merged
 
 
 def apply_override(tree: dict[str, Any], item: str) -> None:

@@ -186,6 +186,7 @@ class ICGPipeline(StableDiffusionPipeline):
                       "item_ids": list(features), "user_ids": list(user_ids or []), "prompt_template": prompt_template,
                       "unet_lora_rank": unet_lora_rank, "unet_lora_alpha": unet_lora_alpha,
                       "mllm_lora_rank": mllm_lora_rank}
+        _check_base_layout(base_path)
         base = StableDiffusionPipeline.from_pretrained(str(base_path), safety_checker=None,
                                                        requires_safety_checker=False, torch_dtype=torch_dtype)
         mllm = MetaTokenEncoder.from_pretrained(config["mllm"], config["meta_tokens"],
@@ -219,6 +220,16 @@ class ICGPipeline(StableDiffusionPipeline):
 
             lora = StableDiffusionPipeline.lora_state_dict(str(folder))[0]
             set_peft_model_state_dict(self.unet, {k.removeprefix("unet."): v for k, v in lora.items()})
+
+
+def _check_base_layout(base_path) -> None:
+    """SD1.x/2.x layouts load below; name what is not supported instead of failing deep inside diffusers."""
+    index = Path(base_path) / "model_index.json"
+    if index.is_file():
+        kind = json.loads(index.read_text()).get("_class_name", "")
+        if "XL" in kind or "StableDiffusion3" in kind or "Flux" in kind:
+            raise NotImplementedError(f"model.base: {base_path} is a {kind} folder; the ICG pipeline supports "
+                                      f"Stable Diffusion 1.x/2.x layouts (StableDiffusionPipeline) so far")
 
 
 def _saved_config(icg_path, mllm_path) -> dict:
