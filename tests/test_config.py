@@ -71,3 +71,12 @@ def test_cli_bad_config_exits_2_before_any_work(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "world.num_genre: unknown key; did you mean 'world.num_genres'" in proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_configuration_reference_is_current():
+    from icg_rl.config_reference import TARGET, reference
+
+    assert TARGET.read_text(encoding="utf-8") == reference(), (
+        "docs/configuration.md is stale: run `python -m icg_rl.config_reference --write`")
+    for section in ("world", "ray", "evaluation", "limits"):
+        assert f"`{section}" in reference() or f"**`{section}`**" in reference()
