@@ -36,7 +36,8 @@ def section_lines(model: type[BaseModel], prefix: str) -> list[str]:
     nested = []
     for name, field in model.model_fields.items():
         key = field.alias or name
-        sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        is_section = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        sub = field.annotation if is_section else None
         if sub is not None:
             nested.append((f"{prefix}{key}", sub, field.description))
             continue
@@ -59,7 +60,8 @@ def reference() -> str:
              "file and merges this one over it. Unknown keys and bad values are errors that name the key.", ""]
     for name, field in Config.model_fields.items():
         model = typing.get_args(field.annotation)[0] if typing.get_args(field.annotation) else field.annotation
-        lines += [f"## `{name}` — {(model.__doc__ or '').strip().splitlines()[0]}", ""] + section_lines(model, f"{name}.")
+        title = (model.__doc__ or "").strip().splitlines()[0]
+        lines += [f"## `{name}` — {title}", ""] + section_lines(model, f"{name}.")
         lines.append("")
     lines += ["## Serve application `args` (configs/serve/*.yaml) — "
               + (ServeSettings.__doc__ or "").strip().splitlines()[0], ""] + section_lines(ServeSettings, "") + [""]
