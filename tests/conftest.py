@@ -17,6 +17,18 @@ ROOT = Path(__file__).resolve().parent.parent
 MICRO_CONFIG = ROOT / "configs" / "micro.yaml"
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: skipped (with the reason) where torch sees no GPU, as on CI."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA (benchmarks/gpu_check.sh runs it on a GPU)"))
+
+
 @pytest.fixture(scope="session")
 def micro_cfg(tmp_path_factory):
     from icg_rl.config import load_config

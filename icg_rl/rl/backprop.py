@@ -41,7 +41,7 @@ def backprop_loss(pipe, batch: dict, rewards: dict, mixer, algo, generator: torc
     scheduler.set_timesteps(algo.num_inference_steps, device=features.device)
     size = pipe.unet.config.sample_size
     latents = randn_tensor((len(titles), pipe.unet.config.in_channels, size, size), generator=noise_generators,
-                           dtype=features.dtype) * scheduler.init_noise_sigma
+                           device=features.device, dtype=features.dtype) * scheduler.init_noise_sigma
     k = algo.backprop_steps
     if algo.random_truncation:
         k = int(torch.randint(1, k + 1, (1,), generator=generator))

@@ -68,8 +68,9 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
     scheduler = pipe.scheduler
     scheduler.set_timesteps(num_steps, device=prompt_embeds.device)
     size = pipe.unet.config.sample_size
+    # CPU generators draw on the CPU, then the noise moves to the model's device (same noise on every device)
     latents = randn_tensor((len(titles), pipe.unet.config.in_channels, size, size), generator=generator,
-                           dtype=prompt_embeds.dtype) * scheduler.init_noise_sigma
+                           device=prompt_embeds.device, dtype=prompt_embeds.dtype) * scheduler.init_noise_sigma
     chain, log_probs = [latents], []
     for t in scheduler.timesteps:
         noise = predict_noise(pipe, latents, t, prompt_embeds, features, guidance_scale, uncond)
@@ -77,7 +78,7 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
         chain.append(latents)
         log_probs.append(log_prob)
     images = decode(pipe, latents)
-    pixels = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3)
+    pixels = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3); bf16-safe
     trajectory = Trajectory(
         latents=torch.stack(chain, dim=1),  # (B, T+1, C, h, w)
         log_probs=torch.stack(log_probs, dim=1),  # (B, T)

@@ -1,0 +1,513 @@
+"""Training throughput, one run, same settings: in-process (`rl/local.py`) vs the Ray trainer (sync and async) vs
+trl 0.23.1's DDPOTrainer (the `bench` extra: `pip install -e '.[bench]'`).
+
+    python benchmarks/throughput.py [--config FILE] [--pairs 4] [--samples 4] [--steps 10] [--warmup 3]
+        [--iterations 10] [--ray-threads 2,1] [--systems in-process,trl,ray-sync,ray-async] [--json PATH]
+        [KEY=VALUE ...]
+
+Every system runs DDPO (PPO-clip, eta from `algo.eta`, CFG `algo.guidance_scale`) on P pairs × K samples per
+iteration, `--steps` DDIM steps, all recorded steps trained, one optimizer step per iteration, at the world's
+resolution (`world.image_size`; the tiny SD of `world.dir`/models/sd). They run one after another in this process:
+`--warmup` untimed iterations, then `--iterations` timed ones; s / iteration is the mean of the timed ones and
+samples/s = P·K / that. Setup (model loading, starting Ray and its actors) is not timed.
+
+- in-process: `LocalTrainer(cfg).step()`, `--threads` torch threads; rewards are the config's mix.
+- Ray sync / async: `icg_rl.train.RayTrainer(cfg).step()` as `python -m icg_rl.train` builds it, each on a new
+  local Ray cluster (started here, shut down after), the driver on 1 torch thread, actors on
+  `ray.threads_per_worker` = each value of `--ray-threads`; async is `rollout.async=true` (one step off-policy).
+- trl: `DDPOTrainer.step()` with `DefaultDDPOStableDiffusionPipeline` loaded from `world.dir`/models/sd (LoRA r=4
+  on the UNet attention, trl's default; `--trl-full-unet` trains the whole UNet), `--threads` torch threads, CPU,
+  mixed precision off; one trl "epoch" = one sampling batch of P·K images (P CoverWorld titles × K) and one
+  optimizer step; reward = our aesthetic reward only; per-prompt advantage normalisation. Two rows: trl's stock
+  pipeline, and the same pipeline with one compatibility shim (below). The "× trl" column compares with the shim row.
+  trl 0.23.1 with diffusers >= 0.22 cannot sample at guidance_scale <= 1: DDPOTrainer always passes negative prompt
+  embeddings, and diffusers' deprecated `_encode_prompt` (which trl calls) now concatenates them whether or not CFG
+  is on, so the UNet gets 2·B text embeddings for B latents. The shim restores the old `_encode_prompt` contract
+  (negatives only under CFG) on the pipeline instance; trl's sampling, loss and optimizer code run unchanged.
+
+Peak memory: a background thread samples, every `--mem-interval` s from the start of a system's setup to its last
+timed iteration, the memory of this process plus every process descended from it (for Ray: GCS, raylet, the
+Ray Data and actor workers of the cluster this script started), and keeps the largest sum. The table shows PSS
+(proportional set size: a page shared by n processes counts 1/n in each, so shared libraries and the object store's
+shared memory are not counted once per process); the JSON also has the RSS sum (which counts them repeatedly). The
+driver's own PSS just before each system starts is in the JSON as `baseline_pss_gb` (systems share this process).
+The same thread tracks the CPU time of those processes; `other_cpu_cores` in the JSON is the machine's busy CPU time
+not spent by them, per second of the run (other users' processes), and a warning follows the table where it exceeds
+0.2 cores: on a small machine such a timing is not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+SYSTEMS = ("in-process", "trl", "ray-sync", "ray-async")
+BASELINE = "in-process (rl/local.py)"  # the row the "× in-process" column divides by
+TRL_NOT_INSTALLED = "trl not installed (pip install -e '.[bench]')"
+TRL_ROW = "trl DDPOTrainer (+ guidance shim)"  # the row the "× trl" column divides by
+
+
+# ------------------------------------------------------------------------------------------------ pure helpers
+def ratio(value: float | None, reference: float | None) -> float | None:
+    """value / reference, or None when either is missing or the reference is zero."""
+    if value is None or reference is None or reference == 0:
+        return None
+    return value / reference
+
+
+def summarize(times: list[float], rows_per_iteration: int) -> dict[str, float]:
+    """Per-iteration wall times (s) -> mean s / iteration, samples/s and the spread."""
+    if not times:
+        raise ValueError("summarize: no timed iterations")
+    mean = sum(times) / len(times)
+    return {"seconds_per_iteration": mean, "samples_per_s": rows_per_iteration / mean,
+            "min_s": min(times), "max_s": max(times)}
+
+
+def add_ratios(rows: list[dict], baseline: str = BASELINE, trl: str = TRL_ROW) -> list[dict]:
+    """Fill `ratio_in_process` / `ratio_trl` (samples/s over the reference row's) in place; returns rows."""
+    by_name = {row["system"]: row.get("samples_per_s") for row in rows}
+    for row in rows:
+        row["ratio_in_process"] = ratio(row.get("samples_per_s"), by_name.get(baseline))
+        row["ratio_trl"] = ratio(row.get("samples_per_s"), by_name.get(trl))
+    return rows
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The result table; a row without numbers shows its status ('unavailable: …' / 'failed: …') instead."""
+    lines = ["| system | s / iteration | samples/s | × in-process | × trl | peak memory (GB, PSS) |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        if row.get("samples_per_s") is None:
+            status = str(row.get("status", "unavailable")).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {row['system']} | {status} | — | — | — | {_fmt(row.get('peak_pss_gb'), '.2f')} |")
+            continue
+        lines.append(f"| {row['system']} | {row['seconds_per_iteration']:.3f} | {row['samples_per_s']:.1f} | "
+                     f"{_fmt(row.get('ratio_in_process'), '.2f', '×')} | {_fmt(row.get('ratio_trl'), '.2f', '×')} | "
+                     f"{_fmt(row.get('peak_pss_gb'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def settings_line(settings: dict) -> str:
+    return ("settings: DDPO, {pairs} pairs × {samples} samples = {rows} images/iteration, {steps} DDIM steps "
+            "(eta {eta:g}, CFG {guidance:g}), {resolution} px ({latent} latents), {warmup} warm-up + {iterations} "
+            "timed iterations per system, {threads} torch threads (in-process, trl), Ray actors "
+            "ray.threads_per_worker ∈ {{{ray_threads}}} on a new local cluster of {cpus} CPUs; "
+            "in-process/Ray rewards {rewards}, trl reward aesthetic").format(**settings)
+
+
+def disturbance_notes(rows: list[dict], threshold: float = 0.2) -> list[str]:
+    """Warnings for systems during which processes outside this benchmark kept CPU cores busy."""
+    return [f"warning: other processes kept {row['other_cpu_cores']:.2f} CPU cores busy during "
+            f"'{row['system']}': its timing is disturbed; rerun on an idle machine"
+            for row in rows if (row.get("other_cpu_cores") or 0.0) > threshold]
+
+
+def short_error(err: BaseException, limit: int = 240) -> str:
+    text = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+class PeakMemory:
+    """Background sampler of this process and all its descendants: the largest memory sums, and the CPU time they
+    used, so that CPU used by *other* processes during a run (a disturbed timing) can be told apart."""
+
+    def __init__(self, interval: float = 0.25, refresh: float = 2.0):
+        import psutil
+
+        self.psutil, self.interval, self.refresh = psutil, interval, refresh
+        self.root = psutil.Process()
+        self.peak_pss = self.peak_rss = 0
+        self.max_processes = 0
+        self.cpu_seen: dict[int, float] = {}  # pid -> its largest user+system CPU seconds seen during the run
+        self.other_cpu_cores: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
+
+    def sample(self, procs) -> tuple[int, int]:
+        pss = rss = 0
+        for proc in procs:
+            try:
+                info = proc.memory_full_info()  # /proc/PID/smaps_rollup: cheap
+                times = proc.cpu_times()
+            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied, self.psutil.ZombieProcess):
+                continue
+            pss += info.pss
+            rss += info.rss
+            self.cpu_seen[proc.pid] = max(self.cpu_seen.get(proc.pid, 0.0), times.user + times.system)
+        return pss, rss
+
+    def _processes(self):
+        try:
+            return [self.root, *self.root.children(recursive=True)]
+        except self.psutil.Error:
+            return [self.root]
+
+    def _busy_seconds(self) -> float:
+        t = self.psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+    def _run(self) -> None:
+        procs, listed = self._processes(), time.monotonic()
+        while True:
+            if time.monotonic() - listed > self.refresh:
+                procs, listed = self._processes(), time.monotonic()
+            pss, rss = self.sample(procs)
+            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+            self.max_processes = max(self.max_processes, len(procs))
+            if self._stop.wait(self.interval):
+                break
+
+    def __enter__(self) -> PeakMemory:
+        self._start = (time.monotonic(), self._busy_seconds())
+        self._own_before = {p.pid: v for p in self._processes() for v in [self._cpu(p)] if v is not None}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        pss, rss = self.sample(self._processes())  # one last look, after the final iteration
+        self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+        wall, busy = time.monotonic() - self._start[0], self._busy_seconds() - self._start[1]
+        own = sum(v - self._own_before.get(pid, 0.0) for pid, v in self.cpu_seen.items())
+        self.other_cpu_cores = max(0.0, busy - own) / wall if wall > 0 else None
+
+    def _cpu(self, proc) -> float | None:
+        try:
+            times = proc.cpu_times()
+        except self.psutil.Error:
+            return None
+        return times.user + times.system
+
+
+def release_memory() -> None:
+    """Between systems: collect garbage and hand freed heap back to the OS, so the next one starts lean."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def time_iterations(step: Callable[[], object], warmup: int, iterations: int, label: str) -> dict:
+    """Untimed warm-up, then timed iterations -> {'times': [s, ...], 'phases': mean seconds per phase}: the
+    `time/*` entries (and `sync/ms`) of the metrics each step returns, averaged over the timed iterations."""
+    for _ in range(warmup):
+        step()
+    times, phases = [], {}
+    for i in range(iterations):
+        start = time.perf_counter()
+        metrics = step()
+        times.append(time.perf_counter() - start)
+        for key, value in (metrics or {}).items():
+            if key.startswith("time/") or key == "sync/ms":
+                name, seconds = (("sync", value / 1e3) if key == "sync/ms" else (key.removeprefix("time/"), value))
+                phases[name] = phases.get(name, 0.0) + float(seconds) / iterations
+        print(f"  {label}: iteration {i + 1}/{iterations} {times[-1]:.3f} s", flush=True)
+    return {"times": times, "phases": phases}
+
+
+def phases_line(row: dict) -> str | None:
+    """'system: rollout 0.21 s, reward 0.01 s, ...' from a row's phases (mean seconds per timed iteration)."""
+    phases = {k: v for k, v in (row.get("phases") or {}).items() if k != "iteration"}
+    if not phases:
+        return None
+    return f"{row['system']}: " + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items())
+
+
+# ------------------------------------------------------------------------------------------------ the systems
+def run_in_process(cfg, args) -> dict:
+    import torch
+
+    from icg_rl.rl.local import LocalTrainer
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    trainer = LocalTrainer(cfg)
+    setup = time.perf_counter() - start
+    return time_iterations(trainer.step, args.warmup, args.iterations, "in-process") | {"setup_s": setup}
+
+
+def run_ray(cfg, args) -> dict:
+    import ray
+    import torch
+
+    from icg_rl.distributed.placement import connect
+    from icg_rl.train import RayTrainer
+
+    torch.set_num_threads(1)  # as `python -m icg_rl.train`: the driver mixes rewards and computes advantages only
+    start = time.perf_counter()
+    connect(None, cfg.ray.num_cpus)
+    try:
+        trainer = RayTrainer(cfg)
+        setup = time.perf_counter() - start
+        try:
+            label = f"ray {'async' if cfg.rollout.async_ else 'sync'} t={cfg.ray.threads_per_worker}"
+            result = time_iterations(trainer.step, args.warmup, args.iterations, label)
+        finally:
+            trainer.shutdown()
+    finally:
+        ray.shutdown()
+    return result | {"setup_s": setup}
+
+
+def restore_encode_prompt_contract(sd_pipeline) -> None:
+    """The guidance shim: diffusers' `_encode_prompt` (>= 0.22) returns cat(negative, positive) embeddings even
+    when CFG is off; before, it concatenated only under CFG, which trl 0.23.1's sampler still assumes. Bound on this
+    pipeline instance only."""
+    import types
+
+    original = type(sd_pipeline)._encode_prompt
+
+    def _encode_prompt(self, prompt, device, num_images_per_prompt, do_classifier_free_guidance,
+                       negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None, lora_scale=None, **kw):
+        if do_classifier_free_guidance:
+            return original(self, prompt, device, num_images_per_prompt, True, negative_prompt, prompt_embeds,
+                            negative_prompt_embeds, lora_scale, **kw)
+        return self.encode_prompt(prompt, device, num_images_per_prompt, False, None, prompt_embeds=prompt_embeds,
+                                  lora_scale=lora_scale, **kw)[0]
+
+    sd_pipeline._encode_prompt = types.MethodType(_encode_prompt, sd_pipeline)
+
+
+def run_trl(cfg, args, shim: bool) -> dict:
+    """trl's DDPOTrainer on the world's tiny SD; raises TrlUnavailable with the exact error when it cannot run."""
+    try:
+        import trl
+    except ImportError as err:
+        raise TrlUnavailable(TRL_NOT_INSTALLED) from err
+    import numpy as np
+    import torch
+
+    from icg_rl.data import load_from_config
+    from icg_rl.rewards.base import build_reward
+
+    torch.set_num_threads(args.threads)
+    try:
+        import warnings
+
+        from accelerate import PartialState
+        from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
+
+        start = time.perf_counter()
+        reward = build_reward("aesthetic", cfg.reward, cfg.world.dir)
+        titles = load_from_config(cfg).items["title"].astype(str).tolist()
+        rng = np.random.default_rng(cfg.train.seed)
+        k = args.samples
+
+        def prompts():  # P distinct titles per batch, each K times in a row: the P × K groups of our trainers
+            while True:
+                for index in rng.permutation(len(titles)):
+                    yield from [titles[index]] * k
+
+        stream = prompts()
+
+        def prompt_fn():
+            return next(stream), {}
+
+        def reward_fn(images, prompt_list, metadata):
+            with torch.no_grad():
+                return reward.score(images.float(), {"title": list(prompt_list)}), {}
+
+        # trl's pipeline warns through accelerate's logger (no LoRA file in the folder) before any Accelerator
+        # exists, which raises "You must initialize the accelerate state": create the state first
+        PartialState(cpu=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pipe = DefaultDDPOStableDiffusionPipeline(str(Path(cfg.world.dir) / "models" / "sd"),
+                                                      use_lora=not args.trl_full_unet)
+            if shim:
+                restore_encode_prompt_contract(pipe.sd_pipeline)
+            rows, algo = args.pairs * args.samples, cfg.algo
+            logdir = tempfile.mkdtemp(prefix="trl-ddpo-")
+            config = DDPOConfig(
+                seed=cfg.train.seed, log_with=None, mixed_precision="no", save_freq=10**9, num_epochs=10**6,
+                project_kwargs={"project_dir": logdir, "logging_dir": logdir}, logdir=logdir,
+                sample_num_steps=args.steps, sample_eta=algo.eta, sample_guidance_scale=algo.guidance_scale,
+                sample_batch_size=rows, sample_num_batches_per_epoch=1,
+                train_batch_size=rows, train_gradient_accumulation_steps=1, train_num_inner_epochs=1,
+                train_cfg=algo.guidance_scale > 1.0, train_learning_rate=algo.lr, train_clip_range=algo.clip_range,
+                train_adv_clip_max=algo.adv_clip, train_max_grad_norm=algo.max_grad_norm,
+                train_timestep_fraction=algo.timestep_fraction, per_prompt_stat_tracking=True,
+                per_prompt_stat_tracking_buffer_size=16, per_prompt_stat_tracking_min_count=k)
+            trainer = DDPOTrainer(config, reward_fn, prompt_fn, pipe)
+        pipe.set_progress_bar_config(disable=True)
+        setup = time.perf_counter() - start
+        trainable = [p for p in pipe.unet.parameters() if p.requires_grad]
+        state = {"epoch": 0, "global_step": 0}
+
+        phase_times: dict[str, float] = {}
+
+        def timed(name: str, method):  # measurement only: wraps the bound method, same arguments and result
+            def wrapper(*a, **kw):
+                start = time.perf_counter()
+                try:
+                    return method(*a, **kw)
+                finally:
+                    phase_times[f"time/{name}"] = phase_times.get(f"time/{name}", 0.0) + time.perf_counter() - start
+            return wrapper
+
+        trainer._generate_samples = timed("rollout", trainer._generate_samples)
+        trainer.compute_rewards = timed("reward", trainer.compute_rewards)
+        trainer._train_batched_samples = timed("update", trainer._train_batched_samples)
+
+        def step():
+            phase_times.clear()
+            state["global_step"] = trainer.step(state["epoch"], state["global_step"])
+            state["epoch"] += 1
+            return dict(phase_times)
+
+        label = f"trl{' +shim' if shim else ''}"
+        result = time_iterations(step, args.warmup, args.iterations, label)
+        if state["global_step"] != args.warmup + args.iterations:
+            raise RuntimeError(f"trl made {state['global_step']} optimizer steps in "
+                               f"{args.warmup + args.iterations} epochs; expected one per epoch")
+        return result | {"setup_s": setup, "trl_version": trl.__version__, "lora": pipe.use_lora,
+                "trainable_params": sum(p.numel() for p in trainable)}
+    except Exception as err:  # noqa: BLE001 - whatever trl raises is the result of this row
+        traceback.print_exc()
+        raise TrlUnavailable(short_error(err), full=traceback.format_exc()) from err
+
+
+class TrlUnavailable(RuntimeError):
+    def __init__(self, message: str, full: str | None = None):
+        super().__init__(message)
+        self.full = full
+
+
+def measure(name: str, run: Callable[[], dict], rows_per_iteration: int, interval: float) -> dict:
+    """Run one system under the memory sampler -> its JSON row (numbers, or a status saying why there are none)."""
+    release_memory()
+    sampler = PeakMemory(interval)
+    baseline, _ = sampler.sample([sampler.root])
+    row: dict = {"system": name, "baseline_pss_gb": baseline / 1e9}
+    print(f"\n== {name}", flush=True)
+    try:
+        with sampler:
+            result = run()
+    except TrlUnavailable as err:
+        row |= {"status": f"unavailable: {err}", "error": err.full or str(err)}
+        return row
+    except Exception as err:  # noqa: BLE001 - one system failing must not hide the others' numbers
+        traceback.print_exc()
+        row |= {"status": f"failed: {short_error(err)}", "error": traceback.format_exc()}
+        return row
+    finally:
+        row |= {"peak_pss_gb": sampler.peak_pss / 1e9 or None, "peak_rss_gb": sampler.peak_rss / 1e9 or None,
+                "processes": sampler.max_processes, "other_cpu_cores": sampler.other_cpu_cores}
+        release_memory()
+    times = result.pop("times")
+    return row | {"status": "ok"} | summarize(times, rows_per_iteration) | result | {"times_s": times}
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML config (default: the embedded CoverWorld one)")
+    parser.add_argument("--pairs", type=int, default=4, help="(user, item) pairs per iteration (trl: titles)")
+    parser.add_argument("--samples", type=int, default=4, help="samples per pair (trl: per title)")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps per rollout")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per system")
+    parser.add_argument("--iterations", type=int, default=10, help="timed iterations per system")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the in-process and trl runs")
+    parser.add_argument("--ray-threads", default="2,1",
+                        help="comma list of ray.threads_per_worker values; each adds a sync and an async row")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list from {', '.join(SYSTEMS)}")
+    parser.add_argument("--trl-full-unet", action="store_true", help="trl trains the whole UNet instead of LoRA")
+    parser.add_argument("--mem-interval", type=float, default=0.25, help="seconds between memory samples")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows (and settings) here")
+    parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="config overrides for every system")
+    args = parser.parse_args(argv)
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = sorted(set(args.systems) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"--systems: unknown {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    args.ray_threads = [int(t) for t in str(args.ray_threads).split(",") if t.strip()]
+    if min(args.pairs, args.samples, args.steps, args.iterations) < 1 or args.warmup < 0:
+        parser.error("--pairs, --samples, --steps and --iterations must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.pop("RAY_ADDRESS", None)  # always a new local cluster: its processes descend from this one
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from icg_rl.config import load_config
+    from icg_rl.train import prepare
+
+    base = ["algo.name=ddpo", f"data.pairs_per_batch={args.pairs}", f"data.samples_per_pair={args.samples}",
+            f"algo.num_inference_steps={args.steps}", *args.overrides]
+
+    def config(*extra: str):
+        cfg = load_config(args.config, [*base, *extra])
+        world = cfg.world.model_copy(update={"dir": str(Path(cfg.world.dir).resolve())})
+        return cfg.model_copy(update={"world": world})  # actors may run elsewhere: absolute, as icg_rl.train does
+
+    cfg = config()
+    prepare(cfg)  # the world, its models and the preference model, built once and reused (not timed)
+    rows_per_iteration = args.pairs * args.samples
+    plan: list[tuple[str, Callable[[], dict]]] = []
+    if "in-process" in args.systems:
+        plan.append((BASELINE, lambda: run_in_process(cfg, args)))
+    if "trl" in args.systems:
+        plan.append(("trl DDPOTrainer (stock pipeline)", lambda: run_trl(cfg, args, shim=False)))
+        plan.append((TRL_ROW, lambda: run_trl(cfg, args, shim=True)))
+    for threads in args.ray_threads:
+        for mode in ("sync", "async"):
+            if f"ray-{mode}" in args.systems:
+                ray_cfg = config(f"rollout.async={str(mode == 'async').lower()}",
+                                 f"ray.threads_per_worker={threads}")
+                plan.append((f"Ray {mode}, {threads} thread{'s' if threads > 1 else ''}/actor",
+                             lambda c=ray_cfg: run_ray(c, args)))
+    rows = [measure(name, run, rows_per_iteration, args.mem_interval) for name, run in plan]
+    add_ratios(rows)
+    import psutil
+
+    weights = {n: w for n, w in cfg.reward.weights.items() if w != 0}
+    settings = {"pairs": args.pairs, "samples": args.samples, "rows": rows_per_iteration, "steps": args.steps,
+                "eta": cfg.algo.eta, "guidance": cfg.algo.guidance_scale, "resolution": cfg.world.image_size,
+                "latent": _latent_shape(cfg), "warmup": args.warmup, "iterations": args.iterations,
+                "threads": args.threads, "ray_threads": ", ".join(map(str, args.ray_threads)),
+                "cpus": cfg.ray.num_cpus or psutil.cpu_count(),
+                "rewards": " + ".join(f"{w:g}·{n}" for n, w in weights.items())}
+    print("\n" + settings_line(settings) + "\n")
+    print(markdown_table(rows))
+    lines = [line for line in map(phases_line, rows) if line]
+    if lines:
+        print("\nwhere the time goes (mean per timed iteration):\n  " + "\n  ".join(lines))
+    for note in disturbance_notes(rows):
+        print(note)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"settings": settings, "overrides": args.overrides, "rows": rows},
+                                              indent=2, default=str))
+        print(f"\n(rows written to {args.json})")
+    return 1 if any(r["status"].startswith("failed") for r in rows) else 0
+
+
+def _latent_shape(cfg) -> str:
+    """'4×8×8' from the SD folder's configs (the trl pipeline and ours load the same UNet)."""
+    unet = json.loads((Path(cfg.world.dir) / "models" / "sd" / "unet" / "config.json").read_text())
+    size = unet["sample_size"]
+    return f"{unet['in_channels']}×{size}×{size}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
