@@ -11,6 +11,8 @@ from icg_rl.evaluation.arms import ARMS
 from icg_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_png, image_grid
 
 COLUMNS = (*ARMS, "best_variant", "logged")
+COLORS = {"reference": "#999999", "base": "#6a8caf", "icg_user_zeroed": "#c9a227", "icg": "#c0392b",
+          "best_variant": "#2e8b57", "logged": "#555555"}  # one colour per arm in every panel
 ABOUT = {
     "aesthetic": "aesthetic reward (configured head), higher is better",
     "clip_t": "CLIP-T: cover vs title",
@@ -92,7 +94,7 @@ def plot(summary: dict, path: Path) -> None:
             iv = summary["intervals"][name]
             errors = [[per_arm[a] - iv[a]["ci_low"] for a in arms], [iv[a]["ci_high"] - per_arm[a] for a in arms]]
         ax.bar(range(len(arms)), [per_arm[a] for a in arms], yerr=errors, capsize=3,
-               color=["#999999", "#6a8caf", "#c9a227", "#c0392b", "#2e8b57", "#555555"][: len(arms)])
+               color=[COLORS.get(a, "#555555") for a in arms])
         ax.set_xticks(range(len(arms)), [a.replace("icg_user_zeroed", "zeroed") for a in arms], rotation=30,
                       fontsize=8)
         ax.set_title(name, fontsize=10)

@@ -50,7 +50,7 @@ def diversity(embedder, images_by_item: list[np.ndarray]) -> float:
         embeds = torch.nn.functional.normalize(embedder.image_embeds(to_tensor(covers)), dim=-1)
         similarity = embeds @ embeds.T  # (U, U)
         upper = torch.triu_indices(len(covers), len(covers), offset=1)
-        distances.append(float((1.0 - similarity[upper[0], upper[1]]).mean()))
+        distances.append(max(0.0, float((1.0 - similarity[upper[0], upper[1]]).mean())))  # rounding: never -0
     return float(np.mean(distances))
 
 

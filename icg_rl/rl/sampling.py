@@ -78,7 +78,7 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
         chain.append(latents)
         log_probs.append(log_prob)
     images = decode(pipe, latents)
-    pixels = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3); bf16-safe
+    pixels = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3), bf16 ok
     trajectory = Trajectory(
         latents=torch.stack(chain, dim=1),  # (B, T+1, C, h, w)
         log_probs=torch.stack(log_probs, dim=1),  # (B, T)
