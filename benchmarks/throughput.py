@@ -9,7 +9,11 @@ Every system runs DDPO (PPO-clip, eta from `algo.eta`, CFG `algo.guidance_scale`
 iteration, `--steps` DDIM steps, all recorded steps trained, one optimizer step per iteration, at the world's
 resolution (`world.image_size`; the tiny SD of `world.dir`/models/sd). They run one after another in this process:
 `--warmup` untimed iterations, then `--iterations` timed ones; s / iteration is the mean of the timed ones and
-samples/s = P·K / that. Setup (model loading, starting Ray and its actors) is not timed.
+samples/s = P·K / that. Setup (model loading, starting Ray and its actors) is not timed. Everything runs on CPU.
+Below the table, "where the time goes": each system's phases, mean seconds per timed iteration (in-process and Ray:
+the `time/*` metrics their `step()` returns; trl: its `_generate_samples`, `compute_rewards` and
+`_train_batched_samples`, timed by wrapping those methods). Async Ray's rollout is the wait for rollouts submitted
+during the previous iteration, timed from their submission, so its phases overlap and do not add up.
 
 - in-process: `LocalTrainer(cfg).step()`, `--threads` torch threads; rewards are the config's mix.
 - Ray sync / async: `icg_rl.train.RayTrainer(cfg).step()` as `python -m icg_rl.train` builds it, each on a new
@@ -43,6 +47,7 @@ import ctypes
 import gc
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -103,11 +108,16 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def settings_line(settings: dict) -> str:
-    return ("settings: DDPO, {pairs} pairs × {samples} samples = {rows} images/iteration, {steps} DDIM steps "
+    """One line with what every row shares; the Ray and trl parts only when those systems ran."""
+    line = ("settings: DDPO, {pairs} pairs × {samples} samples = {rows} images/iteration, {steps} DDIM steps "
             "(eta {eta:g}, CFG {guidance:g}), {resolution} px ({latent} latents), {warmup} warm-up + {iterations} "
-            "timed iterations per system, {threads} torch threads (in-process, trl), Ray actors "
-            "ray.threads_per_worker ∈ {{{ray_threads}}} on a new local cluster of {cpus} CPUs; "
-            "in-process/Ray rewards {rewards}, trl reward aesthetic").format(**settings)
+            "timed iterations per system, {threads} torch threads in-process, rewards {rewards}").format(**settings)
+    if settings.get("ray_threads"):
+        line += ("; Ray: new local cluster of {cpus} CPUs, driver 1 thread, actors ray.threads_per_worker ∈ "
+                 "{{{ray_threads}}}").format(**settings)
+    if settings.get("trl"):
+        line += f"; trl {settings['trl']}, {settings['threads']} torch threads, reward aesthetic only"
+    return line
 
 
 def disturbance_notes(rows: list[dict], threshold: float = 0.2) -> list[str]:
@@ -299,6 +309,7 @@ def run_trl(cfg, args, shim: bool) -> dict:
     from icg_rl.rewards.base import build_reward
 
     torch.set_num_threads(args.threads)
+    logdir = tempfile.mkdtemp(prefix="trl-ddpo-")  # accelerate's project folder; nothing is saved there
     try:
         import warnings
 
@@ -335,9 +346,9 @@ def run_trl(cfg, args, shim: bool) -> dict:
             if shim:
                 restore_encode_prompt_contract(pipe.sd_pipeline)
             rows, algo = args.pairs * args.samples, cfg.algo
-            logdir = tempfile.mkdtemp(prefix="trl-ddpo-")
             config = DDPOConfig(
-                seed=cfg.train.seed, log_with=None, mixed_precision="no", save_freq=10**9, num_epochs=10**6,
+                seed=cfg.train.seed, log_with=None, mixed_precision="no", accelerator_kwargs={"cpu": True},
+                save_freq=10**9, num_epochs=10**6,
                 project_kwargs={"project_dir": logdir, "logging_dir": logdir}, logdir=logdir,
                 sample_num_steps=args.steps, sample_eta=algo.eta, sample_guidance_scale=algo.guidance_scale,
                 sample_batch_size=rows, sample_num_batches_per_epoch=1,
@@ -383,6 +394,8 @@ def run_trl(cfg, args, shim: bool) -> dict:
     except Exception as err:  # noqa: BLE001 - whatever trl raises is the result of this row
         traceback.print_exc()
         raise TrlUnavailable(short_error(err), full=traceback.format_exc()) from err
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
 
 
 class TrlUnavailable(RuntimeError):
@@ -481,12 +494,14 @@ def main(argv: list[str] | None = None) -> int:
     import psutil
 
     weights = {n: w for n, w in cfg.reward.weights.items() if w != 0}
+    ray_ran = any(s in args.systems for s in ("ray-sync", "ray-async")) and bool(args.ray_threads)
     settings = {"pairs": args.pairs, "samples": args.samples, "rows": rows_per_iteration, "steps": args.steps,
                 "eta": cfg.algo.eta, "guidance": cfg.algo.guidance_scale, "resolution": cfg.world.image_size,
                 "latent": _latent_shape(cfg), "warmup": args.warmup, "iterations": args.iterations,
-                "threads": args.threads, "ray_threads": ", ".join(map(str, args.ray_threads)),
-                "cpus": cfg.ray.num_cpus or psutil.cpu_count(),
-                "rewards": " + ".join(f"{w:g}·{n}" for n, w in weights.items())}
+                "threads": args.threads, "cpus": cfg.ray.num_cpus or psutil.cpu_count(),
+                "rewards": " + ".join(f"{w:g}·{n}" for n, w in weights.items()),
+                "ray_threads": ", ".join(map(str, args.ray_threads)) if ray_ran else "",
+                "trl": _trl_setting(rows)}
     print("\n" + settings_line(settings) + "\n")
     print(markdown_table(rows))
     lines = [line for line in map(phases_line, rows) if line]
@@ -500,6 +515,15 @@ def main(argv: list[str] | None = None) -> int:
                                               indent=2, default=str))
         print(f"\n(rows written to {args.json})")
     return 1 if any(r["status"].startswith("failed") for r in rows) else 0
+
+
+def _trl_setting(rows: list[dict]) -> str:
+    """'0.23.1, LoRA r=4 (11,008 trainable)' from the measured trl row; '' when trl did not run."""
+    row = next((r for r in rows if r["system"] == TRL_ROW), None)
+    if row is None or "trl_version" not in row:
+        return ""
+    what = "LoRA r=4 on the UNet attention" if row.get("lora") else "full UNet"
+    return f"{row['trl_version']}, {what} ({row['trainable_params']:,} trainable)"
 
 
 def _latent_shape(cfg) -> str:

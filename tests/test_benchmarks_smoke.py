@@ -85,11 +85,18 @@ def test_markdown_table(bench):
 
 
 def test_settings_line_and_short_error(bench):
-    line = bench.settings_line({"pairs": 4, "samples": 4, "rows": 16, "steps": 10, "eta": 1.0, "guidance": 1.0,
-                                "resolution": 32, "latent": "4×8×8", "warmup": 3, "iterations": 10, "threads": 2,
-                                "ray_threads": "2, 1", "cpus": 2, "rewards": "1·aesthetic"})
+    settings = {"pairs": 4, "samples": 4, "rows": 16, "steps": 10, "eta": 1.0, "guidance": 1.0, "resolution": 32,
+                "latent": "4×8×8", "warmup": 3, "iterations": 10, "threads": 2, "ray_threads": "2, 1", "cpus": 2,
+                "rewards": "1·aesthetic", "trl": "0.23.1, full UNet (824,452 trainable)"}
+    line = bench.settings_line(settings)
     assert "4 pairs × 4 samples = 16 images/iteration" in line and "10 DDIM steps" in line
     assert "32 px" in line and "3 warm-up + 10 timed" in line and "{2, 1}" in line
+    assert "trl 0.23.1, full UNet" in line
+    bare = bench.settings_line(settings | {"ray_threads": "", "trl": ""})
+    assert "Ray" not in bare and "trl" not in bare
+    trl_row = {"system": bench.TRL_ROW, "trl_version": "0.23.1", "lora": True, "trainable_params": 11008}
+    assert bench._trl_setting([trl_row]) == "0.23.1, LoRA r=4 on the UNet attention (11,008 trainable)"
+    assert bench._trl_setting([{"system": bench.TRL_ROW, "status": "unavailable: x"}]) == ""
     assert bench.short_error(RuntimeError("size mismatch\nmore")) == "RuntimeError: size mismatch"
     assert bench.short_error(ValueError()) == "ValueError"
     assert len(bench.short_error(RuntimeError("x" * 1000), limit=50)) == 50
@@ -149,3 +156,12 @@ def test_guidance_shim_concatenates_negatives_only_under_cfg(bench):
     assert pipe._encode_prompt(None, "cpu", 1, True, prompt_embeds=["p"], negative_prompt_embeds=["n"]) == ["n", "p"]
     assert FakePipeline()._encode_prompt(None, "cpu", 1, False, prompt_embeds=["p"],
                                          negative_prompt_embeds=["n"]) == ["n", "p"]  # other instances untouched
+
+
+def test_trl_missing_gives_an_unavailable_row(bench, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "trl", None)  # `import trl` raises ImportError, as without the bench extra
+    row = bench.measure(bench.TRL_ROW, lambda: bench.run_trl(None, None, shim=True), 16, 0.05)
+    assert row["status"] == "unavailable: trl not installed (pip install -e '.[bench]')"
+    assert row.get("samples_per_s") is None
+    table = bench.markdown_table(bench.add_ratios([row]))
+    assert "| unavailable: trl not installed (pip install -e '.[bench]') |" in table
