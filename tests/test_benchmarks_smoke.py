@@ -160,7 +160,7 @@ def test_guidance_shim_concatenates_negatives_only_under_cfg(bench):
 
 def test_trl_missing_gives_an_unavailable_row(bench, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "trl", None)  # `import trl` raises ImportError, as without the bench extra
-    row = bench.measure(bench.TRL_ROW, lambda: bench.run_trl(None, None, shim=True), 16, 0.05)
+    row = bench.measure(bench.TRL_ROW, lambda: bench.run_trl(None, None, bench.time_iterations, shim=True), 16, 0.05)
     assert row["status"] == "unavailable: trl not installed (pip install -e '.[bench]')"
     assert row.get("samples_per_s") is None
     table = bench.markdown_table(bench.add_ratios([row]))
