@@ -53,6 +53,7 @@ def evaluate(cfg, checkpoint: Path, out: Path, progress: bool = True) -> dict:
     from icg_rl.data import load_from_config
     from icg_rl.evaluation import suite
     from icg_rl.evaluation.arms import ARMS, all_arms
+    from icg_rl.evaluation.heldout import heldout_batch
     from icg_rl.evaluation.report import write_report
     from icg_rl.models.pipeline import load_checkpoint
 
@@ -67,7 +68,7 @@ def evaluate(cfg, checkpoint: Path, out: Path, progress: bool = True) -> dict:
     steps = suite.Steps(progress)
 
     with steps("held-out pairs, 4 arms"):
-        batch = suite.pair_batch(cfg, data, e.split, e.pairs)
+        batch = heldout_batch(cfg, data, e.split, e.pairs)
         arms = all_arms(pipe, batch, **sampling)
     metrics: dict[str, dict] = {}
     intervals: dict[str, dict] = {}

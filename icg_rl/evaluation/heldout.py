@@ -14,14 +14,19 @@ from icg_rl.distributed.rollout import REWARD_INPUTS
 from icg_rl.rl.seeding import EVALUATION
 
 
-def heldout_batch(cfg, data, split: str = "test") -> dict[str, np.ndarray]:
-    """`train.eval_pairs` pairs of a split (a seeded choice, fixed for the run), one row each."""
+def pairs_to_batch(cfg, frame) -> dict[str, np.ndarray]:
+    """Pairs (user_id, item_id, history, title, image_path) -> a stream batch with reference images, one row each."""
+    loaded = LoadReferences(cfg.data.reference_size, cfg.data.history_len)(frame.reset_index(drop=True))
+    return expand_groups(frame_to_batch(loaded), 1)
+
+
+def heldout_batch(cfg, data, split: str = "test", count: int | None = None) -> dict[str, np.ndarray]:
+    """`count` (default `train.eval_pairs`) pairs of a split — a seeded choice, the same for every evaluation."""
     pairs = build_pairs(data, split, cfg.data.history_len)
     if pairs.empty:
         raise ValueError(f"evaluation: split {split!r} has no (user, item) pairs")
-    chosen = epoch_order(len(pairs), cfg.train.seed, 2**31 - 1)[: cfg.train.eval_pairs]  # an epoch never trained
-    frame = LoadReferences(cfg.data.reference_size, cfg.data.history_len)(pairs.iloc[np.sort(chosen)])
-    return expand_groups(frame_to_batch(frame), 1)
+    chosen = epoch_order(len(pairs), cfg.train.seed, 2**31 - 1)[: count or cfg.train.eval_pairs]  # never trained
+    return pairs_to_batch(cfg, pairs.iloc[np.sort(chosen)])
 
 
 def sample_images(rollout, batch: dict, zero_user: bool = False) -> np.ndarray:

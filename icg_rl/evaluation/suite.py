@@ -10,8 +10,9 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 
-from icg_rl.data.stream import LoadReferences, build_pairs, epoch_order, expand_groups, frame_to_batch
+from icg_rl.data.stream import build_pairs
 from icg_rl.evaluation.arms import ARMS, GENERATED, generate
+from icg_rl.evaluation.heldout import pairs_to_batch
 from icg_rl.evaluation.scores import diversity, mean_ci, personal_win_rate, reward_scores, simulated_ab_test, to_tensor
 
 log = logging.getLogger("icg_rl.evaluate")
@@ -37,21 +38,6 @@ def unavailable(reason: str, arms=ARMS) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------------ the pairs
-def frame_batch(cfg, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Pairs (user_id, item_id, history, title, image_path) -> a stream batch with reference images, one row each."""
-    loaded = LoadReferences(cfg.data.reference_size, cfg.data.history_len)(frame.reset_index(drop=True))
-    return expand_groups(frame_to_batch(loaded), 1)
-
-
-def pair_batch(cfg, data, split: str, count: int) -> dict[str, np.ndarray]:
-    """`count` distinct (user, item) pairs of the split, a seeded choice (the same for every evaluation)."""
-    pairs = build_pairs(data, split, cfg.data.history_len)
-    if pairs.empty:
-        raise ValueError(f"evaluation.split: {split!r} has no (user, item) pairs")
-    chosen = np.sort(epoch_order(len(pairs), cfg.train.seed, 2**31 - 1)[:count])
-    return frame_batch(cfg, pairs.iloc[chosen])
-
-
 def build_rewards(cfg) -> dict:
     from icg_rl.rewards.base import build_reward
 
@@ -87,7 +73,7 @@ def diversity_by_arm(cfg, data, pipe, rewards: dict, sampling: dict) -> dict:
     items = items.iloc[rng.permutation(len(items))[: e.diversity_items]]
     users = users.iloc[rng.permutation(len(users))[: e.diversity_users]]
     grid = items[["item_id", "title", "image_path"]].merge(users[["user_id", "history"]], how="cross")
-    batch = frame_batch(cfg, grid)  # rows: item-major, users within
+    batch = pairs_to_batch(cfg, grid)  # rows: item-major, users within
     noise_rows = np.repeat(np.arange(len(items)), len(users))
     embedder, per_user = clip_embedder(cfg, rewards), len(users)
     out = {"reference": diversity(embedder, np.split(np.stack(list(batch["reference_image"])), len(items)))}
@@ -207,7 +193,7 @@ def downstream_by_arm(cfg, data, pipe, rewards: dict, sampling: dict) -> dict:
     pairs = pairs.assign(history=histories_before(pairs, clicks, cfg.data.history_len))
     pairs = pairs.merge(data.items[["item_id", "title", "image_path"]], on="item_id", how="left")
     pairs["image_path"] = pairs["image_path"].map(lambda p: None if p is None else str(data.root / p))
-    batch = frame_batch(cfg, pairs)
+    batch = pairs_to_batch(cfg, pairs)
     row_of = {(u, i): r for r, (u, i) in enumerate(zip(pairs["user_id"], pairs["item_id"]))}
     rows = np.asarray([row_of[(u, i)] for u, i in zip(test["user_id"], test["item_id"])])
     for arm in GENERATED:
