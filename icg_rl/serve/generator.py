@@ -153,6 +153,3 @@ class CoverGenerator:
             for (j, _), image in zip(rows, pixels):
                 images.setdefault(j, []).append(image)
         return [CoverResult(images[j], users[j][1], users[j][2], self.version) for j in range(len(jobs))]
-
-    async def __call__(self, job: CoverJob) -> CoverResult:
-        return await self.generate(job)
