@@ -59,9 +59,8 @@ def test_rollout_on_cuda_records_finite_log_probs_and_reproduces(pipe):
     assert np.abs(trajectory.images[0].astype(int) - trajectory.images[1].astype(int)).mean() > 1  # per-row noise
 
 
-def test_ddpo_and_backprop_gradients_on_cuda(pipe):
+def test_ddpo_gradients_on_cuda(pipe):
     from icg_rl.config import AlgoConfig
-    from icg_rl.rl.backprop import backprop_loss
     from icg_rl.rl.ddpo import ddpo_gradients
 
     trajectory, _ = rollout(pipe)
@@ -72,7 +71,6 @@ def test_ddpo_and_backprop_gradients_on_cuda(pipe):
     used = [g for g in grads if g is not None]
     assert used and all(torch.isfinite(g).all() for g in used) and any(g.abs().sum() > 0 for g in used)
     assert np.isfinite(stats["loss/policy"])
-    assert callable(backprop_loss)
 
 
 def test_weight_sync_roundtrip_is_bitwise_on_cuda(pipe):

@@ -23,9 +23,9 @@ ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 413, 422)}
 
 
 class Refused(Exception):
-    def __init__(self, status: int, message: str, detail: list | None = None, headers: dict | None = None):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.detail, self.headers = status, message, detail, headers
+        self.status, self.message, self.headers = status, message, headers
 
 
 def refusal(status: int, message: str, detail: list | None = None, headers: dict | None = None) -> JSONResponse:
@@ -52,7 +52,7 @@ def create_api(settings: ServeSettings, generator, token: str | None) -> FastAPI
 
     @api.exception_handler(Refused)
     async def refused(_: Request, exc: Refused) -> JSONResponse:
-        return refusal(exc.status, exc.message, exc.detail, exc.headers)
+        return refusal(exc.status, exc.message, headers=exc.headers)
 
     async def authorized(request: Request) -> None:
         """Dependency: runs before the body is parsed, so unauthenticated clients learn nothing about the schema."""
