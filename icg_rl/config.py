@@ -27,6 +27,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+CATALOG_FIELDS = {"seed", "num_genres", "items_per_genre", "variants_per_item", "image_size", "ratings_per_image"}
+
+
 class WorldConfig(Section):
     """CoverWorld: the synthetic recommender world (DESIGN.md §4)."""
 
@@ -46,7 +49,16 @@ class WorldConfig(Section):
     click_offset: float = Field(0.0, description="c: logit offset of every impression")
     item_bias_std: float = Field(0.3, ge=0.0, description="std of the per-item logit bias")
     taste_spread: float = Field(1.0, gt=0.0, description="std of users' ideal points, in units of each feature's W")
+    taste_segments: int = Field(0, ge=0, le=64, description="users drawn around this many taste personas (genre "
+                                "affinities and ideal look); 0 = every user drawn independently")
+    segment_spread: float = Field(0.3, ge=0.0, description="std of a user's offset from their persona, in units of "
+                                  "the population's spread (used when taste_segments > 0)")
     ratings_per_image: int = Field(3, ge=1, description="public aesthetic ratings per cover (the world's 'AVA')")
+
+    def catalog(self) -> dict:
+        """The fields that decide the items, covers, captions and public ratings — all the base models see. User-
+        side fields (users, tastes, clicks) are left out, so changing them does not retrain the models."""
+        return self.model_dump(include=CATALOG_FIELDS)
 
 
 class ZooConfig(Section):
@@ -260,9 +272,10 @@ class Config(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
 
-def section_hash(*sections: BaseModel) -> str:
-    """A stable short hash of config sections (used to cache builds)."""
-    payload = json.dumps([s.model_dump(mode="json") for s in sections], sort_keys=True)
+def section_hash(*sections: BaseModel | dict) -> str:
+    """A stable short hash of config sections or plain dicts of their fields (used to cache builds)."""
+    payload = json.dumps([s.model_dump(mode="json") if isinstance(s, BaseModel) else s for s in sections],
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -45,12 +45,17 @@ class PhaseTimer:
         self._last = now
 
 
+def models_key(world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> str:
+    """Cache key of the zoo: the zoo budgets and the world's catalog (users and clicks do not change the models)."""
+    return section_hash(world_cfg.catalog(), zoo_cfg)
+
+
 def models_are_current(models_dir: Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> bool:
     marker = models_dir / MARKER
     if not marker.is_file():
         return False
     meta = json.loads(marker.read_text())
-    return meta.get("config_hash") == section_hash(world_cfg, zoo_cfg) and meta.get("format_version") == FORMAT_VERSION
+    return meta.get("config_hash") == models_key(world_cfg, zoo_cfg) and meta.get("format_version") == FORMAT_VERSION
 
 
 def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig, progress: bool = True,
@@ -126,7 +131,7 @@ def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: Zo
                          for name, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder),
                                          ("clip", clip))}
     summary["build_seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_json(models_dir / MARKER, {"config_hash": section_hash(world_cfg, zoo_cfg),
+    atomic_write_json(models_dir / MARKER, {"config_hash": models_key(world_cfg, zoo_cfg),
                                             "format_version": FORMAT_VERSION, "summary": summary})
     return summary
 

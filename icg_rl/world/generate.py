@@ -37,7 +37,7 @@ class World:
     interactions: pd.DataFrame  # user_id, item_id, timestamp, clicked, rating, variant_id, split
     ratings: pd.DataFrame  # image_path, rater, rating (public aesthetic ratings)
     images: dict[str, np.ndarray]  # image_path -> uint8 (H, W, 3)
-    truth_users: pd.DataFrame  # user_id, affinity_<genre>..., ideal_<feature>...
+    truth_users: pd.DataFrame  # user_id, [segment,] affinity_<genre>..., ideal_<feature>...
     truth_items: pd.DataFrame  # item_id, genre_index, bias
     click_model: ClickModel
     summary: dict
@@ -102,15 +102,31 @@ def _make_items(cfg: WorldConfig, genres, rng: np.random.Generator, progress: bo
 
 def _make_users(cfg: WorldConfig, genres, feature_mean, scale, rng: np.random.Generator) -> pd.DataFrame:
     n = cfg.num_users
-    affinity = rng.normal(0.0, 1.0, size=(n, len(genres)))  # (users, genres)
-    z = np.clip(rng.normal(0.0, 1.0, size=(n, len(FEATURE_NAMES))), -2.5, 2.5)  # (users, features)
-    ideal = feature_mean + cfg.taste_spread * z / scale
     frame = pd.DataFrame({"user_id": [f"u{u:05d}" for u in range(n)]})
+    if cfg.taste_segments:
+        affinity, z, frame["segment"] = _persona_tastes(cfg, len(genres), rng)
+    else:
+        affinity = rng.normal(0.0, 1.0, size=(n, len(genres)))  # (users, genres)
+        z = np.clip(rng.normal(0.0, 1.0, size=(n, len(FEATURE_NAMES))), -2.5, 2.5)  # (users, features)
+    ideal = feature_mean + cfg.taste_spread * z / scale
     for g, genre in enumerate(genres):
         frame[f"affinity_{genre.name}"] = affinity[:, g]
     for k, name in enumerate(FEATURE_NAMES):
         frame[f"ideal_{name}"] = ideal[:, k]
     return frame
+
+
+def _persona_tastes(cfg: WorldConfig, num_genres: int, rng: np.random.Generator):
+    """Users around `taste_segments` personas, as platforms see their audience: each persona a genre-affinity and
+    ideal-look centre, each user their persona plus a `segment_spread` offset, rescaled so the population keeps unit
+    spread (the genre/look variance shares stay comparable with independent users).
+    -> affinity (users, genres), standardised ideal look z (users, features), persona index (users,)."""
+    n, k, spread = cfg.num_users, cfg.taste_segments, cfg.segment_spread
+    persona = rng.integers(k, size=n)
+    scale = 1.0 / np.sqrt(1.0 + spread**2)
+    affinity = (rng.normal(size=(k, num_genres))[persona] + spread * rng.normal(size=(n, num_genres))) * scale
+    look = rng.normal(size=(k, len(FEATURE_NAMES)))[persona] + spread * rng.normal(size=(n, len(FEATURE_NAMES)))
+    return affinity, np.clip(look * scale, -2.5, 2.5), persona
 
 
 def _make_impressions(cfg, truth_users, truth_items, variants, click_model, rng):

@@ -124,3 +124,35 @@ def test_heavy_users_see_items_again_in_other_variants():
     per_user = world.interactions.groupby("user_id").size()
     assert (per_user == 80).all()
     assert world.interactions.duplicated(["user_id", "item_id"]).any()
+
+
+def test_persona_users_cluster_around_their_persona_and_keep_unit_spread():
+    cfg = load_config(MICRO_CONFIG, ["world.num_users=600", "world.taste_segments=3", "world.segment_spread=0.2"])
+    users = generate_world(cfg.world, progress=False).truth_users
+    assert sorted(users["segment"].unique()) == [0, 1, 2]
+    affinity = users.filter(like="affinity_")
+    within = affinity.groupby(users["segment"]).std().to_numpy().mean()
+    assert within < 0.35 * affinity.std().to_numpy().mean()  # tight personas...
+    assert 0.6 < affinity.to_numpy().std() < 1.4  # ...but the population keeps the independent draws' spread
+
+
+def test_users_without_personas_are_unchanged_by_the_persona_fields():
+    base = load_config(MICRO_CONFIG)
+    other = load_config(MICRO_CONFIG, ["world.segment_spread=0.9"])  # ignored while taste_segments = 0
+    a, b = (generate_world(c.world, progress=False).truth_users for c in (base, other))
+    assert "segment" not in a.columns
+    assert a.equals(b)
+
+
+def test_models_cache_key_follows_the_catalogue_not_the_users():
+    from icg_rl.models.build import models_key
+
+    cfg = load_config(MICRO_CONFIG)
+    users_changed = load_config(MICRO_CONFIG, ["world.num_users=99", "world.taste_segments=4",
+                                               "world.impressions_per_user=500", "world.look_weight=2"])
+    covers_changed = load_config(MICRO_CONFIG, ["world.variants_per_item=3"])
+    assert models_key(users_changed.world, users_changed.zoo) == models_key(cfg.world, cfg.zoo)
+    assert models_key(covers_changed.world, covers_changed.zoo) != models_key(cfg.world, cfg.zoo)
+    # the catalogue really is independent of the user fields: same covers, captions and public ratings
+    a, b = (generate_world(c.world, progress=False) for c in (cfg, users_changed))
+    assert a.variants.equals(b.variants) and a.ratings.equals(b.ratings)
