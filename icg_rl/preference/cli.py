@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from icg_rl.cli import base_parser, parse_config, report, run_main
+from icg_rl.config import section_hash
 from icg_rl.metrics import roc_auc
 
 log = logging.getLogger("icg_rl.preference")
@@ -71,7 +72,8 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     model, history = fit(model_args, item_features, arrays["train"], arrays["valid"], p, out / "ray_train")
     train_seconds = time.perf_counter() - fit_start
     clip_ref = os.path.relpath(clip_dir.resolve(), (out / "model").resolve())  # the folder moves with its world
-    save_preference_model(model, out / "model", clip_ref, cfg.data.history_len)
+    world_hash = section_hash(cfg.world) if cfg.data.kind == "coverworld" else None  # which click log it learned
+    save_preference_model(model, out / "model", clip_ref, cfg.data.history_len, world_hash)
     summary = {"auc": roc_auc(predict(model, arrays["test"]), arrays["test"]["label"] > 0.5),
                "popularity_auc": roc_auc(popularity_scores(splits["train"], splits["test"]),
                                          splits["test"]["label"] > 0.5),

@@ -24,6 +24,7 @@ from icg_rl.models.item_features import embed_image_files, save_item_features
 from icg_rl.preference.model import PreferenceModel
 
 MODEL_FILE, CONFIG_FILE = "preference.safetensors", "config.json"
+NOT_MODEL_ARGS = ("clip", "history_len", "world_config_hash")  # config.json keys that describe, not build
 
 
 def numeric_rows(rows: pd.DataFrame, model: PreferenceModel, cover_embeds: dict, item_embeds: dict,
@@ -123,14 +124,16 @@ def fit(model_args: dict, item_features: torch.Tensor, train: dict, valid: dict,
     return model.eval(), kept or [result.metrics]
 
 
-def save_preference_model(model: PreferenceModel, folder: Path, clip: str, history_len: int) -> None:
+def save_preference_model(model: PreferenceModel, folder: Path, clip: str, history_len: int,
+                          world_config_hash: str | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     tmp = folder / f".{MODEL_FILE}.tmp"
     save_file(state, str(tmp))
     tmp.replace(folder / MODEL_FILE)
     save_item_features(folder, model.config["item_ids"], model.item_features[1:])
-    atomic_write_json(folder / CONFIG_FILE, model.config | {"clip": clip, "history_len": history_len})
+    extra = {"clip": clip, "history_len": history_len, "world_config_hash": world_config_hash}
+    atomic_write_json(folder / CONFIG_FILE, model.config | extra)
 
 
 def load_preference_model(folder: str | Path) -> tuple[PreferenceModel, dict]:
@@ -139,6 +142,6 @@ def load_preference_model(folder: str | Path) -> tuple[PreferenceModel, dict]:
         raise FileNotFoundError(f"reward.preference: {folder} holds no {CONFIG_FILE}; train one with "
                                 f"`python -m icg_rl.preference --out {folder}`")
     config = json.loads((folder / CONFIG_FILE).read_text())
-    model = PreferenceModel(**{k: v for k, v in config.items() if k not in ("clip", "history_len")})
+    model = PreferenceModel(**{k: v for k, v in config.items() if k not in NOT_MODEL_ARGS})
     model.load_state_dict(load_file(str(folder / MODEL_FILE)))
     return model.eval(), config

@@ -47,6 +47,19 @@ def test_ray_train_left_a_checkpoint(trained):
     assert config["history_len"] > 0 and config["user_ids"]
 
 
+def test_a_changed_click_log_makes_the_model_stale(trained):
+    """User-side world fields keep the base models but change the clicks: train.prepare retrains the model then."""
+    from icg_rl.config import load_config
+    from icg_rl.train import preference_is_current
+    from tests.conftest import MICRO_CONFIG
+
+    cfg, out, _ = trained
+    assert preference_is_current(out, cfg)
+    personas = load_config(MICRO_CONFIG, [f"world.dir={cfg.world.dir}", "world.taste_segments=2"])
+    assert not preference_is_current(out, personas)
+    assert not preference_is_current(out / "nowhere", cfg)
+
+
 def test_cli_help():
     proc = subprocess.run([sys.executable, "-m", "icg_rl.preference", "--help"], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
