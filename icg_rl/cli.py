@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -18,6 +19,12 @@ from icg_rl.distributed.placement import ResourceShortfall
 from icg_rl.io import atomic_write_json
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+# Ray's driver-side progress bars replace builtins.print with a version that redraws every bar under tqdm's global
+# lock. A `python -m icg_rl.preference` run hung for good in that redraw while printing its summary after Ray Train
+# (its stack: report -> safe_print -> unhide_bars -> tqdm.refresh waiting on tqdm's lock, next to tqdm's monitor
+# thread waiting on the same lock). Our commands print between phases, not during bars, so keep the builtin print.
+os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
 
 
 def base_parser(prog: str, description: str, commands: tuple[str, ...] = ()) -> argparse.ArgumentParser:

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -80,3 +81,15 @@ def test_configuration_reference_is_current():
         "docs/configuration.md is stale: run `python -m icg_rl.config_reference --write`")
     for section in ("world", "ray", "evaluation", "limits"):
         assert f"`{section}" in reference() or f"**`{section}`**" in reference()
+
+
+def test_commands_keep_the_builtin_print_when_ray_draws_progress_bars():
+    """Ray's driver-side bars would swap builtins.print for a bar-redrawing print (seen deadlocking after Ray
+    Train); importing our CLI module turns that off unless the user asked for it."""
+    probe = ("import builtins, icg_rl.cli; from ray.experimental import tqdm_ray; before = builtins.print; "
+             "tqdm_ray.instance(); print(builtins.print is before)")
+    kept = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert kept.stdout.strip().splitlines()[-1] == "True", kept.stderr
+    env = dict(os.environ, RAY_TQDM_PATCH_PRINT="1")  # a user's explicit choice wins
+    patched = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert patched.stdout.strip().splitlines()[-1] == "False", patched.stderr
