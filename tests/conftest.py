@@ -17,6 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 MICRO_CONFIG = ROOT / "configs" / "micro.yaml"
 
 
+def load_benchmark(name: str):
+    """A script under benchmarks/ imported as a module (benchmarks/ is not a package), for smoke tests."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need CUDA: skipped (with the reason) where torch sees no GPU, as on CI."""
     gpu_items = [item for item in items if "gpu" in item.keywords]

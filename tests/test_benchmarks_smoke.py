@@ -3,7 +3,6 @@ measure memory are correct. Runs nothing heavy (no models, no Ray, no trl)."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -11,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("throughput")
 
 
 def test_help_runs_without_heavy_imports():

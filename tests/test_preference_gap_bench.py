@@ -4,25 +4,18 @@ a couple of epochs is above chance). True-feature rows only, so no CLIP is neede
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from icg_rl.metrics import roc_auc
-from tests.conftest import MICRO_CONFIG
+from tests.conftest import MICRO_CONFIG, load_benchmark
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "preference_gap.py"
 PERSONAS = ["world.num_users=60", "world.taste_segments=2", "world.segment_spread=0.1",
             "world.impressions_per_user=120"]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_preference_gap", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("preference_gap")
 
 
 @pytest.fixture(scope="module")
