@@ -272,18 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(body)
 
 
-def preference_is_current(folder: Path, cfg) -> bool:
-    """The world's preference model exists and learned this world's click log (user-side world fields change the
-    log but not the base models, so the model must be retrained when they change). A model saved without the
-    world's hash (trained before it was recorded, or on another source) is kept."""
-    from icg_rl.config import section_hash
-
-    config = folder / "model" / "config.json"
-    if not config.is_file():
-        return False
-    return json.loads(config.read_text()).get("world_config_hash") in (None, section_hash(cfg.world))
-
-
 def prepare(cfg) -> None:
     """What the run needs that a CoverWorld default can build: the world and its models, the preference model."""
     if cfg.data.kind == "coverworld":
@@ -291,9 +279,11 @@ def prepare(cfg) -> None:
 
         log.info("CoverWorld at %s (built once per config, then reused)", cfg.world.dir)
         build(cfg, Path(cfg.world.dir), progress=True)
+    from icg_rl.preference.train import preference_is_current
+
     preference = Path(cfg.world.dir) / "models" / "preference"
     if cfg.reward.weights.get("preference", 0) != 0 and cfg.reward.preference == "coverworld" \
-            and not preference_is_current(preference, cfg):
+            and not preference_is_current(preference, cfg.world):
         from icg_rl.preference.cli import train_and_evaluate
 
         log.info("training the personalized preference model from the click log → %s", preference)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from icg_rl.config import section_hash
 from icg_rl.io import atomic_write_json
 from icg_rl.metrics import roc_auc
 from icg_rl.models.item_features import embed_image_files, save_item_features
@@ -134,6 +135,16 @@ def save_preference_model(model: PreferenceModel, folder: Path, clip: str, histo
     save_item_features(folder, model.config["item_ids"], model.item_features[1:])
     extra = {"clip": clip, "history_len": history_len, "world_config_hash": world_config_hash}
     atomic_write_json(folder / CONFIG_FILE, model.config | extra)
+
+
+def preference_is_current(folder: str | Path, world_cfg) -> bool:
+    """FOLDER/model exists and learned this world's click log (user-side world fields change the log but not the
+    base models, so the model must be retrained when they change). A model saved without the world's hash (trained
+    before it was recorded, or on another source) is kept."""
+    config = Path(folder) / "model" / CONFIG_FILE
+    if not config.is_file():
+        return False
+    return json.loads(config.read_text()).get("world_config_hash") in (None, section_hash(world_cfg))
 
 
 def load_preference_model(folder: str | Path) -> tuple[PreferenceModel, dict]:

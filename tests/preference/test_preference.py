@@ -50,14 +50,14 @@ def test_ray_train_left_a_checkpoint(trained):
 def test_a_changed_click_log_makes_the_model_stale(trained):
     """User-side world fields keep the base models but change the clicks: train.prepare retrains the model then."""
     from icg_rl.config import load_config
-    from icg_rl.train import preference_is_current
+    from icg_rl.preference.train import preference_is_current
     from tests.conftest import MICRO_CONFIG
 
     cfg, out, _ = trained
-    assert preference_is_current(out, cfg)
+    assert preference_is_current(out, cfg.world)
     personas = load_config(MICRO_CONFIG, [f"world.dir={cfg.world.dir}", "world.taste_segments=2"])
-    assert not preference_is_current(out, personas)
-    assert not preference_is_current(out / "nowhere", cfg)
+    assert not preference_is_current(out, personas.world)
+    assert not preference_is_current(out / "nowhere", cfg.world)
 
 
 def test_cli_help():
