@@ -27,6 +27,16 @@ def load_benchmark(name: str):
     return module
 
 
+def pytest_configure(config):
+    """ICG_TEST_TORCH_THREADS=N runs this process's torch with N intra-op threads: another float summation order,
+    to find tests whose outcome depends on the machine (CI reruns the `float_sensitive` ones with one thread)."""
+    threads = os.environ.get("ICG_TEST_TORCH_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need CUDA: skipped (with the reason) where torch sees no GPU, as on CI."""
     gpu_items = [item for item in items if "gpu" in item.keywords]

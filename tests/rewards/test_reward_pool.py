@@ -95,6 +95,7 @@ def test_pool_survives_an_actor_crash(ray_cluster):
         pool.shutdown()
 
 
+@pytest.mark.float_sensitive
 def test_aesthetic_pool_matches_in_process_on_micro_world(micro_world, ray_cluster):
     cfg, _ = micro_world
     images = np.random.default_rng(2).integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
