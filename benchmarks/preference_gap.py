@@ -4,10 +4,11 @@ Each row trains the shipped `PreferenceModel` (two towers, same loss and optimis
 plain torch loop on one world and one choice of inputs, and reports its test AUC beside the oracle's AUC on the same
 impressions. Rows change one thing at a time:
 
-- the world: the default (independent users, 60 impressions each) or users around a few taste personas with more
-  impressions (`world.taste_segments`, `world.impressions_per_user`);
-- the user tower: id + the latest 8 clicks (shipped), or a long click history alone (amortised inference, which pools
-  evidence across users), or the true persona (an upper bound on what any user tower can know);
+- the world: the v2 default (users around a few shared taste personas, ~200 impressions each) or the sparse v1 world
+  (`configs/worlds/sparse.yaml`: independent users, 60 impressions each);
+- the user tower: id + the latest 64 clicked covers + item bias (shipped), or the click history alone (amortised
+  inference, which pools evidence across users: what held-out users get), or the true persona (an upper bound on
+  what any user tower can know from a persona);
 - the image tower's input: the world CLIP's pooled embedding (shipped), or the **true** pixel features φ (+ φ² and the
   genre one-hot) that the click model uses — the upper bound of a perfect image encoder;
 - a correctly specified logistic model with known personas: the statistical ceiling of the click log itself.
@@ -15,7 +16,7 @@ impressions. Rows change one thing at a time:
 The true features and personas come from the world's hidden truth: this is evaluation tooling, never a model input
 in the product. No Ray here (the fit is the same math; Ray Train's overhead is measured by `icg_rl.preference`).
 
-    python benchmarks/preference_gap.py            # ~5 minutes on 2 cores
+    python benchmarks/preference_gap.py            # ~6 minutes on 2 cores (after `python -m icg_rl.world build`)
 """
 
 from __future__ import annotations
@@ -37,15 +38,15 @@ from icg_rl.rewards.clip_embedder import CLIPEmbedder
 from icg_rl.world.features import FEATURE_NAMES
 from icg_rl.world.generate import generate_world
 
-PERSONA_WORLD = ["world.taste_segments=4", "world.segment_spread=0.1", "world.impressions_per_user=200"]
-ROWS = [  # (label, world overrides, user tower, image input)
-    ("default world, shipped model", [], "shipped", "clip"),
-    ("default world, true φ image input", [], "shipped", "phi"),
-    ("personas, shipped model", PERSONA_WORLD, "shipped", "clip"),
-    ("personas, long history only", PERSONA_WORLD, "history", "clip"),
-    ("personas, long history only, true φ", PERSONA_WORLD, "history", "phi"),
-    ("personas, true persona as user, true φ", PERSONA_WORLD, "persona", "phi"),
-    ("personas, logistic on true φ with known personas", PERSONA_WORLD, "logistic", "phi"),
+SPARSE_WORLD = "configs/worlds/sparse.yaml"
+ROWS = [  # (label, config file (None = the v2 default), user tower, image input)
+    ("sparse v1 world, shipped model", SPARSE_WORLD, "shipped", "clip"),
+    ("sparse v1 world, true φ image input", SPARSE_WORLD, "shipped", "phi"),
+    ("v2 world, shipped model", None, "shipped", "clip"),
+    ("v2 world, history only (held-out-user view)", None, "history", "clip"),
+    ("v2 world, history only, true φ", None, "history", "phi"),
+    ("v2 world, true persona as user, true φ", None, "persona", "phi"),
+    ("v2 world, logistic on true φ with known personas", None, "logistic", "phi"),
 ]
 
 
@@ -93,7 +94,7 @@ def fit_two_tower(rows: WorldRows, user_tower: str, images: torch.Tensor, epochs
     """Test AUC at the best-validation epoch of the shipped model, trained like `icg_rl.preference`."""
     torch.manual_seed(seed)
     users = sorted(set(rows.split("train")["user_id"]))
-    model = PreferenceModel(users, rows.keys, images.shape[1], images.shape[1])
+    model = PreferenceModel(users, rows.keys, images.shape[1], images.shape[1], item_bias=True)
     model.item_features[1:] = images
     model.item_index = {k: j + 1 for j, k in enumerate(rows.keys)}
     cover_index = {k: j for j, k in enumerate(rows.keys)}
@@ -110,31 +111,31 @@ def fit_two_tower(rows: WorldRows, user_tower: str, images: torch.Tensor, epochs
         return (model.user_encoder.indices(list(frame["user_id"])),
                 model.history_indices(list(frame["history"]), rows.history_len),
                 torch.tensor([cover_index[cover_key(i, v)] for i, v in zip(frame["item_id"], frame["variant_id"])]),
-                torch.tensor(frame["clicked"].to_numpy(np.float32)))
+                model.item_indices(list(frame["item_id"])), torch.tensor(frame["clicked"].to_numpy(np.float32)))
 
     data = {s: arrays(rows.split(s)) for s in ("train", "valid", "test")}
 
-    def logits(user, history, cover):  # the model's forward, minus its L2 normalisation (CLIP rows already are)
+    def logits(user, history, cover, item):  # the model's forward, minus its L2 normalisation (CLIP rows already are)
         user_vec = model.user_vector(user, history)
         image = model.image_tower(images[cover])
         return ((model.user_head(user_vec) * image).sum(-1) + model.image_bias(image).squeeze(-1)
-                + model.user_bias(user_vec).squeeze(-1))
+                + model.user_bias(user_vec).squeeze(-1) + model.item_bias(item).squeeze(-1))
 
     def auc(split):
-        user, history, cover, label = data[split]
+        user, history, cover, item, label = data[split]
         with torch.no_grad():
-            return roc_auc(logits(user, history, cover).numpy(), label.numpy() > 0.5)
+            return roc_auc(logits(user, history, cover, item).numpy(), label.numpy() > 0.5)
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4)
     dropout = {"shipped": 0.5, "history": 1.0, "persona": 0.0}[user_tower]
-    user, history, cover, label = data["train"]
+    user, history, cover, item, label = data["train"]
     best = (-1.0, 0.0)
     for _ in range(epochs):
         model.train()
         for batch in torch.randperm(len(label)).split(256):
             hidden = torch.rand(len(batch)) < dropout
             loss = F.binary_cross_entropy_with_logits(
-                logits(user[batch].masked_fill(hidden, 0), history[batch], cover[batch]), label[batch])
+                logits(user[batch].masked_fill(hidden, 0), history[batch], cover[batch], item[batch]), label[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -184,17 +185,17 @@ def main() -> None:
     parser.add_argument("--clip", default="artifacts/coverworld/models/clip", help="the world's CLIP folder")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("override", nargs="*", help="config overrides for every world, e.g. world.seed=1")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    worlds: dict[tuple, WorldRows] = {}
+    worlds: dict[str | None, WorldRows] = {}
     print("| world and model | test AUC | oracle AUC | gap | fit s |")
     print("|---|---|---|---|---|")
-    for label, overrides, user_tower, image_kind in ROWS:
-        history_len = 8 if user_tower == "shipped" else 128
-        key = (tuple(overrides), history_len)
-        if key not in worlds:
-            worlds[key] = WorldRows(overrides, args.clip, history_len)
-        rows = worlds[key]
+    for label, config, user_tower, image_kind in ROWS:
+        if config not in worlds:
+            cfg = load_config(config, args.override)
+            worlds[config] = WorldRows(args.override, args.clip, cfg.data.history_len, config=config)
+        rows = worlds[config]
         images = rows.image_inputs(image_kind)
         start = time.perf_counter()
         if user_tower == "logistic":

@@ -41,7 +41,9 @@ class WorldConfig(Section):
     image_size: Literal[32, 64] = Field(32, description="cover side length, pixels")
     num_users: int = Field(400, ge=4, description="users in the world, held-out users included")
     heldout_user_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of users kept out of training")
-    impressions_per_user: int = Field(60, ge=4, description="(item, variant) impressions logged per user")
+    impressions_per_user: int = Field(200, ge=4, description="mean (item, variant) impressions logged per user")
+    impressions_spread: float = Field(0.6, ge=0.0, le=2.0, description="sigma of the log-normal spread of "
+                                      "impressions per user (light and heavy users); 0 = every user the mean")
     valid_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="latest share of each user's log for validation")
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="latest share of each user's log for test")
     genre_weight: float = Field(1.0, ge=0.0, description="alpha: logit weight of the user's genre affinity")
@@ -49,9 +51,9 @@ class WorldConfig(Section):
     click_offset: float = Field(0.0, description="c: logit offset of every impression")
     item_bias_std: float = Field(0.3, ge=0.0, description="std of the per-item logit bias")
     taste_spread: float = Field(1.0, gt=0.0, description="std of users' ideal points, in units of each feature's W")
-    taste_segments: int = Field(0, ge=0, le=64, description="users drawn around this many taste personas (genre "
+    taste_segments: int = Field(6, ge=0, le=64, description="users drawn around this many taste personas (genre "
                                 "affinities and ideal look); 0 = every user drawn independently")
-    segment_spread: float = Field(0.3, ge=0.0, description="std of a user's offset from their persona, in units of "
+    segment_spread: float = Field(0.25, ge=0.0, description="std of a user's offset from their persona, in units of "
                                   "the population's spread (used when taste_segments > 0)")
     ratings_per_image: int = Field(3, ge=1, description="public aesthetic ratings per cover (the world's 'AVA')")
 
@@ -72,7 +74,8 @@ class ZooConfig(Section):
     vae_batch_size: int = Field(32, ge=2, description="training batch of the VAE, images")
     vae_steps: int = Field(1000, ge=1, description="AutoencoderKL training steps")
     unet_steps: int = Field(2400, ge=1, description="UNet denoising-objective training steps")
-    clip_steps: int = Field(800, ge=1, description="tiny CLIP contrastive training steps")
+    clip_steps: int = Field(1500, ge=1, description="tiny CLIP contrastive training steps (caption batches and the "
+                            "attribute-prompt curriculum)")
     aesthetic_steps: int = Field(3000, ge=1, description="aesthetic head regression steps")
     judge_steps: int = Field(300, ge=1, description="genre judge (evaluation CNN) training steps")
     eval_samples_per_genre: int = Field(8, ge=1, description="held-out titles sampled per genre to judge the base")
@@ -135,6 +138,7 @@ class PreferenceConfig(Section):
     user_dim: int = Field(64, ge=4, description="width of the user tower's embedding (the ICG user encoder's)")
     hidden_dim: int = Field(64, ge=4, description="width of the interaction space of the two towers")
     negatives_per_positive: int = Field(4, ge=1, description="sampled negatives per click when a log has none")
+    item_bias: bool = Field(True, description="learn a per-item click bias beside the two towers (popularity)")
     user_id_dropout: float = Field(0.5, ge=0.0, le=1.0, description="share of training rows whose user id is hidden, "
                                    "so the tower also learns users from their history (cold start)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")

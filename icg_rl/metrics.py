@@ -15,3 +15,15 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
         return float("nan")
     ranks = pd.Series(scores).rank(method="average").to_numpy()
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """ECE: Σ_b (n_b / N) · |mean label − mean predicted probability| over `bins` equal-width probability bins —
+    how far a click model's probabilities are from observed click rates. NaN for no rows."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    if probs.size == 0:
+        return float("nan")
+    which = np.minimum((probs * bins).astype(int), bins - 1)  # bin of each row; p = 1 goes to the last bin
+    counts = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, labels, bins) - np.bincount(which, probs, bins))  # |Σ labels − Σ probs| per bin
+    return float(gap.sum() / probs.size) if counts.sum() else float("nan")

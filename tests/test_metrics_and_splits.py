@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from icg_rl.data.splits import assign_splits
-from icg_rl.metrics import roc_auc
+from icg_rl.metrics import expected_calibration_error, roc_auc
 
 
 @given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=2, max_size=40))
@@ -37,3 +37,13 @@ def test_splits_never_put_training_after_evaluation(rows, valid_fraction, test_f
         stage = ranked["split"].map(order).to_numpy()
         assert (np.diff(stage) >= 0).all()  # train, then valid, then test along time
         assert stage[-1] == 2  # every user has test rows
+
+
+def test_expected_calibration_error():
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0, 1, 200_000)
+    calibrated = rng.random(probs.size) < probs
+    assert expected_calibration_error(probs, calibrated) < 0.01  # labels drawn from the probabilities
+    # always predicting 0.8 for a 0.2 click rate: off by 0.6 everywhere
+    assert abs(expected_calibration_error(np.full(1000, 0.8), np.arange(1000) < 200) - 0.6) < 1e-9
+    assert expected_calibration_error(np.array([1.0, 0.0]), np.array([1, 0])) == 0.0  # p = 1 lands in a bin

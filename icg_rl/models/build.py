@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
@@ -25,11 +26,15 @@ from icg_rl.io import atomic_write_json, atomic_write_png, image_grid, read_imag
 from icg_rl.models import pretrain, zoo
 from icg_rl.models.tokenizer import train_clip_tokenizer
 from icg_rl.rewards.aesthetic_head import AestheticHead
+from icg_rl.world.features import FEATURE_NAMES, describe_looks
 from icg_rl.world.genres import genres_for, unique_titles
 from icg_rl.world.judge import GenreJudge, accuracy, train_judge
 
 MARKER = "build.json"
-FORMAT_VERSION = 2  # 2: deterministic BPE, alt-text captions for CLIP
+FORMAT_VERSION = 3  # 2: deterministic BPE, alt-text captions for CLIP; 3: CLIP attribute-prompt curriculum
+# Look attributes CLIP also trains on one at a time (pretrain.train_clip's curriculum; the first is bootstrapped):
+# composition, which captions never make necessary, and contrast, the colour feature captions carry least of.
+CLIP_ATTRIBUTES = ("composition", "contrast")
 
 
 class PhaseTimer:
@@ -78,13 +83,9 @@ def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: Zo
     summary: dict = {}
     timer = PhaseTimer()
 
-    tokenizer = train_clip_tokenizer(list(data.items["title"]) + list(data.variants["caption"]), zoo_cfg.vocab_size,
-                                     zoo_cfg.max_title_tokens)
+    tokenizer = world_tokenizer(data.items, data.variants, zoo_cfg)
     input_ids = _tokenize(tokenizer, list(variants["title"]))
-    caption_ids = _tokenize(tokenizer, list(variants["caption"]))  # alt-text: how CLIP learns colour and layout
-    clip = zoo.build_clip(zoo_cfg, tokenizer, size)
-    summary["clip"] = pretrain.train_clip(clip, torch.stack([input_ids, caption_ids], dim=1), images,
-                                          zoo_cfg.clip_steps, zoo_cfg.batch_size, 2e-3, gen, progress)
+    clip, summary["clip"] = train_world_clip(tokenizer, variants, images, size, zoo_cfg, gen, progress)
     heldout_titles, heldout_labels = _heldout_titles(world_cfg, set(data.items["title"]), zoo_cfg)
     summary["clip"]["genre_retrieval"] = _genre_retrieval(clip, tokenizer, images, labels, heldout_titles,
                                                           heldout_labels)
@@ -134,6 +135,34 @@ def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: Zo
     atomic_write_json(models_dir / MARKER, {"config_hash": models_key(world_cfg, zoo_cfg),
                                             "format_version": FORMAT_VERSION, "summary": summary})
     return summary
+
+
+def world_tokenizer(items: pd.DataFrame, variants: pd.DataFrame, zoo_cfg: ZooConfig) -> CLIPTokenizer:
+    """The zoo's BPE tokenizer (CLIP's and SD's), learnt on the titles and alt-text captions."""
+    return train_clip_tokenizer(list(items["title"]) + list(variants["caption"]), zoo_cfg.vocab_size,
+                                zoo_cfg.max_title_tokens)
+
+
+def clip_texts(variants: pd.DataFrame) -> tuple[list[list[str]], list[list[str]]]:
+    """CLIP's texts per variant of the whole catalogue (columns title, caption, phi_*, clipping): the alternatives
+    (title, alt-text caption, and the caption's look words alone, which must be matched without a title to lean on)
+    and, per attribute of `CLIP_ATTRIBUTES`, a one-word prompt naming it ('far-left'), which
+    `pretrain.train_clip`'s curriculum needs to learn it at all. -> (alternatives, prompts), lists of N strings."""
+    phi = variants[[f"phi_{name}" for name in FEATURE_NAMES]].to_numpy()
+    looks = describe_looks(phi, variants["clipping"].to_numpy())  # the captions' own words (same catalogue)
+    words = [look.split() for look in looks]  # word k names feature k (LOOK_WORDS are single, distinct words)
+    prompts = [[w[FEATURE_NAMES.index(name)] for w in words] for name in CLIP_ATTRIBUTES]
+    return [list(variants["title"]), list(variants["caption"]), looks], prompts
+
+
+def train_world_clip(tokenizer, variants, images, image_size, zoo_cfg: ZooConfig, gen, progress=True):
+    """Build the zoo's CLIP and train it on `clip_texts(variants)` and images [N, 3, H, W] -> (clip, stats)."""
+    texts, prompts = clip_texts(variants)
+    clip = zoo.build_clip(zoo_cfg, tokenizer, image_size)
+    stats = pretrain.train_clip(clip, torch.stack([_tokenize(tokenizer, t) for t in texts], dim=1), images,
+                                zoo_cfg.clip_steps, zoo_cfg.batch_size, 2e-3, gen, progress,
+                                attribute_ids=torch.stack([_tokenize(tokenizer, p) for p in prompts], dim=1))
+    return clip, stats
 
 
 def _tokenize(tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:

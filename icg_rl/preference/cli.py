@@ -1,7 +1,9 @@
 """`python -m icg_rl.preference`: train the personalized preference model on the configured click log.
 
-Reports held-out AUC (test split; held-out users separately), a popularity baseline, and on CoverWorld the
-oracle's AUC on the same impressions — the ceiling, since clicks are noisy — in OUT/summary.json.
+On CoverWorld it first builds the world and its base models when they are missing (as `icg_rl.train` does). Reports
+in OUT/summary.json: test AUC (`auc`), AUC on held-out users known only by their history (`auc_heldout_users`), the
+expected calibration error (`ece`), a popularity baseline, and on CoverWorld the oracle's AUC on the same
+impressions (`oracle_auc`, `oracle_auc_heldout_users`) — the ceiling, since clicks are noisy.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from icg_rl.cli import base_parser, parse_config, report, run_main
 from icg_rl.config import section_hash
-from icg_rl.metrics import roc_auc
+from icg_rl.metrics import expected_calibration_error, roc_auc
 
 log = logging.getLogger("icg_rl.preference")
 
@@ -28,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         cfg = parse_config(args)
         out = Path(args.out or Path(cfg.world.dir) / "models" / "preference")
+        if cfg.data.kind == "coverworld":
+            from icg_rl.world.cli import build
+
+            log.info("CoverWorld at %s (built once per config, then reused)", cfg.world.dir)
+            build(cfg, Path(cfg.world.dir), progress=True)
         report(train_and_evaluate(cfg, out), out, f"preference model at {out}")
         return 0
 
@@ -62,7 +69,8 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     item_embeds = dict(zip(item_ids, item_features.numpy()))
     train_users = sorted(set(splits["train"]["user_id"]))
     model_args = dict(user_ids=train_users, item_ids=item_ids, item_dim=item_features.shape[1],
-                      image_dim=item_features.shape[1], user_dim=p.user_dim, hidden_dim=p.hidden_dim)
+                      image_dim=item_features.shape[1], user_dim=p.user_dim, hidden_dim=p.hidden_dim,
+                      item_bias=p.item_bias)
     index = PreferenceModel(**model_args)  # only for id → index lookups while building rows
     arrays = {s: numeric_rows(rows, index, covers, item_embeds, cfg.data.history_len) for s, rows in splits.items()
               if len(rows)}
@@ -74,7 +82,9 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     clip_ref = os.path.relpath(clip_dir.resolve(), (out / "model").resolve())  # the folder moves with its world
     world_hash = section_hash(cfg.world) if cfg.data.kind == "coverworld" else None  # which click log it learned
     save_preference_model(model, out / "model", clip_ref, cfg.data.history_len, world_hash)
-    summary = {"auc": roc_auc(predict(model, arrays["test"]), arrays["test"]["label"] > 0.5),
+    test_logits = predict(model, arrays["test"])
+    summary = {"auc": roc_auc(test_logits, arrays["test"]["label"] > 0.5),
+               "ece": expected_calibration_error(1.0 / (1.0 + np.exp(-test_logits)), arrays["test"]["label"]),
                "popularity_auc": roc_auc(popularity_scores(splits["train"], splits["test"]),
                                          splits["test"]["label"] > 0.5),
                "valid_auc_best": max(h["valid_auc"] for h in history), "best_epoch": int(history[0]["epoch"]),
@@ -82,9 +92,11 @@ def train_and_evaluate(cfg, out: Path) -> dict:
                "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - start, 1),
                "impressions": {s: len(r) for s, r in splits.items()}}
     if "heldout" in arrays:
-        summary["heldout_users_auc"] = roc_auc(predict(model, arrays["heldout"]), arrays["heldout"]["label"] > 0.5)
+        summary["auc_heldout_users"] = roc_auc(predict(model, arrays["heldout"]), arrays["heldout"]["label"] > 0.5)
     if cfg.data.kind == "coverworld":  # after training: the world's truth as the reference, never as a signal
         from icg_rl.evaluation.world_reference import true_click_auc
 
         summary["oracle_auc"] = true_click_auc(data.root, splits["test"])
+        if len(splits["heldout"]):
+            summary["oracle_auc_heldout_users"] = true_click_auc(data.root, splits["heldout"])
     return summary

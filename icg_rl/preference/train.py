@@ -30,13 +30,14 @@ NOT_MODEL_ARGS = ("clip", "history_len", "world_config_hash")  # config.json key
 
 def numeric_rows(rows: pd.DataFrame, model: PreferenceModel, cover_embeds: dict, item_embeds: dict,
                  history_len: int) -> dict[str, np.ndarray]:
-    """Impression rows -> arrays: user_index [N], history_index [N, H], image [N, D], label [N]."""
+    """Impression rows -> arrays: user_index [N], history_index [N, H], image [N, D], item_index [N], label [N]."""
     image = np.stack([cover_embeds[c] if c is not None else item_embeds[i]
                       for c, i in zip(rows["cover"], rows["item_id"])]).astype(np.float32)
     return {
         "user_index": model.user_encoder.indices(list(rows["user_id"])).numpy(),
         "history_index": model.history_indices(list(rows["history"]), history_len).numpy(),
         "image": image,
+        "item_index": model.item_indices(list(rows["item_id"])).numpy(),
         "label": rows["label"].to_numpy(np.float32),
     }
 
@@ -52,7 +53,8 @@ def predict(model: PreferenceModel, arrays: dict[str, np.ndarray], batch_size: i
     model.eval()
     logits = [model(torch.as_tensor(arrays["user_index"][s:s + batch_size]),
                     torch.as_tensor(arrays["history_index"][s:s + batch_size]),
-                    torch.as_tensor(arrays["image"][s:s + batch_size]))
+                    torch.as_tensor(arrays["image"][s:s + batch_size]),
+                    torch.as_tensor(arrays["item_index"][s:s + batch_size]))
               for s in range(0, len(arrays["label"]), batch_size)]
     return torch.cat(logits).numpy()
 
@@ -78,7 +80,8 @@ def train_loop_per_worker(config: dict) -> None:
             user_index = batch["user_index"].long()
             hidden = torch.rand(user_index.shape, generator=generator) < config["user_id_dropout"]
             user_index = user_index.masked_fill(hidden, 0)  # as if unknown: the history must carry the user
-            logits = model(user_index, batch["history_index"].long(), batch["image"].float())
+            logits = model(user_index, batch["history_index"].long(), batch["image"].float(),
+                           batch["item_index"].long())
             loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -153,6 +156,7 @@ def load_preference_model(folder: str | Path) -> tuple[PreferenceModel, dict]:
         raise FileNotFoundError(f"reward.preference: {folder} holds no {CONFIG_FILE}; train one with "
                                 f"`python -m icg_rl.preference --out {folder}`")
     config = json.loads((folder / CONFIG_FILE).read_text())
+    # a model saved before the item bias existed has no such weights (and no key): it loads without one
     model = PreferenceModel(**{k: v for k, v in config.items() if k not in NOT_MODEL_ARGS})
     model.load_state_dict(load_file(str(folder / MODEL_FILE)))
     return model.eval(), config

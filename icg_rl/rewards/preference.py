@@ -31,7 +31,8 @@ class PreferenceReward(RewardModel):
             raise KeyError(f"preference reward: batch['user_id'] and batch['history'] need one row per image ({size})")
         user_index = self.model.user_encoder.indices(users).to(images.device)
         history_index = self.model.history_indices(histories, self.history_len).to(images.device)
-        logits = self.model(user_index, history_index, self.embedder.image_embeds(images))
+        item_index = self.model.item_indices(list(batch.get("item_id", [None] * size))).to(images.device)
+        logits = self.model(user_index, history_index, self.embedder.image_embeds(images), item_index)
         return torch.sigmoid(logits)
 
 

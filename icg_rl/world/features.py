@@ -8,7 +8,12 @@ For an RGB image x in [0, 1] with luminance L = 0.299 R + 0.587 G + 0.114 B:
 | 1 | warmth      | mean(R − B)                                                       | −1 .. 1       |
 | 2 | saturation  | mean(max(R,G,B) − min(R,G,B))                                     | 0 .. 1        |
 | 3 | contrast    | std(L)                                                            | 0 .. 0.5      |
-| 4 | composition | horizontal centroid of saliency |L − mean(L)|, in image units     | −1 .. 1       |
+| 4 | composition | horizontal centroid of saliency ‖x − median colour(x)‖, image units | −1 .. 1       |
+
+Composition measures where the motif sits: saliency is each pixel's colour distance to the image's per-channel
+median colour, which is the background's as long as the background covers most of the cover (it does in
+CoverWorld). v1 used |L − mean(L)|, whose centroid shrinks towards 0 and flips sign once the motif covers more than
+half the luminance mass, so 'left' in a caption did not mean a motif on the left (world v2 changed it).
 
 `exposure_clipping` (share of pixels with a channel at 0 or 255) is not a taste feature; the world's aesthetic
 truth penalises it, so "push everything to the limit" shows up as a loss.
@@ -46,7 +51,10 @@ def image_features(images: np.ndarray) -> np.ndarray:
     warmth = (x[..., 0] - x[..., 2]).mean(axis=(1, 2))
     saturation = (x.max(axis=-1) - x.min(axis=-1)).mean(axis=(1, 2))
     contrast = lum.std(axis=(1, 2))
-    saliency = np.abs(lum - brightness[:, None, None]) + 1e-6  # (N, H, W)
+    flat = x.reshape(n, -1, 3)
+    median = np.partition(flat, (flat.shape[1] - 1) // 2, axis=1)[:, (flat.shape[1] - 1) // 2]  # (N, 3): lower
+    # median per channel (as torch.median takes it), the background colour
+    saliency = np.linalg.norm(x - median[:, None, None, :], axis=-1) + 1e-6  # (N, H, W)
     column = (np.arange(w, dtype=np.float32) + 0.5) / w * 2.0 - 1.0  # (W,) in [-1, 1]
     composition = (saliency * column).sum(axis=(1, 2)) / saliency.sum(axis=(1, 2))  # centroid over pixels
     return np.stack([brightness, warmth, saturation, contrast, composition], axis=1).astype(np.float64)
@@ -69,27 +77,30 @@ def image_features_torch(images: torch.Tensor) -> torch.Tensor:
     warmth = (r - b).mean(dim=(1, 2))
     saturation = (images.amax(dim=1) - images.amin(dim=1)).mean(dim=(1, 2))
     contrast = lum.flatten(1).std(dim=1, unbiased=False)
-    saliency = (lum - brightness[:, None, None]).abs() + 1e-6
+    median = images.flatten(2).median(dim=2).values  # (B, 3): the background colour
+    saliency = (images - median[:, :, None, None]).pow(2).sum(dim=1).add(1e-12).sqrt() + 1e-6  # (B, H, W)
     w = images.shape[-1]
     column = (torch.arange(w, dtype=images.dtype, device=images.device) + 0.5) / w * 2.0 - 1.0
     composition = (saliency * column).sum(dim=(1, 2)) / saliency.sum(dim=(1, 2))
     return torch.stack([brightness, warmth, saturation, contrast, composition], dim=1)
 
 
-LOOK_WORDS = (
-    ("dark", "dim", "bright"),
-    ("cool", "neutral", "warm"),
-    ("muted", "soft", "vivid"),
-    ("flat", "balanced", "punchy"),
-    ("left", "centred", "right"),
+LOOK_WORDS = (  # one hyphenated word per quintile, so word k of a look string always names feature k
+    ("very-dark", "dark", "mid-bright", "bright", "very-bright"),
+    ("icy", "cool", "neutral", "warm", "hot"),
+    ("grey", "muted", "soft", "vivid", "neon"),
+    ("flat", "soft-contrast", "balanced", "crisp", "punchy"),
+    ("far-left", "left", "centred", "right", "far-right"),
 )
 
 
 def describe_looks(features: np.ndarray, clipping: np.ndarray) -> list[str]:
-    """Alt-text style words for each image (what a real CLIP learns colour and layout from): each feature's tercile
-    over the given images names it, plus 'blown-out' when over a third of the pixels clip.
-    features (N, 5), clipping (N,) -> N strings like 'dark warm vivid punchy left'."""
-    edges = np.quantile(features, [1 / 3, 2 / 3], axis=0)  # (2, 5)
-    bins = (features[:, None, :] > edges[None]).sum(axis=1)  # (N, 5) in {0, 1, 2}
+    """Alt-text style words for each image (what a real CLIP learns colour and layout from): each feature's quintile
+    over the given images names it, plus 'blown-out' when over a third of the pixels clip. Five words, not three:
+    coarser words left finer differences (contrast above all) out of the CLIP's embedding.
+    features (N, 5), clipping (N,) -> N strings like 'dark warm vivid punchy far-left'."""
+    levels = len(LOOK_WORDS[0])
+    edges = np.quantile(features, np.arange(1, levels) / levels, axis=0)  # (4, 5)
+    bins = (features[:, None, :] > edges[None]).sum(axis=1)  # (N, 5) in {0, .., 4}
     words = [" ".join(LOOK_WORDS[k][b] for k, b in enumerate(row)) for row in bins]
     return [w + (" blown-out" if c > 1 / 3 else "") for w, c in zip(words, clipping)]

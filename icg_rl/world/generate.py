@@ -23,9 +23,10 @@ from icg_rl.world.features import FEATURE_NAMES, describe_looks, exposure_clippi
 from icg_rl.world.genres import genres_for, unique_titles
 from icg_rl.world.render import NEUTRAL, draw_layout, draw_style, render_cover
 
-FORMAT_VERSION = 2  # 2: variants carry alt-text captions
+FORMAT_VERSION = 3  # 2: variants carry alt-text captions; 3: v2 world (composition φ, quintile look words)
 START_TIME = 1_700_000_000  # seconds; impressions span 90 days from here
 SPAN_SECONDS = 90 * 24 * 3600
+MIN_IMPRESSIONS = 10
 
 
 @dataclass
@@ -136,10 +137,10 @@ def _make_impressions(cfg, truth_users, truth_items, variants, click_model, rng)
     genre_of = truth_items["genre_index"].to_numpy()
     num_items, per_item = len(truth_items), cfg.variants_per_item + 1
     phi = variants.filter(like="phi_").to_numpy().reshape(num_items, per_item, -1)  # (items, variants, 5)
-    n = cfg.impressions_per_user
-    repeat = n > num_items  # a heavy user sees items again, in other variants (as artwork A/B tests do)
+    counts = impression_counts(cfg, len(truth_users), rng)
     user_idx, item_idx, var_idx, times = [], [], [], []
-    for u in range(len(truth_users)):
+    for u, n in enumerate(counts):
+        repeat = n > num_items  # a heavy user sees items again, in other variants (as artwork A/B tests do)
         weights = np.exp(0.7 * affinity[u, genre_of])
         chosen = rng.choice(num_items, size=n, replace=repeat, p=weights / weights.sum())
         user_idx.append(np.full(n, u))
@@ -168,6 +169,17 @@ def _make_impressions(cfg, truth_users, truth_items, variants, click_model, rng)
     return interactions, parts
 
 
+def impression_counts(cfg: WorldConfig, num_users: int, rng: np.random.Generator) -> np.ndarray:
+    """Impressions per user: log-normal around `impressions_per_user` with σ = `impressions_spread` — light and
+    heavy users, as in real logs (MovieLens-1M: median ~96 ratings, mean ~165). σ = 0 draws nothing (every user
+    gets the mean). At least `MIN_IMPRESSIONS`, so every user has train, valid and test rows."""
+    mean, sigma = cfg.impressions_per_user, cfg.impressions_spread
+    if sigma == 0:
+        return np.full(num_users, mean)
+    draws = mean * rng.lognormal(-0.5 * sigma**2, sigma, size=num_users)  # E[lognormal(-σ²/2, σ)] = 1
+    return np.maximum(np.round(draws), min(MIN_IMPRESSIONS, mean)).astype(int)
+
+
 def _make_ratings(cfg: WorldConfig, variants: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     """The world's public aesthetic ratings (its 'AVA'): noisy 1..10 scores of every cover."""
     truth = aesthetic_truth(variants.filter(like="phi_").to_numpy(), variants["clipping"].to_numpy())
@@ -190,8 +202,11 @@ def _summarize(interactions: pd.DataFrame, parts: dict[str, np.ndarray], offset:
         alone = total.mean() + (part - part.mean())
         shares[name] = float(np.var(1.0 / (1.0 + np.exp(-alone))) / max(np.var(full), 1e-12))
     splits = interactions["split"].value_counts().to_dict()
+    per_user = interactions.groupby("user_id").size()
     return {
         "impressions": int(len(interactions)),
+        "impressions_per_user": {"mean": round(float(per_user.mean()), 1), "min": int(per_user.min()),
+                                 "median": float(per_user.median()), "max": int(per_user.max())},
         "click_rate": float(interactions["clicked"].mean()),
         "split_sizes": {k: int(splits.get(k, 0)) for k in ("train", "valid", "test", "heldout")},
         "click_variance_share": shares,

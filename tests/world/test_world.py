@@ -119,7 +119,8 @@ def test_summary_reports_click_variance_shares(micro_world):
 
 
 def test_heavy_users_see_items_again_in_other_variants():
-    cfg = load_config(MICRO_CONFIG, ["world.impressions_per_user=80"])  # > the 32 items of the micro world
+    # 80 > the 32 items of the micro world; spread 0: every user sees exactly the mean
+    cfg = load_config(MICRO_CONFIG, ["world.impressions_per_user=80", "world.impressions_spread=0"])
     world = generate_world(cfg.world, progress=False)
     per_user = world.interactions.groupby("user_id").size()
     assert (per_user == 80).all()
@@ -137,8 +138,8 @@ def test_persona_users_cluster_around_their_persona_and_keep_unit_spread():
 
 
 def test_users_without_personas_are_unchanged_by_the_persona_fields():
-    base = load_config(MICRO_CONFIG)
-    other = load_config(MICRO_CONFIG, ["world.segment_spread=0.9"])  # ignored while taste_segments = 0
+    base = load_config(MICRO_CONFIG, ["world.taste_segments=0"])
+    other = load_config(MICRO_CONFIG, ["world.taste_segments=0", "world.segment_spread=0.9"])  # ignored then
     a, b = (generate_world(c.world, progress=False).truth_users for c in (base, other))
     assert "segment" not in a.columns
     assert a.equals(b)
@@ -156,3 +157,12 @@ def test_models_cache_key_follows_the_catalogue_not_the_users():
     # the catalogue really is independent of the user fields: same covers, captions and public ratings
     a, b = (generate_world(c.world, progress=False) for c in (cfg, users_changed))
     assert a.variants.equals(b.variants) and a.ratings.equals(b.ratings)
+
+
+def test_impressions_per_user_spread_from_light_to_heavy_users():
+    cfg = load_config(MICRO_CONFIG, ["world.num_users=400", "world.impressions_per_user=150",
+                                     "world.impressions_spread=0.6"])
+    counts = generate_world(cfg.world, progress=False).interactions.groupby("user_id").size()
+    assert abs(counts.mean() - 150) < 15  # the configured mean...
+    assert counts.quantile(0.9) > 2 * counts.quantile(0.1)  # ...with light and heavy users
+    assert counts.min() >= 10  # every user keeps train, valid and test rows
