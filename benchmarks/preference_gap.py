@@ -42,7 +42,9 @@ SPARSE_WORLD = "configs/worlds/sparse.yaml"
 ROWS = [  # (label, config file (None = the v2 default), user tower, image input)
     ("sparse v1 world, shipped model", SPARSE_WORLD, "shipped", "clip"),
     ("sparse v1 world, true φ image input", SPARSE_WORLD, "shipped", "phi"),
-    ("v2 world, shipped model", None, "shipped", "clip"),
+    ("v2 world, shipped model (CLIP + genre tags, standardised)", None, "shipped", "clip"),
+    ("v2 world, CLIP without genre tags", None, "shipped", "clip-notags"),
+    ("v2 world, raw CLIP (no tags, not standardised)", None, "shipped", "clip-raw"),
     ("v2 world, history only (held-out-user view)", None, "history", "clip"),
     ("v2 world, history only, true φ", None, "history", "phi"),
     ("v2 world, true persona as user, true φ", None, "persona", "phi"),
@@ -68,12 +70,18 @@ class WorldRows:
         log["prob"] = world.click_model.prob(affinity, shown, ideal, items.loc[log["item_id"], "bias"].to_numpy())
         log["history"] = histories_before(log, log[log["clicked"]], history_len)
         self.keys = [cover_key(i, v) for i, v in zip(world.variants["item_id"], world.variants["variant_id"])]
+        self.item_ids = list(world.items["item_id"])
+        is_ref = (world.variants["variant_id"] == "ref").to_numpy()
+        reference = dict(zip(world.variants["item_id"].to_numpy()[is_ref], np.flatnonzero(is_ref)))
+        self.item_rows = [reference[i] for i in self.item_ids]  # an item's features: its reference cover's
+        self.tags = dict(zip(world.items["item_id"], (list(g) for g in world.items["genres"])))
         self.segment = truth["segment"].to_dict() if "segment" in truth else None
         self.log = log
         self.cover_genre = items.loc[world.variants["item_id"], "genre_index"].to_numpy()
         self._clip_dir = clip_dir
 
     def image_inputs(self, kind: str) -> torch.Tensor:
+        """Cover inputs [covers, D] in `keys` order: true φ (+ φ², genre one-hot) or the CLIP embedding."""
         if kind == "phi":
             phi = self.world.variants[[f"phi_{n}" for n in FEATURE_NAMES]].to_numpy()
             phi = (phi - phi.mean(0)) / phi.std(0)
@@ -90,16 +98,17 @@ class WorldRows:
         return self.log[self.log["split"] == name]
 
 
-def fit_two_tower(rows: WorldRows, user_tower: str, images: torch.Tensor, epochs: int, seed: int) -> float:
+def fit_two_tower(rows: WorldRows, user_tower: str, image_kind: str, images: torch.Tensor, epochs: int,
+                  seed: int) -> float:
     """Test AUC at the best-validation epoch of the shipped model, trained like `icg_rl.preference`."""
     torch.manual_seed(seed)
     users = sorted(set(rows.split("train")["user_id"]))
-    model = PreferenceModel(users, rows.keys, images.shape[1], images.shape[1], item_bias=True)
-    model.item_features[1:] = images
-    model.item_index = {k: j + 1 for j, k in enumerate(rows.keys)}
+    tags = sorted({t for g in rows.tags.values() for t in g}) if image_kind == "clip" else []  # φ rows: one-hot
+    model = PreferenceModel(users, rows.item_ids + rows.keys, images.shape[1], images.shape[1], item_bias=True,
+                            tag_vocab=tags, standardize=image_kind != "clip-raw")
+    model.set_item_features(torch.cat([images[rows.item_rows], images]), rows.tags)
     cover_index = {k: j for j, k in enumerate(rows.keys)}
     if user_tower == "history":  # ids never seen: the user is their clicks (shared, amortised inference)
-        nn.init.zeros_(model.user_encoder.id_embedding.weight)
         model.user_encoder.id_embedding.weight.requires_grad_(False)
     if user_tower == "persona":
         personas = nn.Embedding(max(rows.segment.values()) + 1, model.config["user_dim"])
@@ -115,9 +124,9 @@ def fit_two_tower(rows: WorldRows, user_tower: str, images: torch.Tensor, epochs
 
     data = {s: arrays(rows.split(s)) for s in ("train", "valid", "test")}
 
-    def logits(user, history, cover, item):  # the model's forward, minus its L2 normalisation (CLIP rows already are)
+    def logits(user, history, cover, item):  # the model's forward, minus its L2 normalisation (φ rows are not unit)
         user_vec = model.user_vector(user, history)
-        image = model.image_tower(images[cover])
+        image = model.image_tower(model.item_side(images[cover], item))
         return ((model.user_head(user_vec) * image).sum(-1) + model.image_bias(image).squeeze(-1)
                 + model.user_bias(user_vec).squeeze(-1) + model.item_bias(item).squeeze(-1))
 
@@ -126,7 +135,7 @@ def fit_two_tower(rows: WorldRows, user_tower: str, images: torch.Tensor, epochs
         with torch.no_grad():
             return roc_auc(logits(user, history, cover, item).numpy(), label.numpy() > 0.5)
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, weight_decay=1e-4)
     dropout = {"shipped": 0.5, "history": 1.0, "persona": 0.0}[user_tower]
     user, history, cover, item, label = data["train"]
     best = (-1.0, 0.0)
@@ -183,7 +192,7 @@ def fit_persona_logistic(rows: WorldRows, images: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", default="artifacts/coverworld/models/clip", help="the world's CLIP folder")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("override", nargs="*", help="config overrides for every world, e.g. world.seed=1")
     args = parser.parse_args()
@@ -196,12 +205,12 @@ def main() -> None:
             cfg = load_config(config, args.override)
             worlds[config] = WorldRows(args.override, args.clip, cfg.data.history_len, config=config)
         rows = worlds[config]
-        images = rows.image_inputs(image_kind)
+        images = rows.image_inputs("clip" if image_kind.startswith("clip") else image_kind)
         start = time.perf_counter()
         if user_tower == "logistic":
             auc = fit_persona_logistic(rows, images)
         else:
-            auc = fit_two_tower(rows, user_tower, images, args.epochs, args.seed)
+            auc = fit_two_tower(rows, user_tower, image_kind, images, args.epochs, args.seed)
         test = rows.split("test")
         oracle = roc_auc(test["prob"].to_numpy(), test["clicked"].to_numpy())
         print(f"| {label} | {auc:.3f} | {oracle:.3f} | {oracle - auc:.3f} | {time.perf_counter() - start:.0f} |",

@@ -36,4 +36,6 @@ def test_persona_logistic_reaches_near_the_oracle_and_two_tower_learns(bench, ro
     assert images.shape == (len(rows.keys), 5 + 5 + 4)  # φ, φ², genre one-hot (4 micro genres)
     logistic = bench.fit_persona_logistic(rows, images)
     assert oracle - 0.08 < logistic <= oracle + 0.03
-    assert bench.fit_two_tower(rows, "persona", images, epochs=3, seed=0) > 0.55
+    assert bench.fit_two_tower(rows, "persona", "phi", images, epochs=3, seed=0) > 0.55
+    # the shipped item side (genre tags + standardisation) on these inputs, learning users from history alone
+    assert bench.fit_two_tower(rows, "history", "clip", images, epochs=3, seed=0) > 0.55

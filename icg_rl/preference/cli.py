@@ -70,14 +70,16 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     train_users = sorted(set(splits["train"]["user_id"]))
     model_args = dict(user_ids=train_users, item_ids=item_ids, item_dim=item_features.shape[1],
                       image_dim=item_features.shape[1], user_dim=p.user_dim, hidden_dim=p.hidden_dim,
-                      item_bias=p.item_bias)
+                      item_bias=p.item_bias, standardize=p.standardize,
+                      tag_vocab=sorted({t for tags in data.items["genres"] for t in tags}) if p.item_tags else [])
+    item_tags = dict(zip(data.items["item_id"], (list(t) for t in data.items["genres"])))
     index = PreferenceModel(**model_args)  # only for id → index lookups while building rows
     arrays = {s: numeric_rows(rows, index, covers, item_embeds, cfg.data.history_len) for s, rows in splits.items()
               if len(rows)}
     log.info("impressions: %s", {s: len(r) for s, r in splits.items()})
     log.info("Ray: %s", connect(cfg.ray.address, cfg.ray.num_cpus))
     fit_start = time.perf_counter()
-    model, history = fit(model_args, item_features, arrays["train"], arrays["valid"], p, out / "ray_train")
+    model, history = fit(model_args, item_features, item_tags, arrays["train"], arrays["valid"], p, out / "ray_train")
     train_seconds = time.perf_counter() - fit_start
     clip_ref = os.path.relpath(clip_dir.resolve(), (out / "model").resolve())  # the folder moves with its world
     world_hash = section_hash(cfg.world) if cfg.data.kind == "coverworld" else None  # which click log it learned

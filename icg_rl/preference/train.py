@@ -67,7 +67,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(config["seed"])
     torch.set_num_threads(max(1, int(config["threads"])))
     model = PreferenceModel(**config["model_args"])
-    model.item_features[1:] = torch.as_tensor(config["item_features"])  # row 0 stays the padding row
+    model.set_item_features(torch.as_tensor(config["item_features"]), config["item_tags"])
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     shard = ray.train.get_dataset_shard("train")
@@ -98,7 +98,8 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def fit(model_args: dict, item_features: torch.Tensor, train: dict, valid: dict, pref_cfg, storage: Path):
+def fit(model_args: dict, item_features: torch.Tensor, item_tags: dict[str, list[str]], train: dict, valid: dict,
+        pref_cfg, storage: Path):
     """Run the TorchTrainer; returns the model restored from the best-validation checkpoint and the history."""
     import ray.data
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -108,7 +109,8 @@ def fit(model_args: dict, item_features: torch.Tensor, train: dict, valid: dict,
     dataset = ray.data.from_items([{k: v[i] for k, v in train.items()} for i in range(len(train["label"]))])
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"model_args": model_args, "item_features": item_features.numpy(), "valid": valid,
+        train_loop_config={"model_args": model_args, "item_features": item_features.numpy(), "item_tags": item_tags,
+                           "valid": valid,
                            "epochs": pref_cfg.epochs, "batch_size": pref_cfg.batch_size, "lr": pref_cfg.lr,
                            "weight_decay": pref_cfg.weight_decay, "seed": pref_cfg.seed,
                            "threads": pref_cfg.cpus_per_worker, "user_id_dropout": pref_cfg.user_id_dropout},

@@ -1,0 +1,51 @@
+"""PreferenceModel's item side: genre tags and the catalogue standardisation (pure torch, no Ray)."""
+
+import torch
+
+from icg_rl.preference.model import PreferenceModel
+
+ITEMS = ["a", "b", "c", "a|v1", "b|v1"]  # items, then covers, as compute_item_features orders them
+TAGS = {"a": ["horror"], "b": ["romance", "horror"], "c": []}
+
+
+def model(**kwargs) -> PreferenceModel:
+    torch.manual_seed(0)
+    m = PreferenceModel(["u1", "u2"], ITEMS, item_dim=4, image_dim=4, user_dim=8, hidden_dim=8, **kwargs)
+    features = torch.nn.functional.normalize(torch.randn(len(ITEMS), 4) + torch.tensor([2.0, 0, 0, 0]), dim=-1)
+    m.set_item_features(features, TAGS)
+    return m
+
+
+def test_a_cover_carries_its_items_tags_and_the_side_is_standardised():
+    m = model(tag_vocab=["horror", "romance"], standardize=True)
+    rows = torch.tensor([m.item_index[k] for k in ITEMS])
+    assert m.item_tags[rows].tolist() == [[1, 0], [1, 1], [0, 0], [1, 0], [1, 1]]  # "a|v1" is a horror cover
+    side = m.item_side(m.item_features[rows], rows)  # (5, 4 + 2)
+    assert side.shape == (5, 6)
+    torch.testing.assert_close(side.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(side.std(0), torch.ones(6), atol=1e-5, rtol=0)
+    assert m.item_tags[0].sum() == 0  # the padding / unknown row has no tags
+
+
+def test_tags_change_the_score_of_the_same_image():
+    m = model(tag_vocab=["horror", "romance"], standardize=True)
+    image = torch.randn(1, 4).expand(2, 4)
+    items = m.item_indices(["a", "c"])  # same pixels, a horror item vs an untagged one
+    logits = m(torch.tensor([1, 1]), torch.zeros(2, 3, dtype=torch.long), image, items)
+    assert not torch.isclose(logits[0], logits[1])
+
+
+def test_a_model_saved_without_tags_or_statistics_still_loads():
+    plain = model()  # the layout of models trained before tags existed: no item_tags / side_* in the state dict
+    state = plain.state_dict()
+    assert not any(k.startswith(("item_tags", "side_")) for k in state)
+    again = PreferenceModel(**plain.config)
+    again.load_state_dict(state)  # strict
+    x = torch.randn(3, 4)
+    args = (torch.tensor([1, 2, 0]), torch.zeros(3, 2, dtype=torch.long), x, torch.tensor([1, 2, 3]))
+    torch.testing.assert_close(again(*args), plain(*args))
+
+
+def test_known_users_start_as_their_history():
+    m = model(standardize=True)
+    assert torch.count_nonzero(m.user_encoder.id_embedding.weight) == 0  # ids learn a deviation, from zero
