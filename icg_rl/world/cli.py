@@ -44,6 +44,10 @@ def build(cfg, out: Path, force: bool = False, models: bool = True, progress: bo
 
         summary["models"] = build_base_models(out, cfg.world, cfg.zoo, progress=progress, force=force)
     summary["seconds"] = round(time.perf_counter() - start, 1)
+    if not summary["world"]["cached"]:  # `train` / `preference` rebuild a world too: its summary must follow
+        from icg_rl.io import atomic_write_json
+
+        atomic_write_json(out / "summary.json", summary)
     return summary
 
 

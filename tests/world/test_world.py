@@ -1,4 +1,5 @@
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,13 @@ def test_impressions_per_user_spread_from_light_to_heavy_users():
     assert abs(counts.mean() - 150) < 15  # the configured mean...
     assert counts.quantile(0.9) > 2 * counts.quantile(0.1)  # ...with light and heavy users
     assert counts.min() >= 10  # every user keeps train, valid and test rows
+
+
+def test_a_rebuilt_world_rewrites_its_summary(tmp_path):
+    """`train` and `preference` rebuild a world when a user-side field changes: summary.json must follow."""
+    from icg_rl.world.cli import build
+
+    for users in (24, 30):
+        cfg = load_config(MICRO_CONFIG, [f"world.dir={tmp_path}", f"world.num_users={users}"])
+        build(cfg, tmp_path, models=False, progress=False)
+        assert json.loads((tmp_path / "summary.json").read_text())["world"]["users"] == users
