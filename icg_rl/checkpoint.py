@@ -1,4 +1,4 @@
-"""Run checkpoints (DESIGN.md §8): written atomically, verified on read, resumable with a fallback.
+"""Run checkpoints (docs/architecture.md §8): written atomically, verified on read, resumable with a fallback.
 
     store = CheckpointStore("runs/x/checkpoints")          # a local folder or any pyarrow filesystem URI (s3://…)
     store.write("iter_000010", {"trainer_state.json": b"…", "icg/icg.safetensors": b"…", …})

@@ -1,5 +1,6 @@
-"""What every command shares (DESIGN.md §11): `--config FILE`, trailing dotted overrides, `--out DIR`, a readable
-summary printed and written to `DIR/summary.json`, and exit codes 0 ok / 2 bad configuration or input / 1 failure."""
+"""What every command shares (docs/architecture.md §11): `--config FILE`, trailing dotted overrides, `--out DIR`, a
+readable summary printed and written to `DIR/summary.json`, and exit codes 0 ok / 2 bad configuration or input / 1
+failure."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ CATALOG_FIELDS = {"seed", "num_genres", "items_per_genre", "variants_per_item", 
 
 
 class WorldConfig(Section):
-    """CoverWorld: the synthetic recommender world (DESIGN.md §4)."""
+    """CoverWorld: the synthetic recommender world (docs/architecture.md §4)."""
 
     dir: str = Field("artifacts/coverworld", description="folder of the world build: tables, covers, models/")
     seed: int = Field(0, description="seed of every random draw in the world; same seed, same bytes")
@@ -64,7 +64,7 @@ class WorldConfig(Section):
 
 
 class ZooConfig(Section):
-    """Budgets of the tiny base models trained on the world (DESIGN.md §4, models/zoo.py)."""
+    """Budgets of the tiny base models trained on the world (docs/architecture.md §4, models/zoo.py)."""
 
     seed: int = Field(0, description="seed of model initialisation and training")
     vocab_size: int = Field(1024, ge=514, description="BPE vocabulary trained on the world's texts, tokens")
@@ -103,7 +103,7 @@ class LoraConfig(Section):
 
 
 class ModelConfig(Section):
-    """The ICG model (DESIGN.md §3): which base, MLLM and sizes."""
+    """The ICG model (docs/architecture.md §3): which base, MLLM and sizes."""
 
     base: str = Field("coverworld", description="SD-layout folder, or 'coverworld' for the world's tiny base")
     mllm: str = Field("coverworld", description="image-text model folder, or 'coverworld' for the tiny LLaVA")
@@ -115,7 +115,7 @@ class ModelConfig(Section):
 
 
 class RewardConfig(Section):
-    """Reward models and their mix (DESIGN.md §6)."""
+    """Reward models and their mix (docs/architecture.md §6)."""
 
     clip: str = Field("coverworld", description="CLIPModel folder for relevance, or 'coverworld'")
     aesthetic_head: str = Field("coverworld", description="aesthetic head weights file, or 'coverworld'")
@@ -152,7 +152,7 @@ class PreferenceConfig(Section):
 
 
 class AlgoConfig(Section):
-    """RL algorithm (DESIGN.md §7)."""
+    """RL algorithm (docs/architecture.md §7)."""
 
     name: Literal["ddpo", "backprop"] = Field("ddpo", description="DDPO (PPO-clip) or reward backprop (DRaFT-K)")
     lr: float = Field(3e-4, gt=0.0, description="learning rate of the ICG parameters")
@@ -170,7 +170,7 @@ class AlgoConfig(Section):
 
 
 class RayConfig(Section):
-    """Cluster placement (DESIGN.md §8). Per-role `*_cpus` / `*_gpus` override the per-worker defaults."""
+    """Cluster placement (docs/architecture.md §8). Per-role `*_cpus` / `*_gpus` override the per-worker defaults."""
 
     address: str | None = Field(None, description="cluster address; None = RAY_ADDRESS or a new local cluster")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local cluster; None = all")
@@ -205,7 +205,7 @@ class RayConfig(Section):
 
 
 class RolloutConfig(Section):
-    """How rollouts are scheduled against learner updates (DESIGN.md §8)."""
+    """How rollouts are scheduled against learner updates (docs/architecture.md §8)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
     async_: bool = Field(False, alias="async", description="sample iteration t+1 while the learner updates t (one "
@@ -248,7 +248,7 @@ class JudgeConfig(Section):
 
 
 class EvaluationConfig(Section):
-    """`python -m icg_rl.evaluate` (DESIGN.md §10): arms, metrics and their budgets."""
+    """`python -m icg_rl.evaluate` (docs/architecture.md §10): arms, metrics and their budgets."""
 
     split: str = Field("test", description="split whose (user, item) pairs are evaluated")
     pairs: int = Field(64, ge=2, description="held-out (user, item) pairs scored per arm")

@@ -1,4 +1,4 @@
-"""`python -m icg_rl.evaluate --checkpoint PATH`: the evaluation suite of a trained policy (DESIGN.md §10).
+"""`python -m icg_rl.evaluate --checkpoint PATH`: the evaluation suite of a trained policy (docs/architecture.md §10).
 
 Scores held-out (user, item) pairs under four arms — the items' reference covers, the base model, ICG with the user
 embedding zeroed, ICG — on: the configured aesthetic and relevance rewards (CLIP-T, CLIP-I), diversity across users

@@ -1,4 +1,4 @@
-"""Run tracking (DESIGN.md §8): every metric goes to `metrics.jsonl` in the run folder, and to wandb unless
+"""Run tracking (docs/architecture.md §8): every metric goes to `metrics.jsonl` in the run folder, and to wandb unless
 `train.tracker=none` (offline by default: `WANDB_MODE=online` plus a login syncs it live, `wandb sync` later).
 Reward curves and sample grids are also written as PNG, so a run is readable with no tracker at all."""
 

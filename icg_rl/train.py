@@ -1,4 +1,4 @@
-"""`python -m icg_rl.train`: ICG RL fine-tuning on a Ray cluster (DESIGN.md §1, §8).
+"""`python -m icg_rl.train`: ICG RL fine-tuning on a Ray cluster (docs/architecture.md §1, §8).
 
     python -m icg_rl.train [--config configs/coverworld.yaml] [--out DIR] [--address ADDR] [KEY=VALUE ...]
     ray job submit --working-dir . -- python -m icg_rl.train --config configs/micro.yaml

@@ -1,4 +1,4 @@
-"""Data sources in one schema (DESIGN.md §5) and the Ray Data pair stream.
+"""Data sources in one schema (docs/architecture.md §5) and the Ray Data pair stream.
 
     from icg_rl.data import load_dataset
     data = load_dataset("movielens", "path/to/ml-1m")   # .items, .users, .interactions

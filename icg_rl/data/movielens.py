@@ -1,4 +1,4 @@
-"""MovieLens loader: every GroupLens layout into the one schema (DESIGN.md §5, `schema.py`).
+"""MovieLens loader: every GroupLens layout into the one schema (docs/architecture.md §5, `schema.py`).
 
 Layouts are recognised by their files, so the folder name does not matter:
 - ml-100k: `u.data` (tab) + `u.item` (`|`, latin-1, 19 genre flags named by `u.genre` when present) [+ `u.user`];

@@ -1,4 +1,4 @@
-"""PixelRec loader: the Pixel200K / Pixel1M / Pixel8M / PixelRec releases into the one schema (DESIGN.md §5).
+"""PixelRec loader: the Pixel200K / Pixel1M / Pixel8M / PixelRec releases into the one schema (docs/architecture.md §5).
 
 The public release (github.com/westlake-repl/PixelRec) ships
 - an interactions CSV named after the dataset (`Pixel200K.csv`, ...) with columns `item_id,user_id,timestamp`;

@@ -1,4 +1,4 @@
-"""The one table schema every data source is loaded into (DESIGN.md §5).
+"""The one table schema every data source is loaded into (docs/architecture.md §5).
 
 items(item_id: str, title: str, genres: list[str], image_path: str | None)
 users(user_id: str)                                   (+ any source-specific columns)

@@ -1,4 +1,4 @@
-"""Delimited data files read fast, with bad rows reported as file:line or skipped and counted (DESIGN.md §5).
+"""Delimited data files read fast, with bad rows reported as file:line or skipped and counted (docs/architecture.md §5).
 
 Files are parsed by pandas' C reader as strings and checked column-wise (`Problems`), so millions of rows cost
 no Python loop. Only when a row is bad in "error" mode is the file scanned again with the `csv` module to find

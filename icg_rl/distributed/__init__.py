@@ -1,1 +1,1 @@
-"""Ray actors and pools: rollout, reward and learner placement (DESIGN.md §8)."""
+"""Ray actors and pools: rollout, reward and learner placement (docs/architecture.md §8)."""

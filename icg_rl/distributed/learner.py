@@ -1,5 +1,5 @@
-"""The LearnerGroup (DESIGN.md §1, §8): N actors in one torch.distributed group, each wrapping the trainable ICG
-parameters (+LoRA) in a DeepSpeed engine, running DDPO or reward backprop with the math of `rl/local.py`.
+"""The LearnerGroup (docs/architecture.md §1, §8): N actors in one torch.distributed group, each wrapping the
+trainable ICG parameters (+LoRA) in a DeepSpeed engine, running DDPO or reward backprop with the math of `rl/local.py`.
 
     group = LearnerGroup(cfg, user_ids, item_features, num_workers=2, num_cpus=0.5)
     metrics = group.update_ddpo(trajectory, advantages, iteration)     # rows split evenly over the ranks

@@ -1,4 +1,4 @@
-"""Where a run's actors go, and the check that they fit before any is created (DESIGN.md §8).
+"""Where a run's actors go, and the check that they fit before any is created (docs/architecture.md §8).
 
 Ray leaves an actor whose request exceeds the cluster pending forever, with no error. A run therefore adds up
 everything it will ask for — rollout actors, one pool per reward, learner ranks — and compares it with the

@@ -1,4 +1,5 @@
-"""Reward scoring on Ray (DESIGN.md §8): a plain `RewardWorker`, a pool of its actors per reward, and `check_fits`.
+"""Reward scoring on Ray (docs/architecture.md §8): a plain `RewardWorker`, a pool of its actors per reward, and
+`check_fits`.
 
     pool = RewardPool("aesthetic", cfg.reward, cfg.world.dir, num_workers=2, num_cpus=0.5)
     scores = pool.score(images_uint8, batch, chunk_size=16)   # np.ndarray [B] float32, rows in input order

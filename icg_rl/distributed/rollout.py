@@ -1,4 +1,5 @@
-"""Rollout actors (DESIGN.md §1, §8): hold the frozen models plus the current ICG weights, sample trajectories.
+"""Rollout actors (docs/architecture.md §1, §8): hold the frozen models plus the current ICG weights, sample
+trajectories.
 
     pool = RolloutPool(cfg, user_ids, item_features, num_workers=2, num_cpus=0.5)
     pool.set_weights(version, weights_ref)                      # from the learner, through the object store

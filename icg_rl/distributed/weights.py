@@ -1,4 +1,4 @@
-"""Weight sync (DESIGN.md §8): after each learner update, the trainable parameters only, versioned.
+"""Weight sync (docs/architecture.md §8): after each learner update, the trainable parameters only, versioned.
 
     arrays = trainable_arrays(pipe)                  # learner rank 0: {name: float ndarray}, a few MB at most
     ref = ray.put(arrays)                            # or the learner task's own return ref: no driver round trip

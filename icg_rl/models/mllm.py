@@ -1,4 +1,4 @@
-"""`MetaTokenEncoder`: K learnable meta tokens read out of a frozen image-text model (DESIGN.md §3).
+"""`MetaTokenEncoder`: K learnable meta tokens read out of a frozen image-text model (docs/architecture.md §3).
 
 Each item's prompt (its title, plus its reference image when it has one) is tokenised by the model's own processor;
 K meta-token embeddings are appended right after the row's prompt, the model runs on `inputs_embeds`, and the last

@@ -1,6 +1,6 @@
 """Who the user is: a user embedding from their id and/or recent history, and the refinement of meta features.
 
-User inputs (the one definition the preference model shares, DESIGN.md §6):
+User inputs (the one definition the preference model shares, docs/architecture.md §6):
 - `user_index`: position in the known-user vocabulary, 0 for unknown users;
 - `history`: features of the user's latest clicked items [B, H, f] with a mask [B, H] (items without features, or
   padding, are masked out).

@@ -10,7 +10,7 @@ checkpoint would):
     aesthetic/  LAION-layout aesthetic head (plain state dict `head.pth`) + config.json naming its CLIP
     judge/      the genre judge used to evaluate base samples (evaluation only)
 
-Sizes follow what trained well on 2 CPU cores (DESIGN.md §4): 32×32 covers, a ×4 VAE to 8×8×4 latents, a UNet
+Sizes follow what trained well on 2 CPU cores (docs/architecture.md §4): 32×32 covers, a ×4 VAE to 8×8×4 latents, a UNet
 that also sees a pooled text embedding (`addition_embed_type="text"`, computed inside the UNet from the same
 encoder states, so the stock StableDiffusionPipeline runs it unchanged).
 """

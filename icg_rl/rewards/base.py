@@ -1,4 +1,4 @@
-"""The reward interface (DESIGN.md §6) and its registry.
+"""The reward interface (docs/architecture.md §6) and its registry.
 
     reward.score(images, batch) -> Tensor[B]
 

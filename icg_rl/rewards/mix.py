@@ -1,4 +1,5 @@
-"""The reward mix (DESIGN.md §6): per-reward running normalisation, configurable weights, every component logged.
+"""The reward mix (docs/architecture.md §6): per-reward running normalisation, configurable weights, every
+component logged.
 
     total = Σ_r w_r · (s_r − mean_r) / (std_r + eps)        (normalize=True)
     total = Σ_r w_r · s_r                                    (normalize=False)

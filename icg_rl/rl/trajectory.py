@@ -1,4 +1,5 @@
-"""The Trajectory contract (DESIGN.md §7): what a rollout records so a learner can recompute and score every step.
+"""The Trajectory contract (docs/architecture.md §7): what a rollout records so a learner can recompute and score
+every step.
 
     latents        [B, T+1, C, h, w]   x_T … x_0 (the sampled chain)
     log_probs      [B, T]              log π_old(x_{t−1} | x_t) at sampling time

@@ -1,1 +1,2 @@
-"""Ray Serve application for personalized covers (DESIGN.md §9): `python -m icg_rl.serve --checkpoint PATH`."""
+"""Ray Serve application for personalized covers (docs/architecture.md §9): `python -m icg_rl.serve --checkpoint
+PATH`."""

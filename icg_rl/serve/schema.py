@@ -1,4 +1,5 @@
-"""The serving contract (DESIGN.md §9): application settings, request and response bodies, as pydantic models.
+"""The serving contract (docs/architecture.md §9): application settings, request and response bodies, as pydantic
+models.
 
 `ServeSettings` is what `configs/serve/*.yaml` passes as the application's `args` (the same YAML works for `serve run`,
 `serve deploy` and a KubeRay RayService). The request/response models are the API; FastAPI turns them into the

@@ -1,6 +1,6 @@
 """What CoverWorld's users click and what its public finds beautiful: the click model and the aesthetic truth.
 
-Click model (DESIGN.md §4), for user u, item i of genre g, cover x with features φ(x) (see features.py):
+Click model (docs/architecture.md §4), for user u, item i of genre g, cover x with features φ(x) (see features.py):
 
     logit = α · affinity_u[g]  −  β · mean_k (W_k (φ_k(x) − φ*_u,k))²  +  bias_i  +  c
     P(click) = σ(logit)

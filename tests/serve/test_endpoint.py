@@ -1,4 +1,5 @@
-"""The Serve endpoint over real HTTP on 127.0.0.1 (DESIGN.md §9): generation, user modes, limits, auth, schema."""
+"""The Serve endpoint over real HTTP on 127.0.0.1 (docs/architecture.md §9): generation, user modes, limits, auth,
+schema."""
 
 from __future__ import annotations
 
