@@ -150,6 +150,7 @@ class RayTrainer:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
+        from icg_rl.distributed.restarts import until_answering
         from icg_rl.distributed.reward import RewardPool
         from icg_rl.rl.trajectory import Trajectory
 
@@ -175,9 +176,10 @@ class RayTrainer:
                         self.rollout.grow(1)
                         while not self.rollout.admit():
                             time.sleep(0.5)
-                for pool in self.rewards.values():
-                    pool.ready()  # blocks until a restarting reward actor answers again
-                self.rollout.resync()  # a restarted rollout actor holds version 0 until it is given the weights
+                for name, pool in self.rewards.items():  # blocks until a restarting reward actor answers again
+                    until_answering(pool.ready, f"reward pool {name!r}")
+                # a restarted rollout actor holds version 0 until it is given the weights
+                until_answering(self.rollout.resync, "rollout pool")
                 pending = self.submit(pending["batch"], pending["iteration"])
         raise AssertionError("unreachable")
 
