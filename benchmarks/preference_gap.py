@@ -6,9 +6,9 @@ impressions. Rows change one thing at a time:
 
 - the world: the v2 default (users around a few shared taste personas, ~200 impressions each) or the sparse v1 world
   (`configs/worlds/sparse.yaml`: independent users, 60 impressions each);
-- the user tower: id + the latest 64 clicked covers + item bias (shipped), or the click history alone (amortised
-  inference, which pools evidence across users: what held-out users get), or the true persona (an upper bound on
-  what any user tower can know from a persona);
+- the user tower: the latest 64 clicked covers + item bias, user ids hidden (shipped: amortised inference, which
+  pools evidence across users and is what held-out users get), or ids trained beside the history (half the rows
+  hide them), or the true persona (an upper bound on what any user tower can know from a persona);
 - the image tower's input: the world CLIP's pooled embedding (shipped), or the **true** pixel features φ (+ φ² and the
   genre one-hot) that the click model uses — the upper bound of a perfect image encoder;
 - a correctly specified logistic model with known personas: the statistical ceiling of the click log itself.
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icg_rl.config import load_config
+from icg_rl.config import PreferenceConfig, load_config
 from icg_rl.data.history import cover_key, histories_before
 from icg_rl.metrics import roc_auc
 from icg_rl.preference.model import PreferenceModel
@@ -45,8 +45,8 @@ ROWS = [  # (label, config file (None = the v2 default), user tower, image input
     ("v2 world, shipped model (CLIP + genre tags, standardised)", None, "shipped", "clip"),
     ("v2 world, CLIP without genre tags", None, "shipped", "clip-notags"),
     ("v2 world, raw CLIP (no tags, not standardised)", None, "shipped", "clip-raw"),
-    ("v2 world, history only (held-out-user view)", None, "history", "clip"),
-    ("v2 world, history only, true φ", None, "history", "phi"),
+    ("v2 world, user ids beside the history", None, "ids", "clip"),
+    ("v2 world, true φ image input", None, "shipped", "phi"),
     ("v2 world, true persona as user, true φ", None, "persona", "phi"),
     ("v2 world, logistic on true φ with known personas", None, "logistic", "phi"),
 ]
@@ -100,8 +100,10 @@ class WorldRows:
 
 def fit_two_tower(rows: WorldRows, user_tower: str, image_kind: str, images: torch.Tensor, epochs: int,
                   seed: int) -> float:
-    """Test AUC at the best-validation epoch of the shipped model, trained like `icg_rl.preference`."""
+    """Test AUC at the best-validation epoch of the shipped model, trained like `icg_rl.preference` (its default
+    batch, peak learning rate, weight decay, cosine schedule and user-id dropout)."""
     torch.manual_seed(seed)
+    shipped = PreferenceConfig()
     users = sorted(set(rows.split("train")["user_id"]))
     tags = sorted({t for g in rows.tags.values() for t in g}) if image_kind == "clip" else []  # φ rows: one-hot
     model = PreferenceModel(users, rows.item_ids + rows.keys, images.shape[1], images.shape[1], item_bias=True,
@@ -135,19 +137,23 @@ def fit_two_tower(rows: WorldRows, user_tower: str, image_kind: str, images: tor
         with torch.no_grad():
             return roc_auc(logits(user, history, cover, item).numpy(), label.numpy() > 0.5)
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, weight_decay=1e-4)
-    dropout = {"shipped": 0.5, "history": 1.0, "persona": 0.0}[user_tower]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=shipped.lr,
+                                  weight_decay=shipped.weight_decay)
+    dropout = {"shipped": shipped.user_id_dropout, "history": 1.0, "ids": 0.5, "persona": 0.0}[user_tower]
     user, history, cover, item, label = data["train"]
+    batches = -(-len(label) // shipped.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * batches)
     best = (-1.0, 0.0)
     for _ in range(epochs):
         model.train()
-        for batch in torch.randperm(len(label)).split(256):
+        for batch in torch.randperm(len(label)).split(shipped.batch_size):
             hidden = torch.rand(len(batch)) < dropout
             loss = F.binary_cross_entropy_with_logits(
                 logits(user[batch].masked_fill(hidden, 0), history[batch], cover[batch], item[batch]), label[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
         model.eval()
         valid = auc("valid")
         if valid > best[0]:

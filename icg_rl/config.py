@@ -41,7 +41,7 @@ class WorldConfig(Section):
     image_size: Literal[32, 64] = Field(32, description="cover side length, pixels")
     num_users: int = Field(400, ge=4, description="users in the world, held-out users included")
     heldout_user_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of users kept out of training")
-    impressions_per_user: int = Field(200, ge=4, description="mean (item, variant) impressions logged per user")
+    impressions_per_user: int = Field(300, ge=4, description="mean (item, variant) impressions logged per user")
     impressions_spread: float = Field(0.6, ge=0.0, le=2.0, description="sigma of the log-normal spread of "
                                       "impressions per user (light and heavy users); 0 = every user the mean")
     valid_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="latest share of each user's log for validation")
@@ -132,8 +132,10 @@ class PreferenceConfig(Section):
     """The personalized preference model (two-tower, trained on click logs with Ray Train)."""
 
     epochs: int = Field(12, ge=1, description="passes over the training impressions")
-    batch_size: int = Field(256, ge=1, description="impressions per step, per training worker")
-    lr: float = Field(3e-3, gt=0.0, description="AdamW learning rate")
+    batch_size: int = Field(512, ge=1, description="impressions per step, per training worker")
+    lr: float = Field(5e-3, gt=0.0, description="AdamW learning rate (peak, with the cosine schedule)")
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="learning rate over the fit: cosine "
+                                                       "decay to 0 per batch, or constant")
     weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
     user_dim: int = Field(64, ge=4, description="width of the user tower's embedding (the ICG user encoder's)")
     hidden_dim: int = Field(64, ge=4, description="width of the interaction space of the two towers")

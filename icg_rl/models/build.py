@@ -31,7 +31,8 @@ from icg_rl.world.genres import genres_for, unique_titles
 from icg_rl.world.judge import GenreJudge, accuracy, train_judge
 
 MARKER = "build.json"
-FORMAT_VERSION = 3  # 2: deterministic BPE, alt-text captions for CLIP; 3: CLIP attribute-prompt curriculum
+FORMAT_VERSION = 4  # 2: deterministic BPE, alt-text captions for CLIP; 3: CLIP attribute-prompt curriculum;
+# 4: decile look words in the captions and prompts (world format 4)
 # Look attributes CLIP also trains on one at a time (pretrain.train_clip's curriculum; the first is bootstrapped):
 # composition, which captions never make necessary, and contrast, the colour feature captions carry least of.
 CLIP_ATTRIBUTES = ("composition", "contrast")

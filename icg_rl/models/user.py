@@ -52,10 +52,15 @@ class UserEncoder(nn.Module):
 
     def forward(self, user_index: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
         """user_index [B], history [B, H, f], history_mask [B, H] bool -> user embedding [B, user_dim]."""
+        return self.pool(user_index, self.history_proj(history), history_mask)
+
+    def pool(self, user_index: torch.Tensor, items: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
+        """`forward` after the history projection: items [B, H, user_dim] = `history_proj(history)`. A caller whose
+        history rows come from one item table can project the table once and gather (the preference model does:
+        ~3,000 covers instead of B × H rows per step)."""
         known = (user_index > 0).unsqueeze(-1)  # (B, 1)
         embedding = self.id_embedding(user_index)  # (B, D); row 0 is zero
-        if history.shape[1] > 0:
-            items = self.history_proj(history)  # (B, H, D)
+        if items.shape[1] > 0:
             scores = self.history_score(torch.tanh(items)).squeeze(-1)  # (B, H)
             scores = scores.masked_fill(~history_mask, float("-inf"))
             has_history = history_mask.any(dim=1, keepdim=True)  # (B, 1)

@@ -79,7 +79,8 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     log.info("impressions: %s", {s: len(r) for s, r in splits.items()})
     log.info("Ray: %s", connect(cfg.ray.address, cfg.ray.num_cpus))
     fit_start = time.perf_counter()
-    model, history = fit(model_args, item_features, item_tags, arrays["train"], arrays["valid"], p, out / "ray_train")
+    model, history = fit(model_args, item_features, item_tags, arrays["train"], arrays["valid"], p, out / "ray_train",
+                         threads=cfg.ray.threads_per_worker)
     train_seconds = time.perf_counter() - fit_start
     clip_ref = os.path.relpath(clip_dir.resolve(), (out / "model").resolve())  # the folder moves with its world
     world_hash = section_hash(cfg.world) if cfg.data.kind == "coverworld" else None  # which click log it learned

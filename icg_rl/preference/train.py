@@ -70,6 +70,11 @@ def train_loop_per_worker(config: dict) -> None:
     model.set_item_features(torch.as_tensor(config["item_features"]), config["item_tags"])
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    # cosine decay to 0 over the run, stepped per batch: the last epochs average out SGD noise (a constant lr left
+    # validation AUC swinging by ~0.01 between epochs; the cosine fit is 0.004-0.005 closer to the oracle)
+    total_steps = config["epochs"] * config["steps_per_epoch"]
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+                if config["lr_schedule"] == "cosine" else None)
     shard = ray.train.get_dataset_shard("train")
     generator = torch.Generator().manual_seed(config["seed"] + ray.train.get_context().get_world_rank())
     for epoch in range(config["epochs"]):
@@ -86,6 +91,8 @@ def train_loop_per_worker(config: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if schedule is not None and schedule.last_epoch < schedule.T_max:
+                schedule.step()
             losses.append(float(loss.detach()))
         inner = model.module if hasattr(model, "module") else model
         valid_auc = roc_auc(predict(inner, config["valid"]), config["valid"]["label"] > 0.5)
@@ -99,21 +106,27 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def fit(model_args: dict, item_features: torch.Tensor, item_tags: dict[str, list[str]], train: dict, valid: dict,
-        pref_cfg, storage: Path):
-    """Run the TorchTrainer; returns the model restored from the best-validation checkpoint and the history."""
+        pref_cfg, storage: Path, threads: int | None = None):
+    """Run the TorchTrainer; returns the model restored from the best-validation checkpoint and the history.
+    `threads`: torch threads per worker (`ray.threads_per_worker`; None = its CPUs)."""
     import ray.data
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     shutil.rmtree(storage / "preference", ignore_errors=True)  # a new fit never resumes a stale run's checkpoints
-    dataset = ray.data.from_items([{k: v[i] for k, v in train.items()} for i in range(len(train["label"]))])
+    # the log is grouped by user: shuffle it once here, so that the workers' local shuffle buffers (a few thousand
+    # rows) mix users rather than walking through them one block of users at a time
+    order = np.random.default_rng(pref_cfg.seed).permutation(len(train["label"]))
+    dataset = ray.data.from_items([{k: v[i] for k, v in train.items()} for i in order])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model_args": model_args, "item_features": item_features.numpy(), "item_tags": item_tags,
                            "valid": valid,
                            "epochs": pref_cfg.epochs, "batch_size": pref_cfg.batch_size, "lr": pref_cfg.lr,
                            "weight_decay": pref_cfg.weight_decay, "seed": pref_cfg.seed,
-                           "threads": pref_cfg.cpus_per_worker, "user_id_dropout": pref_cfg.user_id_dropout},
+                           "lr_schedule": pref_cfg.lr_schedule,
+                           "steps_per_epoch": -(-len(order) // (pref_cfg.num_workers * pref_cfg.batch_size)),
+                           "threads": threads or pref_cfg.cpus_per_worker, "user_id_dropout": pref_cfg.user_id_dropout},
         scaling_config=ScalingConfig(num_workers=pref_cfg.num_workers, use_gpu=False,
                                      resources_per_worker={"CPU": pref_cfg.cpus_per_worker}),
         datasets={"train": dataset},

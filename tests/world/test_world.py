@@ -177,3 +177,20 @@ def test_a_rebuilt_world_rewrites_its_summary(tmp_path):
         cfg = load_config(MICRO_CONFIG, [f"world.dir={tmp_path}", f"world.num_users={users}"])
         build(cfg, tmp_path, models=False, progress=False)
         assert json.loads((tmp_path / "summary.json").read_text())["world"]["users"] == users
+
+
+def test_look_words_name_each_feature_by_its_decile_in_order():
+    from icg_rl.world.features import FEATURE_NAMES, LOOK_WORDS, describe_looks
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(1000, len(FEATURE_NAMES)))
+    words = np.array([look.split() for look in describe_looks(features, np.zeros(len(features)))])  # (N, 5)
+    for k in range(len(FEATURE_NAMES)):
+        assert len(LOOK_WORDS[k]) == 10 and set(words[:, k]) == set(LOOK_WORDS[k])  # deciles: every word used
+        level = np.array([LOOK_WORDS[k].index(w) for w in words[:, k]])
+        assert (np.bincount(level) == 100).all()  # equal shares
+        # the words are ordered: a higher word never has a lower value than the one below it
+        order = np.argsort(features[:, k])
+        assert (np.diff(level[order]) >= 0).all()
+    all_words = [w for ws in LOOK_WORDS for w in ws]
+    assert len(set(all_words)) == len(all_words)  # a word names one feature (clip_texts relies on it)
