@@ -4,7 +4,7 @@ Each row trains the shipped `PreferenceModel` (two towers, same loss and optimis
 plain torch loop on one world and one choice of inputs, and reports its test AUC beside the oracle's AUC on the same
 impressions. Rows change one thing at a time:
 
-- the world: the v2 default (users around a few shared taste personas, ~200 impressions each) or the sparse v1 world
+- the world: the v2 default (users around a few shared taste personas, ~300 impressions each) or the sparse v1 world
   (`configs/worlds/sparse.yaml`: independent users, 60 impressions each);
 - the user tower: the latest 64 clicked covers + item bias, user ids hidden (shipped: amortised inference, which
   pools evidence across users and is what held-out users get), or ids trained beside the history (half the rows
@@ -16,7 +16,7 @@ impressions. Rows change one thing at a time:
 The true features and personas come from the world's hidden truth: this is evaluation tooling, never a model input
 in the product. No Ray here (the fit is the same math; Ray Train's overhead is measured by `icg_rl.preference`).
 
-    python benchmarks/preference_gap.py            # ~6 minutes on 2 cores (after `python -m icg_rl.world build`)
+    python benchmarks/preference_gap.py            # ~7 minutes on 2 cores (after `python -m icg_rl.world build`)
 """
 
 from __future__ import annotations

@@ -134,8 +134,7 @@ class PreferenceConfig(Section):
     epochs: int = Field(12, ge=1, description="passes over the training impressions")
     batch_size: int = Field(512, ge=1, description="impressions per step, per training worker")
     lr: float = Field(5e-3, gt=0.0, description="AdamW learning rate (peak, with the cosine schedule)")
-    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="learning rate over the fit: cosine "
-                                                       "decay to 0 per batch, or constant")
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="cosine decay to 0 per batch, or constant")
     weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
     user_dim: int = Field(64, ge=4, description="width of the user tower's embedding (the ICG user encoder's)")
     hidden_dim: int = Field(64, ge=4, description="width of the interaction space of the two towers")
