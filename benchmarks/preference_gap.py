@@ -6,9 +6,10 @@ impressions. Rows change one thing at a time:
 
 - the world: the v2 default (users around a few shared taste personas, ~300 impressions each) or the sparse v1 world
   (`configs/worlds/sparse.yaml`: independent users, 60 impressions each);
-- the user tower: the latest 64 clicked covers + item bias, user ids hidden (shipped: amortised inference, which
-  pools evidence across users and is what held-out users get), or ids trained beside the history (half the rows
-  hide them), or the true persona (an upper bound on what any user tower can know from a persona);
+- the user tower: the latest `data.history_len` clicked covers (128) + item bias, user ids hidden (shipped:
+  amortised inference, which pools evidence across users and is what held-out users get), or ids trained beside
+  the history (half the rows hide them), or the true persona (an upper bound on what any user tower can know from
+  a persona);
 - the image tower's input: the world CLIP's pooled embedding (shipped), or the **true** pixel features φ (+ φ² and the
   genre one-hot) that the click model uses — the upper bound of a perfect image encoder;
 - a correctly specified logistic model with known personas: the statistical ceiling of the click log itself.

@@ -91,6 +91,7 @@ def evaluate(cfg, checkpoint: Path, out: Path, progress: bool = True) -> dict:
         with steps("CoverWorld oracle: CTR, A/B test, aesthetic"):
             oracle_metrics, ab_test = suite.oracle_by_arm(cfg, arms, batch)
             intervals |= oracle_metrics
+            metrics |= suite.taste_by_arm(cfg, arms, batch)
     with steps("downstream recommendation"):
         downstream = suite.downstream_by_arm(cfg, data, pipe, rewards, sampling)
     for name, per_arm in intervals.items():

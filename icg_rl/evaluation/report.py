@@ -23,6 +23,8 @@ ABOUT = {
     "judge": "MLLM judge, 1–5",
     "oracle_ctr": "CoverWorld: true P(click) of the pair's cover",
     "oracle_aesthetic": "CoverWorld: true aesthetic, 1–10",
+    **{f"taste_corr_{k}": f"CoverWorld: corr(cover {k}, user's true ideal {k}) over pairs; 0 = ignores the user"
+       for k in ("brightness", "warmth", "saturation", "contrast", "composition")},
     "downstream_auc": "CTR model fed the arm's covers: AUC on test impressions",
     "downstream_ndcg@10": "CTR model fed the arm's covers: NDCG@10 per user",
 }

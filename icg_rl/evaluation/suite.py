@@ -153,6 +153,15 @@ def oracle_by_arm(cfg, arms: dict, batch: dict) -> tuple[dict, dict]:
     return metrics, simulated_ab_test(probs, e.ab_impressions_per_pair, cfg.train.seed, control="reference")
 
 
+def taste_by_arm(cfg, arms: dict, batch: dict) -> dict:
+    """Per look dimension: correlation of the arm's covers with the users' true ideal looks (evaluation only)."""
+    from icg_rl.evaluation.world_reference import taste_correlation
+
+    per_arm = {arm: taste_correlation(cfg.world.dir, list(batch["user_id"]), images) for arm, images in arms.items()}
+    names = next(iter(per_arm.values())).keys()
+    return {name.removeprefix("oracle/"): {arm: values[name] for arm, values in per_arm.items()} for name in names}
+
+
 def downstream_by_arm(cfg, data, pipe, rewards: dict, sampling: dict) -> dict:
     """Train the CTR model on the train split's logged covers; rank whole users' test impressions with each arm."""
     import torch

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from icg_rl.metrics import roc_auc
+from icg_rl.world.features import FEATURE_NAMES, image_features
 from icg_rl.world.oracle import Oracle
 
 
@@ -28,3 +29,18 @@ def oracle_ctr(world_dir, user_ids, item_ids, images: np.ndarray) -> dict[str, f
         "oracle/ctr_best_variant": float(oracle.best_variant_ctr(user_ids, item_ids).mean()),
         "oracle/aesthetic_generated": float(oracle.aesthetic(images).mean()),
     }
+
+
+def taste_correlation(world_dir, user_ids, images: np.ndarray) -> dict[str, float]:
+    """Does the cover follow the user's taste? Per look dimension k, the Pearson correlation over (user, item) pairs
+    between φ_k of the generated cover and the user's true ideal φ*_k. A policy that ignores the user scores ~0
+    (its covers vary with the item only); 1 means the cover's look tracks the user exactly. NaN when either side
+    is constant (e.g. a single user)."""
+    generated = image_features(images)  # (N, 5)
+    ideal = Oracle(world_dir).ideal_points(user_ids)  # (N, 5)
+    out = {}
+    for k, name in enumerate(FEATURE_NAMES):
+        a, b = generated[:, k] - generated[:, k].mean(), ideal[:, k] - ideal[:, k].mean()
+        denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
+        out[f"oracle/taste_corr_{name}"] = float((a * b).sum() / denominator) if denominator > 1e-12 else float("nan")
+    return out

@@ -107,7 +107,7 @@ def _trim_padding(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
 
 def train_vae(vae, images, steps, batch_size, lr, generator, progress=True, kl_weight=1e-6) -> dict:
     vae.train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, fused=True)  # one kernel per step: ~8% of a CPU step
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     for _ in _bar(steps, "vae", progress):
         x = images[torch.randint(len(images), (batch_size,), generator=generator)] * 2 - 1  # [-1, 1]
@@ -155,7 +155,7 @@ def train_unet(unet, latent_mean, latent_std, text_states, uncond_state, steps, 
     """text_states [N, L, D] per image; uncond_state [1, L, D] (the "" prompt) for condition dropout."""
     unet.train()
     noise_scheduler = train_noise_scheduler()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-4, fused=True)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))

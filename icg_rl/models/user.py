@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from icg_rl.data.history import lookup_key
@@ -55,21 +56,41 @@ class UserEncoder(nn.Module):
         return self.pool(user_index, self.history_proj(history), history_mask)
 
     def pool(self, user_index: torch.Tensor, items: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
-        """`forward` after the history projection: items [B, H, user_dim] = `history_proj(history)`. A caller whose
-        history rows come from one item table can project the table once and gather (the preference model does:
-        ~3,000 covers instead of B × H rows per step)."""
-        known = (user_index > 0).unsqueeze(-1)  # (B, 1)
+        """`forward` after the history projection: items [B, H, user_dim] = `history_proj(history)`."""
+        if items.shape[1] == 0:
+            return self._with_id(user_index, None, torch.zeros_like(history_mask[:, :1]))
+        scores = self.history_score(torch.tanh(items)).squeeze(-1)  # (B, H)
+        weights, has_history = self._attention(scores, history_mask)
+        pooled = (weights.unsqueeze(-1) * items).sum(dim=1)  # sum over H: (B, D)
+        return self._with_id(user_index, pooled, has_history)
+
+    def pool_table(self, user_index: torch.Tensor, table: torch.Tensor, history_index: torch.Tensor) -> torch.Tensor:
+        """`pool` for histories that are rows of one item table: table [N, user_dim] = `history_proj(item table)`,
+        history_index [B, H] rows of it (0: padding). The same numbers as `pool(user_index, table[history_index],
+        history_index > 0)`, as one weighted `embedding_bag`: gathering B × H × D rows and summing them back in the
+        backward pass cost ~2/3 of a preference-model step (30 -> 8.6 ms at B=512, H=64, ~2,900 covers)."""
+        history_mask = history_index > 0
+        if history_index.shape[1] == 0:
+            return self._with_id(user_index, None, torch.zeros_like(history_mask[:, :1]))
+        table_scores = self.history_score(torch.tanh(table)).squeeze(-1)  # (N,): one score per table row
+        weights, has_history = self._attention(table_scores[history_index], history_mask)  # (B, H)
+        pooled = F.embedding_bag(history_index, table, per_sample_weights=weights, mode="sum")  # (B, D)
+        return self._with_id(user_index, pooled, has_history)
+
+    @staticmethod
+    def _attention(scores: torch.Tensor, history_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """scores [B, H] -> softmax weights over each row's real history items (0 on padding; all 0 for a row with
+        no history) and has_history [B, 1]."""
+        has_history = history_mask.any(dim=1, keepdim=True)  # (B, 1)
+        scores = scores.masked_fill(~history_mask, float("-inf")).masked_fill(~has_history, 0.0)  # all-masked safe
+        return torch.softmax(scores, dim=1) * history_mask, has_history
+
+    def _with_id(self, user_index: torch.Tensor, pooled: torch.Tensor | None, has_history: torch.Tensor):
+        """id embedding + pooled history; the population embedding for users with neither (cold start)."""
         embedding = self.id_embedding(user_index)  # (B, D); row 0 is zero
-        if items.shape[1] > 0:
-            scores = self.history_score(torch.tanh(items)).squeeze(-1)  # (B, H)
-            scores = scores.masked_fill(~history_mask, float("-inf"))
-            has_history = history_mask.any(dim=1, keepdim=True)  # (B, 1)
-            weights = torch.softmax(scores.masked_fill(~has_history, 0.0), dim=1)  # (B, H); all-masked rows safe
-            pooled = (weights.unsqueeze(-1) * items * history_mask.unsqueeze(-1)).sum(dim=1)  # sum over H: (B, D)
+        if pooled is not None:
             embedding = embedding + pooled
-        else:
-            has_history = torch.zeros_like(known)
-        cold = ~(known | has_history)  # (B, 1): neither an id nor a history
+        cold = ~((user_index > 0).unsqueeze(-1) | has_history)  # (B, 1): neither an id nor a history
         return torch.where(cold, self.population.expand_as(embedding), embedding)
 
 

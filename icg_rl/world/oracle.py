@@ -48,6 +48,14 @@ class Oracle:
         affinity = self._affinity.loc[user_ids].to_numpy()[np.arange(len(user_ids)), genre]
         return affinity, self._ideal.loc[user_ids].to_numpy(), self._items.loc[item_ids, "bias"].to_numpy()
 
+    def ideal_points(self, user_ids) -> np.ndarray:
+        """The users' hidden ideal looks φ*: (N, 5), in features.FEATURE_NAMES order."""
+        user_ids = list(map(str, user_ids))
+        unknown = sorted(set(user_ids) - set(self._ideal.index))[:3]
+        if unknown:
+            raise KeyError(f"oracle: unknown user id(s) {unknown}")
+        return self._ideal.loc[user_ids].to_numpy()
+
     def click_prob_from_features(self, user_ids, item_ids, features: np.ndarray) -> np.ndarray:
         affinity, ideal, bias = self._lookup(user_ids, item_ids)
         return self.click_model.prob(affinity, np.asarray(features), ideal, bias)

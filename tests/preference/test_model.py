@@ -49,3 +49,24 @@ def test_a_model_saved_without_tags_or_statistics_still_loads():
 def test_known_users_start_as_their_history():
     m = model(standardize=True)
     assert torch.count_nonzero(m.user_encoder.id_embedding.weight) == 0  # ids learn a deviation, from zero
+
+
+def test_pooling_rows_of_the_item_table_matches_pooling_gathered_rows():
+    """`pool_table` (one weighted embedding_bag) is `pool` on the gathered rows: values and gradients, including
+    padding, a user with no history (the population embedding) and a known id."""
+    torch.manual_seed(0)
+    m = model()
+    encoder = m.user_encoder
+    table = torch.randn(len(ITEMS) + 1, 8, requires_grad=True)
+    history = torch.tensor([[1, 4, 2, 0], [0, 0, 0, 0], [5, 5, 3, 1]])  # padding, no history, a repeated cover
+    users = torch.tensor([0, 0, 2])
+    with torch.no_grad():
+        encoder.id_embedding.weight.normal_()
+    fast = encoder.pool_table(users, table, history)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), table)
+    slow = encoder.pool(users, table[history], history > 0)
+    (grad_slow,) = torch.autograd.grad(slow.square().sum(), table)
+    torch.testing.assert_close(fast, slow)
+    torch.testing.assert_close(grad_fast, grad_slow)
+    torch.testing.assert_close(fast[1], encoder.population.detach() * 1.0)  # cold start: the population
+    assert grad_fast[5].abs().sum() > 0 and grad_fast[0].abs().sum() == 0  # padding row 0 gets no gradient

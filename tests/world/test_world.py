@@ -194,3 +194,44 @@ def test_look_words_name_each_feature_by_its_decile_in_order():
         assert (np.diff(level[order]) >= 0).all()
     all_words = [w for ws in LOOK_WORDS for w in ws]
     assert len(set(all_words)) == len(all_words)  # a word names one feature (clip_texts relies on it)
+
+
+def test_taste_correlation_sees_covers_that_follow_the_user(micro_world):
+    """Grey covers whose level is each user's ideal brightness correlate ~1 on brightness; one grey for everybody
+    has no correlation to measure (NaN), and the covers' other looks say nothing either."""
+    from icg_rl.evaluation.world_reference import taste_correlation
+
+    cfg, _ = micro_world
+    oracle = Oracle(cfg.world.dir)
+    users = list(oracle._ideal.index[:12])
+    ideal = oracle.ideal_points(users)  # (12, 5)
+    level = np.clip(ideal[:, 0], 0.05, 0.95)  # brightness of a grey image is its level
+    following = np.broadcast_to(level[:, None, None, None], (len(users), 8, 8, 3)).astype(np.float32)
+    corr = taste_correlation(cfg.world.dir, users, (following * 255).round().astype(np.uint8))
+    assert corr["oracle/taste_corr_brightness"] > 0.95
+    assert np.isnan(corr["oracle/taste_corr_warmth"])  # grey: warmth 0 for all, nothing to correlate
+    same = np.full((len(users), 8, 8, 3), 128, dtype=np.uint8)
+    assert np.isnan(taste_correlation(cfg.world.dir, users, same)["oracle/taste_corr_brightness"])
+    with pytest.raises(KeyError, match="unknown user"):
+        oracle.ideal_points(["nobody"])
+
+
+def test_gold_reward_is_the_oracle_in_torch(micro_world):
+    """The benchmark-only gold reward gives the oracle's click probability of stored covers, with a gradient."""
+    import torch
+
+    from icg_rl.data.coverworld import load_coverworld
+    from icg_rl.evaluation.gold import GoldReward
+    from icg_rl.io import read_image
+
+    cfg, _ = micro_world
+    data = load_coverworld(cfg.world.dir)
+    variants = data.variants.head(6)
+    users = list(data.users["user_id"][:6])
+    images = np.stack([read_image(Path(cfg.world.dir) / p) for p in variants["image_path"]])  # (6, H, W, 3)
+    truth = Oracle(cfg.world.dir).click_prob(users, list(variants["item_id"]), images)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).requires_grad_(True)
+    gold = GoldReward(cfg.world.dir).score(pixels, {"user_id": users, "item_id": list(variants["item_id"])})
+    np.testing.assert_allclose(gold.detach().numpy(), truth, atol=1e-4)
+    (grad,) = torch.autograd.grad(gold.sum(), pixels)
+    assert grad.abs().sum() > 0
