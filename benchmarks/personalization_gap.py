@@ -48,7 +48,9 @@ def held_out_scores(trainer: LocalTrainer, batch: dict, proxy, clip_t) -> dict[s
         if arm == "icg":
             pixels = to_float_images(trajectory.images, "evaluation")
             out["proxy"] = float(proxy.score(pixels, batch).mean())
-            out["clip_t"] = float(clip_t.score(pixels, batch).mean()) if clip_t is not None else float("nan")
+            out["clip_t"] = float(clip_t.score(pixels, batch).mean())
+            references = to_float_images(np.asarray(batch["reference_image"]), "evaluation")
+            out["clip_t_reference"] = float(clip_t.score(references, batch).mean())
             out["ctr_reference"], out["ctr_best_variant"] = truth["oracle/ctr_reference"], truth[
                 "oracle/ctr_best_variant"]
             taste = taste_correlation(trainer.cfg.world.dir, batch["user_id"], trajectory.images)
@@ -134,12 +136,13 @@ def main() -> None:
     atomic_write_json(out / "personalization_gap.json", {"config": args.overrides, "curves": curves})
     plot(curves, out / "personalization_gap.png")
     print(f"\n{'reward':<8}{'gold CTR':>10}{'zeroed':>10}{'×zeroed':>9}{'reference':>11}{'best var.':>11}"
-          f"{'proxy':>8}{'CLIP-T':>8}")
+          f"{'proxy':>8}{'CLIP-T':>8}{'/ ref.':>8}")
     for reward, curve in curves.items():
         last = curve[-1]
         print(f"{reward:<8}{last['gold_ctr_icg']:>10.4f}{last['gold_ctr_user_zeroed']:>10.4f}"
               f"{last['gold_ctr_icg'] / last['gold_ctr_user_zeroed']:>9.3f}{last['ctr_reference']:>11.4f}"
-              f"{last['ctr_best_variant']:>11.4f}{last['proxy']:>8.4f}{last['clip_t']:>8.3f}")
+              f"{last['ctr_best_variant']:>11.4f}{last['proxy']:>8.4f}{last['clip_t']:>8.3f}"
+              f"{last['clip_t'] / last['clip_t_reference']:>8.3f}")
     print(f"(written to {out}/personalization_gap.json and .png)")
 
 

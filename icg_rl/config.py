@@ -126,6 +126,9 @@ class RewardConfig(Section):
         description="weight of each reward in the mix",
     )
     normalize: bool = Field(True, description="running mean/std normalisation per reward before mixing")
+    floors: dict[Literal["aesthetic", "clip_t", "clip_i", "pickscore"], float] = Field(
+        default_factory=dict, description="rewards held as a floor, not climbed: a cover costs its weight × its "
+        "shortfall below floor × the reference cover's score (rewards/mix.py); e.g. {clip_t: 0.95}")
 
 
 class PreferenceConfig(Section):

@@ -73,7 +73,7 @@ class RayTrainer:
         self.rollout.ready()
         for pool in self.rewards.values():
             pool.ready()
-        self.mixer = RewardMixer(self.weights, normalize=cfg.reward.normalize)
+        self.mixer = RewardMixer(self.weights, normalize=cfg.reward.normalize, floors=cfg.reward.floors)
         self.tracker = PerKeyStatTracker()
         self.iteration, self.epoch, self.batch_in_epoch, self.version = 0, 0, 0, 0
         self.pending, self.position = None, None  # async: the next iteration's rollouts in flight
@@ -90,6 +90,7 @@ class RayTrainer:
 
     # ------------------------------------------------------------------------------------------ one iteration
     def step(self) -> dict[str, float]:
+        from icg_rl.distributed.reward import pool_reference_scores
         from icg_rl.rl.advantages import group_advantages
 
         algo, t = self.cfg.algo, {}
@@ -105,9 +106,11 @@ class RayTrainer:
             self.position = (self.epoch, self.batch_in_epoch)  # what a checkpoint records: next batch unsampled
             self.pending = self.submit(next(self._batches), self.iteration + 1)
         elif algo.name == "ddpo":
-            trajectory, scores = self.finish(self.submit(batch, self.iteration), t)
+            pending = self.submit(batch, self.iteration)
+            trajectory, scores = self.finish(pending, t)
         if algo.name == "ddpo":
-            total, metrics = self.mixer(scores)
+            reference = pool_reference_scores(self.rewards, self.mixer.floors, pending["batch"])  # floored rewards
+            total, metrics = self.mixer(scores, reference_scores=reference)
             metrics["stats/policy_lag"] = float(self.version - trajectory.policy_version)
             advantages, adv_stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker)
             metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}

@@ -120,7 +120,8 @@ class LearnerWorker:
         self.rewards = {n: build_reward(n, self.cfg.reward, self.cfg.world.dir).to(self.pipe.device)
                         for n in weights}
         check_differentiable(self.rewards, weights)
-        self.mixer = RewardMixer(weights, normalize=self.cfg.reward.normalize)
+        self.mixer = RewardMixer(weights, normalize=self.cfg.reward.normalize,
+                                 floors=self.cfg.reward.floors)
 
     def _step(self, surrogate: torch.Tensor) -> float:
         self.engine.backward(surrogate)

@@ -180,3 +180,17 @@ def _rows(value, lo: int, hi: int):
     if isinstance(value, torch.Tensor):
         return value[lo:hi].clone()
     return value[lo:hi]
+
+
+def pool_reference_scores(pools: dict, floors: dict, batch: dict) -> dict[str, torch.Tensor]:
+    """The floored rewards' scores of each row's reference cover, by the reward pools (NaN for items without one):
+    the pool-side twin of `rl/backprop.py::reference_scores`, for the policy-gradient path."""
+    if not floors:
+        return {}
+    from icg_rl.distributed.rollout import REWARD_INPUTS
+
+    images = np.asarray(batch["reference_image"])
+    inputs = {k: batch[k] for k in REWARD_INPUTS if k in batch}
+    missing = ~torch.as_tensor(np.asarray(batch.get("has_reference", np.ones(len(images), bool)), dtype=bool))
+    return {name: torch.from_numpy(RewardPool.gather(pools[name].score_async(images, inputs)))
+            .masked_fill(missing, float("nan")) for name in floors}

@@ -4,6 +4,16 @@ component logged.
     total = Σ_r w_r · (s_r − mean_r) / (std_r + eps)        (normalize=True)
     total = Σ_r w_r · s_r                                    (normalize=False)
 
+A reward with a *floor* f is a constraint, not a term to climb: it costs only where a cover falls below f times
+the score of its item's reference cover, s_ref, and is worth nothing above it:
+
+    term_r = − w_r · max(0, f · s_ref − s_r) / (std_r + eps)
+
+Why: relevance and the personal reward pull in different directions, and a weighted sum of normalised rewards lets
+the stronger gradient win everywhere. With relevance as a weighted term, the oracle's own click probability at
+weight 2 gained no personalization at all (issue 18); as a floor, relevance only pushes back on the covers that
+drift off-title, and the personal reward moves the rest.
+
 Rewards live on different scales (an aesthetic score of ~5, a CLIP similarity of ~0.3, a click probability in
 [0, 1]), so a fixed weight only means something after each reward is put on a common scale. mean_r / std_r are
 running statistics over every batch seen so far, updated with the current batch before it is normalised, so the
@@ -79,7 +89,8 @@ class RewardMixer:
     (a penalty); the mixer's statistics are its whole state, so `state_dict` is what a checkpoint needs.
     """
 
-    def __init__(self, weights: dict[str, float], normalize: bool = True, eps: float = 1e-6):
+    def __init__(self, weights: dict[str, float], normalize: bool = True, eps: float = 1e-6,
+                 floors: dict[str, float] | None = None):
         if not weights:
             raise ValueError("reward.weights: empty; give at least one reward with a non-zero weight")
         for name, w in weights.items():
@@ -93,13 +104,21 @@ class RewardMixer:
         self.normalize = normalize
         self.eps = eps
         self.mixed = [name for name, w in self.weights.items() if w != 0.0]  # in the weights' order
+        self.floors = {name: float(f) for name, f in (floors or {}).items()}
+        unweighted = sorted(set(self.floors) - set(self.mixed))
+        if unweighted:
+            raise ValueError(f"reward.floors: {unweighted} have no non-zero weight in reward.weights "
+                             f"({self.weights}); a floor's weight is the price of falling below it")
         self.stats = {name: RunningStats() for name in self.mixed}
 
-    def __call__(self, scores: dict[str, torch.Tensor], update: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, scores: dict[str, torch.Tensor], update: bool = True,
+                 reference_scores: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """scores {name: Tensor[B]} -> (total Tensor[B], metrics {"reward/<name>": ..., "reward/total": ...}).
 
         With `update=False` (evaluation) the running statistics are used but not changed. Gradients flow through
         the normalisation (mean and std are constants), so differentiable rewards stay differentiable.
+        `reference_scores` {name: Tensor[B]}: each floored reward's score of the rows' reference covers (NaN where
+        an item has none: no floor there).
         """
         self._check_scores(scores)
         metrics: dict[str, float] = {}
@@ -108,11 +127,14 @@ class RewardMixer:
             self.update(scores)
         for name in self.mixed:
             s = scores[name]
-            norm = self._normalise(name, s)
-            term = self.weights[name] * norm
+            if name in self.floors:
+                term = -self.weights[name] * self._shortfall(name, s, reference_scores, metrics)
+            else:
+                norm = self._normalise(name, s)
+                term = self.weights[name] * norm
+                metrics[f"reward/{name}_norm"] = float(norm.detach().mean())
             total = term if total is None else total + term
             metrics.update(_describe(name, s))
-            metrics[f"reward/{name}_norm"] = float(norm.detach().mean())
         for name in scores:
             if name not in self.stats:  # zero weight or no weight: logged, not mixed
                 metrics.update(_describe(name, scores[name]))
@@ -139,6 +161,20 @@ class RewardMixer:
             sizes[name] = s.shape[0]
         if len(set(sizes.values())) > 1:
             raise ValueError(f"rewards scored different batch sizes: {sizes}; every reward scores the same batch")
+
+    def _shortfall(self, name: str, s: torch.Tensor, reference_scores: dict | None, metrics: dict) -> torch.Tensor:
+        """max(0, f · s_ref − s) per row, in units of the reward's running std (raw units without normalisation)."""
+        reference = (reference_scores or {}).get(name)
+        if reference is None or reference.shape != s.shape:
+            raise KeyError(f"reward {name!r} has a floor ({self.floors[name]} × the reference cover's score) but no "
+                           f"reference scores of shape {tuple(s.shape)}; got "
+                           f"{None if reference is None else tuple(reference.shape)}")
+        floor = self.floors[name] * reference.detach().to(s.dtype)
+        shortfall = torch.nan_to_num(torch.relu(floor - s), nan=0.0)  # an item without a reference: no floor
+        metrics[f"reward/{name}_below_floor"] = float((shortfall.detach() > 0).float().mean())
+        if self.normalize:
+            shortfall = shortfall / (self.stats[name].std + self.eps)
+        return shortfall
 
     def _normalise(self, name: str, s: torch.Tensor) -> torch.Tensor:
         if not self.normalize:

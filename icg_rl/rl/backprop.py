@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.checkpoint import checkpoint
@@ -22,6 +23,19 @@ def check_differentiable(rewards: dict, weights: dict[str, float]) -> None:
     if bad:
         raise ValueError(f"algo.name=backprop needs differentiable rewards, but reward.weights gives weight to "
                          f"{bad}; set their weight to 0 or use algo.name=ddpo")
+
+
+@torch.no_grad()
+def reference_scores(rewards: dict, floors: dict, batch: dict) -> dict[str, torch.Tensor]:
+    """The floored rewards' scores of each row's reference cover (NaN for items without one): what a generated
+    cover must keep a share of (rewards/mix.py)."""
+    if not floors:
+        return {}
+    from icg_rl.distributed.reward import to_float_images
+
+    pixels = to_float_images(np.asarray(batch["reference_image"]), "reference covers")
+    missing = ~torch.as_tensor(np.asarray(batch.get("has_reference", np.ones(len(pixels), bool)), dtype=bool))
+    return {name: rewards[name].score(pixels, batch).masked_fill(missing, float("nan")) for name in floors}
 
 
 def backprop_loss(pipe, batch: dict, rewards: dict, mixer, algo, generator: torch.Generator, noise_generators=None,
@@ -58,11 +72,12 @@ def backprop_loss(pipe, batch: dict, rewards: dict, mixer, algo, generator: torc
             latents = scheduler.step(noise, t, latents, eta=algo.eta, generator=noise_generators).prev_sample
     images = decode(pipe, latents)  # (B, 3, H, W), with grad through the last K steps
     scores = {name: reward.score(images, batch) for name, reward in rewards.items()}
+    reference = reference_scores(rewards, mixer.floors, batch)
     if gather_scores is not None:
         mixer.update(gather_scores({n: s.detach() for n, s in scores.items()}))
-        total, metrics = mixer(scores, update=False)
+        total, metrics = mixer(scores, update=False, reference_scores=reference)
     else:
-        total, metrics = mixer(scores)
+        total, metrics = mixer(scores, reference_scores=reference)
     loss = -total.mean()  # ascend the mixed reward
     metrics["loss/backprop"] = float(loss.detach())
     metrics["stats/backprop_steps"] = k

@@ -25,7 +25,7 @@ from icg_rl.models.pipeline import pipeline_from_config
 from icg_rl.rewards.base import build_reward
 from icg_rl.rewards.mix import RewardMixer
 from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
-from icg_rl.rl.backprop import backprop_update, check_differentiable
+from icg_rl.rl.backprop import backprop_update, check_differentiable, reference_scores
 from icg_rl.rl.ddpo import ddpo_update
 from icg_rl.rl.sampling import sample_trajectory
 from icg_rl.rl.seeding import EVALUATION, row_generators, update_generator
@@ -51,7 +51,7 @@ class LocalTrainer:
         self.rewards = {name: build_reward(name, cfg.reward, cfg.world.dir) for name in weights}
         if cfg.algo.name == "backprop":
             check_differentiable(self.rewards, weights)
-        self.mixer = RewardMixer(weights, normalize=cfg.reward.normalize)
+        self.mixer = RewardMixer(weights, normalize=cfg.reward.normalize, floors=cfg.reward.floors)
         self.tracker = PerKeyStatTracker()
         self.optimizer = torch.optim.AdamW(self.pipe.trainable_parameters(), lr=cfg.algo.lr)
         self.pairs = build_pairs(self.data, split, cfg.data.history_len)
@@ -89,7 +89,8 @@ class LocalTrainer:
             with timed("reward", timings):
                 # score the uint8 images a rollout records (and ships to reward actors), not the float decode
                 scores = self.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
-            total, metrics = self.mixer(scores)
+            reference = reference_scores(self.rewards, self.mixer.floors, trajectory.extra)  # floored rewards
+            total, metrics = self.mixer(scores, reference_scores=reference)
             advantages, adv_stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker)
             metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
             with timed("update", timings):

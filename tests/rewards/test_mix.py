@@ -144,3 +144,31 @@ def test_load_state_dict_rejects_other_rewards():
     mixer = RewardMixer({"a": 1.0})
     with pytest.raises(ValueError, match="must match"):
         mixer.load_state_dict(RewardMixer({"b": 1.0}).state_dict())
+
+
+def test_a_floored_reward_costs_only_below_its_floor():
+    """clip_t as a floor at 0.9 × the reference cover's score: rows above it add nothing (and get no gradient),
+    a row below it costs weight × shortfall / std, an item without a reference has no floor."""
+    mixer = RewardMixer({"preference": 1.0, "clip_t": 2.0}, floors={"clip_t": 0.9})
+    clip_t = torch.tensor([0.50, 0.80, 0.30, 0.10], requires_grad=True)
+    reference = torch.tensor([0.50, 0.50, 0.50, float("nan")])  # floor 0.45 on rows 0-2; row 3 has no reference
+    preference = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    total, metrics = mixer({"preference": preference, "clip_t": clip_t}, reference_scores={"clip_t": reference})
+    std = mixer.stats["clip_t"].std
+    pref_norm = (preference - preference.mean()) / (preference.std(unbiased=False) + 1e-6)
+    expected = pref_norm - 2.0 * torch.tensor([0.0, 0.0, 0.15, 0.0]) / (std + 1e-6)
+    torch.testing.assert_close(total.detach(), expected, atol=1e-5, rtol=0)
+    assert metrics["reward/clip_t_below_floor"] == 0.25 and "reward/clip_t_norm" not in metrics
+    (grad,) = torch.autograd.grad(total.sum(), clip_t)
+    assert grad[0] == 0 and grad[1] == 0 and grad[3] == 0 and grad[2] > 0  # only the row below climbs
+
+
+def test_floors_are_checked():
+    with pytest.raises(ValueError, match=r"reward.floors: \['clip_i'\] have no non-zero weight"):
+        RewardMixer({"preference": 1.0, "clip_i": 0.0}, floors={"clip_i": 0.9})
+    mixer = RewardMixer({"preference": 1.0, "clip_t": 1.0}, floors={"clip_t": 0.9})
+    scores = {"preference": torch.rand(3), "clip_t": torch.rand(3)}
+    with pytest.raises(KeyError, match="'clip_t' has a floor"):
+        mixer(scores)  # no reference scores
+    with pytest.raises(KeyError, match="'clip_t' has a floor"):
+        mixer(scores, reference_scores={"clip_t": torch.rand(2)})  # wrong rows
