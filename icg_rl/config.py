@@ -62,6 +62,10 @@ class WorldConfig(Section):
         side fields (users, tastes, clicks) are left out, so changing them does not retrain the models."""
         return self.model_dump(include=CATALOG_FIELDS)
 
+    def content(self) -> dict:
+        """Every field but `dir`: what the world's bytes depend on (a build moved elsewhere is still current)."""
+        return self.model_dump(mode="json", exclude={"dir"})
+
 
 class ZooConfig(Section):
     """Budgets of the tiny base models trained on the world (docs/architecture.md §4, models/zoo.py)."""

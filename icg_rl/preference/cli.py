@@ -83,7 +83,8 @@ def train_and_evaluate(cfg, out: Path) -> dict:
                          threads=cfg.ray.threads_per_worker)
     train_seconds = time.perf_counter() - fit_start
     clip_ref = os.path.relpath(clip_dir.resolve(), (out / "model").resolve())  # the folder moves with its world
-    world_hash = section_hash(cfg.world) if cfg.data.kind == "coverworld" else None  # which click log it learned
+    # which click log it learned (the world's content, wherever its folder is)
+    world_hash = section_hash(cfg.world.content()) if cfg.data.kind == "coverworld" else None
     save_preference_model(model, out / "model", clip_ref, cfg.data.history_len, world_hash)
     test_logits = predict(model, arrays["test"])
     summary = {"auc": roc_auc(test_logits, arrays["test"]["label"] > 0.5),

@@ -172,7 +172,7 @@ def preference_is_current(folder: str | Path, world_cfg) -> bool:
     config = Path(folder) / "model" / CONFIG_FILE
     if not config.is_file():
         return False
-    return json.loads(config.read_text()).get("world_config_hash") in (None, section_hash(world_cfg))
+    return json.loads(config.read_text()).get("world_config_hash") in (None, section_hash(world_cfg.content()))
 
 
 def load_preference_model(folder: str | Path) -> tuple[PreferenceModel, dict]:

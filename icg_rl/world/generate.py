@@ -233,7 +233,7 @@ def write_world(world: World, out: str | Path, progress: bool = True) -> None:
     })
     atomic_write_json(out / "world.json", {
         "format_version": FORMAT_VERSION,
-        "config_hash": section_hash(world.config),
+        "config_hash": section_hash(world.config.content()),
         "config": world.config.model_dump(mode="json"),
     })
 
@@ -244,4 +244,4 @@ def world_is_current(out: str | Path, cfg: WorldConfig) -> bool:
     if not marker.is_file():
         return False
     meta = json.loads(marker.read_text())
-    return meta.get("config_hash") == section_hash(cfg) and meta.get("format_version") == FORMAT_VERSION
+    return meta.get("config_hash") == section_hash(cfg.content()) and meta.get("format_version") == FORMAT_VERSION

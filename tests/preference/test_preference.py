@@ -75,6 +75,11 @@ def test_a_changed_click_log_makes_the_model_stale(trained):
     personas = load_config(MICRO_CONFIG, [f"world.dir={cfg.world.dir}", "world.taste_segments=2"])
     assert not preference_is_current(out, personas.world)
     assert not preference_is_current(out / "nowhere", cfg.world)
+    # a world moved to another folder is the same click log (and the same world): nothing is rebuilt
+    from icg_rl.world.generate import world_is_current
+
+    moved = cfg.world.model_copy(update={"dir": "/somewhere/else"})
+    assert preference_is_current(out, moved) and world_is_current(cfg.world.dir, moved)
 
 
 def test_cli_help():
