@@ -321,6 +321,7 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
             log.info("resumed from %s/%s at iteration %d", store.uri, name, trainer.iteration)
         elif resume:
             log.info("--resume %s: no checkpoint in %s yet; starting from iteration 0", resume, store.uri)
+        first = {}  # the untrained policy's held-out numbers (none when resuming)
         if trainer.iteration == 0:
             first, _ = trainer.evaluate()
             tracker.log(first, step=0)
@@ -378,7 +379,7 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
         oracle = {k.removeprefix("oracle/"): v for k, v in final.items() if k.startswith("oracle/")}
         if "eval/clip_t" in final:
             oracle |= {"relevance_icg": final["eval/clip_t"], "relevance_reference": final["eval/clip_t_reference"]}
-        summary["oracle"] = oracle
+        summary["oracle"] = oracle | ({"ctr_icg_initial": first["oracle/ctr_icg"]} if "oracle/ctr_icg" in first else {})
     return summary
 
 

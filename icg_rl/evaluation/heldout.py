@@ -53,7 +53,7 @@ def evaluate_heldout(cfg, rollout, pools: dict, batch: dict, with_oracle: bool) 
         metrics["eval/clip_t_reference"] = score_images({"clip_t": pools["clip_t"]}, images["reference"],
                                                         batch)["clip_t"]
     if with_oracle:  # CoverWorld: the world's truth, as a reference only (never a training signal)
-        from icg_rl.evaluation.world_reference import oracle_ctr, taste_correlation
+        from icg_rl.evaluation.world_reference import ab_test_vs_reference, oracle_ctr, taste_correlation
 
         users, items = batch["user_id"], batch["item_id"]
         icg = oracle_ctr(cfg.world.dir, users, items, images["icg"])
@@ -63,4 +63,6 @@ def evaluate_heldout(cfg, rollout, pools: dict, batch: dict, with_oracle: bool) 
                     "oracle/ctr_user_zeroed": zeroed["oracle/ctr_generated"],
                     "oracle/aesthetic_icg": icg["oracle/aesthetic_generated"]}
         metrics |= taste_correlation(cfg.world.dir, users, images["icg"])
+        metrics |= ab_test_vs_reference(cfg.world.dir, users, items, images["icg"],
+                                        cfg.evaluation.ab_impressions_per_pair, cfg.train.seed)
     return metrics, images

@@ -44,3 +44,16 @@ def taste_correlation(world_dir, user_ids, images: np.ndarray) -> dict[str, floa
         denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
         out[f"oracle/taste_corr_{name}"] = float((a * b).sum() / denominator) if denominator > 1e-12 else float("nan")
     return out
+
+
+def ab_test_vs_reference(world_dir, user_ids, item_ids, images: np.ndarray, impressions_per_pair: int,
+                         seed: int) -> dict[str, float]:
+    """A simulated A/B test of the generated covers against the items' reference covers on the same pairs: clicks
+    drawn from the true P(click), `impressions_per_pair` each (evaluation/scores.py) -> lift and two-sided p-value."""
+    from icg_rl.evaluation.scores import simulated_ab_test
+
+    oracle = Oracle(world_dir)
+    probs = {"reference": oracle.variant_click_prob(user_ids, item_ids, ["ref"] * len(user_ids)),
+             "icg": oracle.click_prob(user_ids, item_ids, images)}
+    row = simulated_ab_test(probs, impressions_per_pair, seed, control="reference")["icg"]
+    return {"oracle/ab_lift": float(row["lift_vs_reference"]), "oracle/ab_p_value": float(row["p_vs_reference"])}

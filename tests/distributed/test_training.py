@@ -151,9 +151,12 @@ def test_train_command_writes_weights_grids_curves_and_summary(micro_world, micr
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations"] == 3 and summary["samples_per_s"] > 0
-    assert set(summary["oracle"]) >= {"ctr_icg", "ctr_reference", "ctr_best_variant", "ctr_user_zeroed",
-                                      "relevance_icg", "relevance_reference"}
-    assert 0 < summary["oracle"]["ctr_reference"] <= summary["oracle"]["ctr_best_variant"] <= 1
+    oracle = summary["oracle"]
+    assert set(oracle) >= {"ctr_icg", "ctr_reference", "ctr_best_variant", "ctr_user_zeroed", "relevance_icg",
+                           "relevance_reference", "ctr_icg_initial", "ab_p_value", "ab_lift",
+                           "taste_corr_brightness", "taste_corr_composition"}
+    assert 0 < oracle["ctr_reference"] <= oracle["ctr_best_variant"] <= 1
+    assert 0 < oracle["ctr_icg_initial"] < 1 and 0 <= oracle["ab_p_value"] <= 1
     pipe = ICGPipeline.from_pretrained(cfg.world.dir + "/models/sd", icg_path=summary["checkpoint"])
     assert float(pipe.icg.adapter.projection.gate.abs()) > 0  # trained weights, not the zero-gate init
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

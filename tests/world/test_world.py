@@ -235,3 +235,21 @@ def test_gold_reward_is_the_oracle_in_torch(micro_world):
     np.testing.assert_allclose(gold.detach().numpy(), truth, atol=1e-4)
     (grad,) = torch.autograd.grad(gold.sum(), pixels)
     assert grad.abs().sum() > 0
+
+
+def test_ab_test_against_reference_covers(micro_world):
+    """The reference covers themselves against the reference covers: no lift worth the name; grey covers that no
+    user's taste peaks at lose clearly with enough impressions."""
+    from icg_rl.evaluation.world_reference import ab_test_vs_reference
+    from icg_rl.io import read_image
+
+    cfg, _ = micro_world
+    data = load_coverworld(cfg.world.dir)
+    refs = data.variants[data.variants["variant_id"] == "ref"].head(8)
+    users = list(data.users["user_id"][:8])
+    images = np.stack([read_image(Path(cfg.world.dir) / p) for p in refs["image_path"]])
+    same = ab_test_vs_reference(cfg.world.dir, users, list(refs["item_id"]), images, 2000, seed=0)
+    assert abs(same["oracle/ab_lift"]) < 0.1 and same["oracle/ab_p_value"] > 0.001
+    black = np.zeros_like(images)
+    worse = ab_test_vs_reference(cfg.world.dir, users, list(refs["item_id"]), black, 2000, seed=0)
+    assert worse["oracle/ab_lift"] < 0 and worse["oracle/ab_p_value"] < 0.01
