@@ -321,9 +321,8 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
             log.info("resumed from %s/%s at iteration %d", store.uri, name, trainer.iteration)
         elif resume:
             log.info("--resume %s: no checkpoint in %s yet; starting from iteration 0", resume, store.uri)
-        first = {}  # the untrained policy's held-out numbers (none when resuming)
-        if trainer.iteration == 0:
-            first, _ = trainer.evaluate()
+        first = trainer.evaluate()[0] if trainer.iteration == 0 else {}  # the untrained policy (none on resume)
+        if first:
             tracker.log(first, step=0)
             log.info("before training: %s", _line(first))
         loop_start, totals = time.perf_counter(), {"time/iteration": 0.0}

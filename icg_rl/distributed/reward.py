@@ -188,9 +188,10 @@ def pool_reference_scores(pools: dict, floors: dict, batch: dict) -> dict[str, t
     if not floors:
         return {}
     from icg_rl.distributed.rollout import REWARD_INPUTS
+    from icg_rl.rl.backprop import without_reference
 
     images = np.asarray(batch["reference_image"])
     inputs = {k: batch[k] for k in REWARD_INPUTS if k in batch}
-    missing = ~torch.as_tensor(np.asarray(batch.get("has_reference", np.ones(len(images), bool)), dtype=bool))
+    missing = without_reference(batch, len(images))
     return {name: torch.from_numpy(RewardPool.gather(pools[name].score_async(images, inputs)))
             .masked_fill(missing, float("nan")) for name in floors}

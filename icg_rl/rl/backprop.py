@@ -34,8 +34,13 @@ def reference_scores(rewards: dict, floors: dict, batch: dict) -> dict[str, torc
     from icg_rl.distributed.reward import to_float_images
 
     pixels = to_float_images(np.asarray(batch["reference_image"]), "reference covers")
-    missing = ~torch.as_tensor(np.asarray(batch.get("has_reference", np.ones(len(pixels), bool)), dtype=bool))
+    missing = without_reference(batch, len(pixels))
     return {name: rewards[name].score(pixels, batch).masked_fill(missing, float("nan")) for name in floors}
+
+
+def without_reference(batch: dict, rows: int) -> torch.Tensor:
+    """[rows] bool: the rows whose item has no reference cover (`has_reference` False; all have one without it)."""
+    return ~torch.as_tensor(np.asarray(batch.get("has_reference", np.ones(rows, bool)), dtype=bool))
 
 
 def backprop_loss(pipe, batch: dict, rewards: dict, mixer, algo, generator: torch.Generator, noise_generators=None,

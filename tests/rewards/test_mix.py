@@ -172,3 +172,20 @@ def test_floors_are_checked():
         mixer(scores)  # no reference scores
     with pytest.raises(KeyError, match="'clip_t' has a floor"):
         mixer(scores, reference_scores={"clip_t": torch.rand(2)})  # wrong rows
+
+
+def test_reference_scores_score_the_reference_covers_and_skip_items_without_one():
+    from icg_rl.rewards.base import RewardModel
+    from icg_rl.rl.backprop import reference_scores
+
+    class Brightness(RewardModel):
+        name = "clip_t"
+
+        def _score(self, images, batch):
+            return images.mean(dim=(1, 2, 3))
+
+    covers = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (0, 255, 51)])  # uint8 [3, H, W, 3]
+    batch = {"reference_image": covers, "has_reference": np.array([True, True, False])}
+    scores = reference_scores({"clip_t": Brightness()}, {"clip_t": 0.9}, batch)["clip_t"]
+    assert scores[:2].tolist() == [0.0, 1.0] and torch.isnan(scores[2])
+    assert reference_scores({"clip_t": Brightness()}, {}, batch) == {}  # no floors: nothing scored
