@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from icg_rl.config_files import ConfigError, apply_override, read_tree  # noqa: F401 - re-exported
 
@@ -111,8 +111,15 @@ class ModelConfig(Section):
     meta_tokens: int = Field(4, ge=1, le=256, description="learnable meta tokens appended to the MLLM prompt")
     user_dim: int = Field(64, ge=4, description="width of the user embedding")
     prompt_template: str = Field("{title}", description="text prompt given to the base model; {title} is filled")
+    user_id_init_std: float = Field(1.0, ge=0.0, description="init std of the user-id embeddings; 0: a known user "
+                                    "starts as their history and the id learns the deviation")
+    standardize_history: bool = Field(False, description="standardise each item-feature dimension over the "
+                                      "catalogue before the user encoder pools a history")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA on the UNet's attention projections")
     mllm_lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA on the MLLM's q/v projections")
+
+
+RewardName = Literal["aesthetic", "clip_t", "clip_i", "preference", "preference_lift", "pickscore"]
 
 
 class RewardConfig(Section):
@@ -122,7 +129,7 @@ class RewardConfig(Section):
     aesthetic_head: str = Field("coverworld", description="aesthetic head weights file, or 'coverworld'")
     pickscore: str | None = Field(None, description="PickScore-style CLIPModel folder (for the 'pickscore' reward)")
     preference: str = Field("coverworld", description="preference model folder, or 'coverworld' (models/preference)")
-    weights: dict[Literal["aesthetic", "clip_t", "clip_i", "preference", "pickscore"], float] = Field(
+    weights: dict[RewardName, float] = Field(
         default_factory=lambda: {"aesthetic": 1.0, "clip_t": 0.5, "clip_i": 0.5, "preference": 1.0},
         description="weight of each reward in the mix",
     )
@@ -159,7 +166,8 @@ class PreferenceConfig(Section):
 class AlgoConfig(Section):
     """RL algorithm (docs/architecture.md §7)."""
 
-    name: Literal["ddpo", "backprop"] = Field("ddpo", description="DDPO (PPO-clip) or reward backprop (DRaFT-K)")
+    name: Literal["ddpo", "grpo", "backprop"] = Field("ddpo", description="DDPO (PPO-clip), GRPO (group-relative "
+                                                      "policy gradient) or reward backprop (DRaFT-K)")
     lr: float = Field(3e-4, gt=0.0, description="learning rate of the ICG parameters")
     num_inference_steps: int = Field(10, ge=1, le=1000, description="DDIM steps per rollout")
     eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta; > 0 makes steps stochastic (DDPO needs it)")
@@ -168,10 +176,27 @@ class AlgoConfig(Section):
     adv_clip: float = Field(5.0, gt=0.0, description="advantage clip, in std units")
     timestep_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of recorded steps trained per sample")
     kl_coef: float = Field(0.0, ge=0.0, description="weight of the KL to the adapter-off reference policy")
+    sde_window: tuple[int, int] | None = Field(None, description="policy gradient: [start, stop) denoising step "
+                                               "indices that sample with noise (eta) and are trained; the others "
+                                               "step deterministically (eta 0). None: every step")
+    advantage_std: Literal["group", "batch"] = Field("group", description="grpo: standardise each group's "
+                                                     "centred rewards by its own std or by the batch's")
     backprop_steps: int = Field(1, ge=1, description="K of DRaFT-K: last steps carrying gradient")
     random_truncation: bool = Field(False, description="reward backprop: draw K uniformly in 1..backprop_steps")
     gradient_checkpointing: bool = Field(True, description="reward backprop: recompute UNet activations")
     max_grad_norm: float = Field(1.0, gt=0.0, description="gradient-norm clip of the ICG parameters")
+
+    @model_validator(mode="after")
+    def _window_inside_steps(self):
+        if self.sde_window is not None:
+            if self.name == "backprop":
+                raise ValueError("algo.sde_window is for the policy-gradient algorithms (ddpo, grpo); reward "
+                                 "backprop samples every step with eta")
+            start, stop = self.sde_window
+            if not 0 <= start < stop <= self.num_inference_steps:
+                raise ValueError(f"algo.sde_window {list(self.sde_window)} must satisfy 0 <= start < stop <= "
+                                 f"algo.num_inference_steps ({self.num_inference_steps})")
+        return self
 
 
 class RayConfig(Section):
@@ -284,6 +309,13 @@ class Config(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _groups_for_grpo(self):
+        if self.algo.name == "grpo" and self.data.samples_per_pair < 2:
+            raise ValueError(f"algo.name=grpo needs data.samples_per_pair >= 2 (a group to be relative to), got "
+                             f"{self.data.samples_per_pair}")
+        return self
 
 
 def section_hash(*sections: BaseModel | dict) -> str:

@@ -11,9 +11,7 @@ final ICG weights (`DIR/checkpoint`, loadable by `ICGPipeline.from_pretrained`),
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ import numpy as np
 import torch
 
 from icg_rl.cli import base_parser, parse_config, report, run_main
-from icg_rl.config import ConfigError
+from icg_rl.trainer import RayTrainer  # the driver
 
 log = logging.getLogger("icg_rl.train")
 MIN_SIDE = 48  # sample grids are upscaled to at least this many pixels per cover, to be readable
@@ -30,231 +28,6 @@ MIN_SIDE = 48  # sample grids are upscaled to at least this many pixels per cove
 
 class RunInterrupted(RuntimeError):
     """The run cannot go on (an actor without restarts died); the message says where to resume from."""
-
-
-class RayTrainer:
-    """The driver: owns the algorithm (this class reads like it); actors own models and devices."""
-
-    def __init__(self, cfg):
-        from icg_rl.data import load_from_config
-        from icg_rl.data.stream import stream_from_config
-        from icg_rl.distributed.learner import LearnerGroup
-        from icg_rl.distributed.placement import check_fits, rollout_capacity, run_requests
-        from icg_rl.distributed.reward import RewardPool
-        from icg_rl.distributed.rollout import RolloutPool
-        from icg_rl.evaluation.heldout import heldout_batch
-        from icg_rl.models.item_features import policy_context
-        from icg_rl.rewards.mix import RewardMixer
-        from icg_rl.rl.advantages import PerKeyStatTracker
-
-        self.cfg, r = cfg, cfg.ray
-        if cfg.rollout.async_ and cfg.algo.name != "ddpo":
-            raise ConfigError(f"rollout.async=true needs algo.name=ddpo, got {cfg.algo.name!r}: reward backprop "
-                              f"samples with gradient inside the learner, there is no separate rollout to overlap")
-        self.weights = {n: w for n, w in cfg.reward.weights.items() if w != 0}
-        pools = list(self.weights) + ([] if "clip_t" in self.weights else ["clip_t"])  # clip_t: eval relevance
-        check_fits(run_requests(cfg, pools), r.resource_wait_s)  # before any actor exists: fail, never hang
-        self.data = load_from_config(cfg)
-        user_ids, item_features = policy_context(cfg, self.data)
-        self.stream = stream_from_config(cfg, self.data, "train")
-        self.heldout = heldout_batch(cfg, self.data)
-        self.pools, self.elastic = pools, r.rollout_workers == "auto"
-        rollouts = rollout_capacity(cfg, pools) if self.elastic else r.rollout_workers
-        log.info("starting %d rollout%s, %d learner and %d×%d reward actors", rollouts,
-                 " (auto)" if self.elastic else "", r.learner_workers, len(pools), r.reward_workers)
-        # an elastic pool drops actors whose node left instead of restarting them (they would wait for resources)
-        self.rollout = RolloutPool(cfg, user_ids, item_features, rollouts, *r.role("rollout"),
-                                   threads=r.threads_per_worker, max_restarts=0 if self.elastic else r.max_restarts)
-        self.rewards = {n: RewardPool(n, cfg.reward, cfg.world.dir, r.reward_workers, *r.role("reward"),
-                                      max_restarts=r.max_restarts, threads=r.threads_per_worker, task_retries=0)
-                        for n in pools}  # failures surface here, to be retried and logged by `finish`
-        self.learner = LearnerGroup(cfg, user_ids, item_features, r.learner_workers, *r.role("learner"),
-                                    threads=r.threads_per_worker)
-        self.rollout.ready()
-        for pool in self.rewards.values():
-            pool.ready()
-        self.mixer = RewardMixer(self.weights, normalize=cfg.reward.normalize, floors=cfg.reward.floors)
-        self.tracker = PerKeyStatTracker()
-        self.iteration, self.epoch, self.batch_in_epoch, self.version = 0, 0, 0, 0
-        self.pending, self.position = None, None  # async: the next iteration's rollouts in flight
-        self._batches = self._batch_stream()
-        self.sync_weights()  # version 0: the rollouts sample exactly the learner's initial policy
-
-    def _batch_stream(self):
-        """Epochs of the pair stream; (epoch, batch_in_epoch) is the data position a checkpoint records."""
-        while True:
-            for batch in self.stream.iter_groups(self.epoch, self.batch_in_epoch):
-                self.batch_in_epoch += 1
-                yield batch
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-
-    # ------------------------------------------------------------------------------------------ one iteration
-    def step(self) -> dict[str, float]:
-        from icg_rl.distributed.reward import pool_reference_scores
-        from icg_rl.rl.advantages import group_advantages
-
-        algo, t = self.cfg.algo, {}
-        start = time.perf_counter()
-        if self.elastic:
-            self.resize_rollouts()
-        batch = next(self._batches) if self.pending is None else None
-        if algo.name == "ddpo" and self.cfg.rollout.async_:
-            # one step off-policy: this iteration's rollouts were sampled during the previous update; the next
-            # iteration's start now, with the current weights, and run while the learner updates
-            pending = self.pending or self.submit(batch, self.iteration)
-            trajectory, scores = self.finish(pending, t)
-            self.position = (self.epoch, self.batch_in_epoch)  # what a checkpoint records: next batch unsampled
-            self.pending = self.submit(next(self._batches), self.iteration + 1)
-        elif algo.name == "ddpo":
-            pending = self.submit(batch, self.iteration)
-            trajectory, scores = self.finish(pending, t)
-        if algo.name == "ddpo":
-            reference = pool_reference_scores(self.rewards, self.mixer.floors, pending["batch"])  # floored rewards
-            total, metrics = self.mixer(scores, reference_scores=reference)
-            metrics["stats/policy_lag"] = float(self.version - trajectory.policy_version)
-            advantages, adv_stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker)
-            metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
-            learn_start = time.perf_counter()
-            metrics |= self.learner.update_ddpo(trajectory, advantages, self.iteration)
-        else:  # reward backprop: the learner samples with gradient and scores with its own differentiable rewards
-            learn_start = time.perf_counter()
-            metrics = self.learner.update_backprop(batch, self.iteration)
-        t["time/learn"] = time.perf_counter() - learn_start
-        self.iteration += 1
-        metrics |= self.sync_weights()
-        t["time/iteration"] = time.perf_counter() - start
-        rows = self.cfg.data.pairs_per_batch * self.cfg.data.samples_per_pair
-        return metrics | t | {"perf/samples_per_s": rows / t["time/iteration"], "iteration": self.iteration}
-
-    def resize_rollouts(self) -> None:
-        """`ray.rollout_workers: auto`: take in actors that finished starting, start more when the cluster grew."""
-        from icg_rl.distributed.placement import rollout_capacity
-
-        before = len(self.rollout.actors)
-        if self.rollout.admit():
-            log.info("rollout pool grew: %d → %d actors", before, len(self.rollout.actors))
-        wanted = rollout_capacity(self.cfg, self.pools) - len(self.rollout.actors) - len(self.rollout.starting)
-        if wanted > 0:
-            log.info("the cluster has room for %d more rollout actor(s); starting them", wanted)
-            self.rollout.grow(wanted)
-
-    def submit(self, batch: dict, iteration: int) -> dict:
-        """Queue the rollouts of a batch, each chunk scored by every reward pool the moment it exists."""
-        chunks = self.rollout.sample(batch, iteration)
-        score_refs = {n: [self.rewards[n].score_refs(images, inputs) for _, images, inputs in chunks]
-                      for n in self.weights}
-        return {"batch": batch, "iteration": iteration, "chunks": chunks, "score_refs": score_refs,
-                "start": time.perf_counter(), "version": self.version}
-
-    def finish(self, pending: dict, timings: dict) -> tuple:
-        """Wait for submitted rollouts and rewards -> (Trajectory, {reward: scores}). A rollout or reward actor
-        that dies restarts (`ray.max_restarts`); its work is redone here — with the same per-row noise, so the
-        result is the same — and the log says what was retried."""
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
-
-        from icg_rl.distributed.restarts import until_answering
-        from icg_rl.distributed.reward import RewardPool
-        from icg_rl.rl.trajectory import Trajectory
-
-        for attempt in range(self.cfg.ray.max_restarts + 1):
-            try:
-                parts = ray.get([c[0] for c in pending["chunks"]])
-                timings["time/rollout"] = time.perf_counter() - pending["start"]
-                scores = {n: torch.from_numpy(RewardPool.gather(refs)) for n, refs in pending["score_refs"].items()}
-                timings["time/reward"] = time.perf_counter() - pending["start"] - timings["time/rollout"]
-                return Trajectory.concat([Trajectory.from_wire(w) for w in parts]), scores
-            except (RayActorError, RayTaskError) as err:
-                if attempt == self.cfg.ray.max_restarts:
-                    raise
-                log.warning("iteration %d: an actor failed (%s); waiting for its restart and retrying the "
-                            "iteration's rollouts and rewards (attempt %d of %d)", pending["iteration"] + 1,
-                            type(err).__name__, attempt + 2, self.cfg.ray.max_restarts + 1)
-                if self.elastic:
-                    dropped = self.rollout.drop_dead()
-                    if dropped:
-                        log.warning("rollout pool shrank: %d actor(s) gone with their node; %d remain", dropped,
-                                    len(self.rollout.actors))
-                    if not self.rollout.actors:
-                        self.rollout.grow(1)
-                        while not self.rollout.admit():
-                            time.sleep(0.5)
-                for name, pool in self.rewards.items():  # blocks until a restarting reward actor answers again
-                    until_answering(pool.ready, f"reward pool {name!r}")
-                # a restarted rollout actor holds version 0 until it is given the weights
-                until_answering(self.rollout.resync, "rollout pool")
-                pending = self.submit(pending["batch"], pending["iteration"])
-        raise AssertionError("unreachable")
-
-    def sync_weights(self) -> dict[str, float]:
-        """Learner rank 0's trainable weights → every rollout actor, as version `self.iteration`."""
-        start = time.perf_counter()
-        self.version = self.iteration
-        weights_ref, size = self.learner.weights()
-        self.rollout.set_weights(self.version, weights_ref)
-        return {"sync/ms": (time.perf_counter() - start) * 1e3, "sync/bytes": float(size),
-                "sync/version": float(self.version)}
-
-    def evaluate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        from icg_rl.evaluation.heldout import evaluate_heldout
-
-        return evaluate_heldout(self.cfg, self.rollout, self.rewards, self.heldout,
-                                with_oracle=self.cfg.data.kind == "coverworld")
-
-    # ----------------------------------------------------------------------------------------------- checkpoints
-    def state_files(self) -> dict[str, bytes]:
-        """Everything an exact resume needs. Noise and timestep draws derive from (seed, iteration) (rl/seeding.py),
-        so the iteration counter stands for every actor's RNG; the driver's own RNG states are kept as well."""
-        import random
-
-        # with async rollouts the next batch is already drawn (and being sampled): record the position before it
-        epoch, batch_in_epoch = self.position if self.pending is not None else (self.epoch, self.batch_in_epoch)
-        state = {"iteration": self.iteration, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                 "version": self.version, "mixer": self.mixer.state_dict(), "tracker": self.tracker.state_dict(),
-                 "algo": self.cfg.algo.name, "learner_workers": self.cfg.ray.learner_workers,
-                 "rng": {"python": repr(random.getstate()), "numpy": repr(np.random.get_state(legacy=False)),
-                         "torch": torch.get_rng_state().tolist()}}
-        files = {"trainer_state.json": json.dumps(state).encode()}
-        files |= {f"icg/{name}": payload for name, payload in self.learner.export().items()}
-        files |= {f"learner/{name}": payload for name, payload in self.learner.save_state().items()}
-        return files
-
-    def restore(self, files: dict[str, bytes]) -> None:
-        from icg_rl.checkpoint import subtree
-
-        state = json.loads(files["trainer_state.json"])
-        for key, now in (("algo", self.cfg.algo.name), ("learner_workers", self.cfg.ray.learner_workers)):
-            if state[key] != now:
-                raise ValueError(f"resume: the checkpoint was written with {key}={state[key]!r}, this run has "
-                                 f"{now!r}; resume with the same setting")
-        self.learner.load_state(subtree(files, "learner"))
-        self.mixer.load_state_dict(state["mixer"])
-        self.tracker.load_state_dict(state["tracker"])
-        torch.set_rng_state(torch.tensor(state["rng"]["torch"], dtype=torch.uint8))
-        self._batches.close()
-        self.pending = None
-        self.iteration, self.epoch, self.batch_in_epoch = state["iteration"], state["epoch"], state["batch_in_epoch"]
-        self._batches = self._batch_stream()
-        self.sync_weights()
-
-    def export(self, folder: Path) -> Path:
-        """Final ICG weights into `folder`, atomically (written beside it, then renamed into place)."""
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, payload in self.learner.export().items():
-            (tmp / name).write_bytes(payload)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-        return folder
-
-    def shutdown(self) -> None:
-        self._batches.close()  # ends the Ray Data iterator while Ray is still up
-        self.learner.shutdown()
-        self.rollout.shutdown()
-        for pool in self.rewards.values():
-            pool.shutdown()
 
 
 # ------------------------------------------------------------------------------------------------ the command
@@ -287,7 +60,8 @@ def prepare(cfg) -> None:
     from icg_rl.preference.train import preference_is_current
 
     preference = Path(cfg.world.dir) / "models" / "preference"
-    if cfg.reward.weights.get("preference", 0) != 0 and cfg.reward.preference == "coverworld" \
+    personal = any(cfg.reward.weights.get(name, 0) != 0 for name in ("preference", "preference_lift"))
+    if personal and cfg.reward.preference == "coverworld" \
             and not preference_is_current(preference, cfg.world):
         from icg_rl.preference.cli import train_and_evaluate
 

@@ -42,8 +42,21 @@ def test_out_of_range_and_literal_choices():
         load_config(MICRO_CONFIG, ["world.num_genres=9", "algo.name=ppo", "world.image_size=48"])
     message = str(err.value)
     assert "world.num_genres: got 9; input should be less than or equal to 8" in message
-    assert "algo.name: got 'ppo'" in message and "'ddpo' or 'backprop'" in message
+    assert "algo.name: got 'ppo'" in message and "'ddpo', 'grpo' or 'backprop'" in message
     assert "world.image_size: got 48" in message and "32 or 64" in message
+
+
+def test_policy_gradient_settings_that_cannot_work_are_refused():
+    with pytest.raises(ConfigError) as err:
+        load_config(MICRO_CONFIG, ["algo.name=grpo", "data.samples_per_pair=1"])
+    assert "algo.name=grpo needs data.samples_per_pair >= 2" in str(err.value) and "got 1" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(MICRO_CONFIG, ["algo.sde_window=[2, 12]", "algo.num_inference_steps=10"])
+    assert "algo.sde_window [2, 12] must satisfy 0 <= start < stop <= algo.num_inference_steps (10)" in str(err.value)
+    with pytest.raises(ConfigError, match="sde_window is for the policy-gradient algorithms"):
+        load_config(MICRO_CONFIG, ["algo.name=backprop", "algo.sde_window=[0, 2]"])
+    cfg = load_config(MICRO_CONFIG, ["algo.name=grpo", "algo.sde_window=[0, 2]", "algo.advantage_std=batch"])
+    assert cfg.algo.sde_window == (0, 2) and cfg.algo.advantage_std == "batch"
 
 
 def test_bad_override_syntax():

@@ -29,7 +29,7 @@ from torch import nn
 
 from icg_rl.distributed.placement import torch_threads
 from icg_rl.distributed.weights import load_trainable_arrays, nbytes, trainable_arrays
-from icg_rl.rl.seeding import row_generators, update_generator
+from icg_rl.rl.seeding import update_generator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OWNED_KEYS = ("optimizer", "gradient_clipping", "train_batch_size", "train_micro_batch_size_per_gpu",
@@ -139,15 +139,17 @@ class LearnerWorker:
         metrics["stats/grad_norm"] = self._step(gradient_surrogate(params, grads))
         return metrics
 
-    def backprop_step(self, batch: dict, first_row: int, iteration: int) -> dict[str, float]:
-        from icg_rl.rl.backprop import backprop_loss
+    def backprop_step(self, batch: dict, prefix_wire: dict, iteration: int) -> tuple[dict[str, float], np.ndarray]:
+        """The last K steps from the rollout actors' x_{T−K}, the rewards, one step -> (metrics, uint8 covers)."""
+        from icg_rl.rl.backprop import backprop_loss, prefix_from_wire
 
-        seed = self.cfg.train.seed
-        noise = row_generators(seed, iteration, range(first_row, first_row + len(batch["group_key"])))
-        loss, metrics, _ = backprop_loss(self.pipe, batch, self.rewards, self.mixer, self.cfg.algo,
-                                         update_generator(seed, iteration), noise, self._gather_scores)
+        prefix, noise = prefix_from_wire(prefix_wire)
+        loss, metrics, images = backprop_loss(self.pipe, batch, self.rewards, self.mixer, self.cfg.algo,
+                                              update_generator(self.cfg.train.seed, iteration), noise,
+                                              self._gather_scores, prefix=prefix)
         metrics["stats/grad_norm"] = self._step(loss)
-        return metrics
+        pixels = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3)
+        return metrics, pixels
 
     def _gather_scores(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every rank's scores, in rank order (equal shard sizes), for the mixer's global statistics."""
@@ -238,15 +240,18 @@ class LearnerGroup:
                 for a, s in zip(self.actors, self._shards(len(trajectory)))]
         return mean_metrics(ray.get(refs))
 
-    def update_backprop(self, batch: dict, iteration: int) -> dict[str, float]:
+    def update_backprop(self, batch: dict, prefix_wire: dict, iteration: int) -> tuple[dict[str, float], np.ndarray]:
+        """One reward-backprop step from the rollout actors' prefix -> (mean metrics, covers uint8 [B, H, W, 3])."""
         import ray
 
         from icg_rl.distributed.reward import slice_batch
+        from icg_rl.rl.backprop import slice_prefix_wire
 
         n = len(batch["group_key"])
-        refs = [a.backprop_step.remote(slice_batch(batch, s.start, s.stop, n), s.start, iteration)
-                for a, s in zip(self.actors, self._shards(n))]
-        return mean_metrics(ray.get(refs))
+        refs = [a.backprop_step.remote(slice_batch(batch, s.start, s.stop, n), slice_prefix_wire(prefix_wire, s),
+                                       iteration) for a, s in zip(self.actors, self._shards(n))]
+        results = ray.get(refs)
+        return mean_metrics([m for m, _ in results]), np.concatenate([images for _, images in results])
 
     def weights(self) -> tuple[object, int]:
         """(ObjectRef of rank 0's trainable arrays, their size in bytes); the arrays never pass the driver."""

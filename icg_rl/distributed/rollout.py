@@ -68,9 +68,20 @@ class RolloutWorker:
         rows = range(first_row, first_row + len(batch["group_key"]))
         noise = row_generators(self.cfg.train.seed, iteration, rows, stream)
         trajectory, _ = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
-                                          noise, policy_version=version, zero_user=zero_user)
+                                          noise, policy_version=version, zero_user=zero_user,
+                                          sde_window=algo.sde_window)
         reward_inputs = {k: np.asarray(batch[k]) for k in REWARD_INPUTS if k in batch}
         return trajectory.to_wire(), trajectory.images, reward_inputs
+
+    def sample_prefix(self, batch: dict, first_row: int, iteration: int, version: int, k: int) -> dict:
+        """Reward backprop's first T − K denoising steps (no gradient) for rows of a batch -> the prefix wire
+        dict (`rl/backprop.py`): x_{T−K}, its condition and each row's noise-generator state."""
+        from icg_rl.rl.backprop import denoise_prefix, prefix_to_wire
+
+        self.weights.check(version)
+        rows = range(first_row, first_row + len(batch["group_key"]))
+        noise = row_generators(self.cfg.train.seed, iteration, rows)  # the learner's own streams (rl/local.py)
+        return prefix_to_wire(denoise_prefix(self.pipe, batch, self.cfg.algo, noise, k), noise)
 
 
 class RolloutPool:
@@ -112,6 +123,13 @@ class RolloutPool:
             chunks.append(actor.sample.options(num_returns=3).remote(chunk, int(lo), iteration, self.version,
                                                                      stream, zero_user))
         return chunks
+
+    def sample_prefix(self, batch: dict, iteration: int, k: int) -> list:
+        """Submit reward backprop's no-gradient prefix in contiguous chunks (one per actor) -> refs in row order."""
+        n = len(batch["group_key"])
+        bounds = np.linspace(0, n, min(len(self.actors), n) + 1).round().astype(int)
+        return [actor.sample_prefix.remote(slice_batch(batch, int(lo), int(hi), n), int(lo), iteration, self.version, k)
+                for actor, lo, hi in zip(self.actors, bounds[:-1], bounds[1:])]
 
     def grow(self, count: int) -> None:
         """Start `count` more actors; they join `actors` (at the next `sample`) once built and holding the weights."""

@@ -40,7 +40,8 @@ class ICGModules(nn.Module):
     def __init__(self, unet, config: dict):
         super().__init__()
         self.config = dict(config)
-        self.user_encoder = UserEncoder(config["user_ids"], config["item_feature_dim"], config["user_dim"])
+        self.user_encoder = UserEncoder(config["user_ids"], config["item_feature_dim"], config["user_dim"],
+                                        id_init_std=config.get("user_id_init_std", 1.0))
         self.refiner = FiLMRefiner(config["user_dim"], config["mllm_hidden_size"])
         self.adapter = ICGAdapter(unet, config["mllm_hidden_size"], config["meta_tokens"])
         self.item_ids: list[str] = list(config.get("item_ids", []))
@@ -55,7 +56,13 @@ class ICGModules(nn.Module):
         return self.adapter.projection.gate.dtype
 
     def feature_table(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.item_ids, self.item_features))
+        """Item key -> the feature its history entries carry. With `standardize_history` each dimension is
+        standardised over the catalogue: CLIP embeddings of covers share a large mean and differ in looks by ~0.1,
+        so raw, every user's pooled history is nearly the same vector and taste is a small ripple on it."""
+        features = self.item_features
+        if self.config.get("standardize_history", False) and len(features) > 1:
+            features = (features - features.mean(0)) / features.std(0).clamp_min(1e-3)
+        return dict(zip(self.item_ids, features))
 
 
 class ICGPipeline(StableDiffusionPipeline):
@@ -170,7 +177,8 @@ class ICGPipeline(StableDiffusionPipeline):
     def from_pretrained(cls, base_path: str | Path, mllm_path: str | Path | None = None,
                         icg_path: str | Path | None = None, *, meta_tokens: int = 4, user_dim: int = 64,
                         history_len: int = 8, item_features: dict | None = None, user_ids: list[str] | None = None,
-                        prompt_template: str = "{title}", unet_lora_rank: int = 0, unet_lora_alpha: float = 8.0,
+                        prompt_template: str = "{title}", user_id_init_std: float = 1.0,
+                        standardize_history: bool = False, unet_lora_rank: int = 0, unet_lora_alpha: float = 8.0,
                         mllm_lora_rank: int = 0, torch_dtype: torch.dtype | None = None) -> ICGPipeline:
         """Base from an SD-layout folder, the MLLM from its folder; ICG weights from `icg_path` (its config wins
         over the keyword arguments) or freshly initialised with the gate at zero."""
@@ -182,6 +190,7 @@ class ICGPipeline(StableDiffusionPipeline):
             features = item_features or {}
             config = {"base": str(base_path), "mllm": str(mllm_path), "meta_tokens": meta_tokens,
                       "user_dim": user_dim, "history_len": history_len,
+                      "user_id_init_std": user_id_init_std, "standardize_history": standardize_history,
                       "item_feature_dim": len(next(iter(features.values()))) if features else 1,
                       "item_ids": list(features), "user_ids": list(user_ids or []), "prompt_template": prompt_template,
                       "unet_lora_rank": unet_lora_rank, "unet_lora_alpha": unet_lora_alpha,
@@ -273,5 +282,6 @@ def pipeline_from_config(cfg, user_ids: list[str] | None = None, item_features: 
     return ICGPipeline.from_pretrained(
         base, mllm_path=mllm, icg_path=icg_path, meta_tokens=m.meta_tokens, user_dim=m.user_dim,
         history_len=cfg.data.history_len, item_features=item_features, user_ids=user_ids,
-        prompt_template=m.prompt_template, unet_lora_rank=m.lora.rank, unet_lora_alpha=m.lora.alpha,
+        prompt_template=m.prompt_template, user_id_init_std=m.user_id_init_std,
+        standardize_history=m.standardize_history, unet_lora_rank=m.lora.rank, unet_lora_alpha=m.lora.alpha,
         mllm_lora_rank=m.mllm_lora.rank)

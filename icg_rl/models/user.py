@@ -34,12 +34,12 @@ class ICGUser:
 
 
 class UserEncoder(nn.Module):
-    def __init__(self, user_ids: list[str], item_feature_dim: int, user_dim: int):
+    def __init__(self, user_ids: list[str], item_feature_dim: int, user_dim: int, id_init_std: float = 1.0):
         super().__init__()
         self.user_ids = list(user_ids)
         self.index = {u: i + 1 for i, u in enumerate(self.user_ids)}  # 0 = unknown
         self.id_embedding = nn.Embedding(len(self.user_ids) + 1, user_dim)
-        nn.init.normal_(self.id_embedding.weight, std=1.0)
+        nn.init.normal_(self.id_embedding.weight, std=id_init_std)  # 0: a known user starts as their history
         with torch.no_grad():
             self.id_embedding.weight[0].zero_()  # unknown ids contribute nothing
         self.history_proj = nn.Linear(item_feature_dim, user_dim)

@@ -96,15 +96,20 @@ class PreferenceModel(nn.Module):
                 item_index: torch.Tensor | None = None):
         """-> click logit [B]. image_embeds [B, image_dim] (any norm: normalised here); item_index [B] from
         `item_indices` (0 or None: no item bias)."""
-        user = self.user_vector(user_index, history_index)  # (B, user_dim)
-        index = item_index if item_index is not None else torch.zeros(len(image_embeds), dtype=torch.long,
-                                                                       device=image_embeds.device)
-        image = self.image_tower(self.item_side(F.normalize(image_embeds, dim=-1), index))  # (B, hidden)
+        user, image = self.towers(user_index, history_index, image_embeds, item_index)
         personal = (self.user_head(user) * image).sum(-1)  # sum over hidden: (B,)
         logit = personal + self.image_bias(image).squeeze(-1) + self.user_bias(user).squeeze(-1)
         if item_index is not None and hasattr(self, "item_bias"):
             logit = logit + self.item_bias(item_index).squeeze(-1)
         return logit
+
+    def towers(self, user_index: torch.Tensor, history_index: torch.Tensor, image_embeds: torch.Tensor,
+               item_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (user vector [B, user_dim], image tower output [B, hidden]): the two sides of the personal term."""
+        user = self.user_vector(user_index, history_index)  # (B, user_dim)
+        index = item_index if item_index is not None else torch.zeros(len(image_embeds), dtype=torch.long,
+                                                                       device=image_embeds.device)
+        return user, self.image_tower(self.item_side(F.normalize(image_embeds, dim=-1), index))  # (B, hidden)
 
     def item_indices(self, item_ids: list[str | None]) -> torch.Tensor:
         """Item ids (or cover keys: their item is used) -> [B] rows of the item bias, 0 for unknown or None."""

@@ -24,6 +24,10 @@ class PreferenceReward(RewardModel):
         self.model, self.embedder, self.history_len = model.eval().requires_grad_(False), embedder, history_len
 
     def _score(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
+        return torch.sigmoid(self.model(*self._inputs(images, batch)))
+
+    def _inputs(self, images: torch.Tensor, batch: dict) -> tuple[torch.Tensor, ...]:
+        """(user_index, history_index, image_embeds, item_index) of a scored batch, as the model takes them."""
         size = len(images)
         users = [None if u is None or u == "" else str(u) for u in batch.get("user_id", [None] * size)]
         histories = [[str(i) for i in row if i] for row in batch.get("history", [[]] * size)]
@@ -32,16 +36,45 @@ class PreferenceReward(RewardModel):
         user_index = self.model.user_encoder.indices(users).to(images.device)
         history_index = self.model.history_indices(histories, self.history_len).to(images.device)
         item_index = self.model.item_indices(list(batch.get("item_id", [None] * size))).to(images.device)
-        logits = self.model(user_index, history_index, self.embedder.image_embeds(images), item_index)
-        return torch.sigmoid(logits)
+        return user_index, history_index, self.embedder.image_embeds(images), item_index
+
+
+class PreferenceLiftReward(PreferenceReward):
+    """How much more *this* user would click the cover than the batch's other users would: the personal term of
+    the click logit, centred on the audience,
+
+        lift(u, x) = ⟨h(u) − mean_{u' in batch} h(u'), g(x)⟩        (h = user head, g = image tower)
+
+    Everything that any user likes about a cover (image bias, the audience's mean taste) and every constant of
+    the row (user and item bias) cancels, so this reward moves a cover only toward what sets its user apart.
+    P(click) alone also pays for what everybody likes, which the policy learns with or without the user — the
+    user-zeroed policy gets it too — so personalization (ICG over user-zeroed) grows slowly. The audience is the
+    distinct users of the scored batch (a sample of the population: 16 pairs carry ~16 users); a batch of one
+    user is scored on the raw personal term ⟨h(u), g(x)⟩."""
+
+    name = "preference_lift"
+
+    def _score(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
+        user_index, history_index, image_embeds, item_index = self._inputs(images, batch)
+        user, image = self.model.towers(user_index, history_index, image_embeds, item_index)
+        head = self.model.user_head(user)  # (B, hidden)
+        keys = [f"{u}|{h.tolist()}" for u, h in zip(user_index.tolist(), history_index)]
+        first = sorted({key: row for row, key in reversed(list(enumerate(keys)))}.values())  # one row per user
+        audience = head[first].mean(0) if len(first) > 1 else torch.zeros_like(head[0])
+        return ((head - audience) * image).sum(-1)  # sum over hidden: (B,)
 
 
 @register_reward("preference")
-def build_preference(reward_cfg, world_dir) -> PreferenceReward:
+def build_preference(reward_cfg, world_dir, kind: type[PreferenceReward] = PreferenceReward) -> PreferenceReward:
     from icg_rl.preference.train import load_preference_model
 
     default = Path(world_dir) / "models" / "preference" / "model"
     folder = default if reward_cfg.preference == "coverworld" else Path(reward_cfg.preference)
     model, config = load_preference_model(folder)
     clip = (folder / config["clip"]).resolve() if not Path(config["clip"]).is_absolute() else Path(config["clip"])
-    return PreferenceReward(model, CLIPEmbedder.from_pretrained(clip), int(config["history_len"]))
+    return kind(model, CLIPEmbedder.from_pretrained(clip), int(config["history_len"]))
+
+
+@register_reward("preference_lift")
+def build_preference_lift(reward_cfg, world_dir) -> PreferenceLiftReward:
+    return build_preference(reward_cfg, world_dir, PreferenceLiftReward)

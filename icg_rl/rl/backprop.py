@@ -2,7 +2,10 @@
 the VAE decode, and ascend the differentiable rewards directly.
 
 The first T − K steps run without gradient (their latents are constants); the last K run with it, each UNet call
-under activation checkpointing so memory grows with K only through the latents. With `random_truncation`, K is
+under activation checkpointing so memory grows with K only through the latents. The two halves are separate
+functions because they run in separate places in the Ray trainer: rollout actors run `denoise_prefix` and ship
+x_{T−K} with its condition and noise-generator states; the learner runs `denoise_suffix` and the rewards, at
+K / T of a rollout's cost. With `random_truncation`, K is
 drawn uniformly in 1..K each update (AlignProp's randomized truncation, which keeps early steps from dominating).
 """
 
@@ -43,17 +46,21 @@ def without_reference(batch: dict, rows: int) -> torch.Tensor:
     return ~torch.as_tensor(np.asarray(batch.get("has_reference", np.ones(rows, bool)), dtype=bool))
 
 
-def backprop_loss(pipe, batch: dict, rewards: dict, mixer, algo, generator: torch.Generator, noise_generators=None,
-                  gather_scores: Callable[[dict], dict] | None = None):
-    """The reward-backprop loss of a stream batch -> (loss, metrics, images [B, 3, H, W] detached).
+def truncation(algo, generator: torch.Generator) -> int:
+    """K of this update: `algo.backprop_steps`, or with `random_truncation` a uniform draw in 1..K."""
+    if algo.random_truncation:
+        return int(torch.randint(1, algo.backprop_steps + 1, (1,), generator=generator))
+    return algo.backprop_steps
 
-    `noise_generators` (one per row, see `rl/seeding.py`) draw the sampling noise; `generator` draws the
-    truncation. `gather_scores` lets data-parallel ranks normalise with the statistics of the *global* batch: it
-    receives this rank's detached scores and returns every rank's, which update the mixer before it normalises."""
-    check_differentiable(rewards, mixer.weights)
-    noise_generators = noise_generators if noise_generators is not None else generator
+
+@torch.no_grad()
+def denoise_prefix(pipe, batch: dict, algo, noise_generators, k: int) -> dict:
+    """The first T − K steps, without gradient (DRaFT's constants) -> {"latents": x_{T−K} [B, C, h, w],
+    "condition": raw inputs, "prompt_embeds": [B, L, D], "k": K}. A rollout actor runs this; `noise_generators`
+    advance as the steps draw, and the learner continues from their states (`prefix_to_wire`)."""
     titles, refs, users = pipeline_inputs(batch)
-    features = pipe.encode_condition_inputs(pipe.prepare_condition_inputs(titles, refs, users))  # (B, K, d)
+    condition = pipe.prepare_condition_inputs(titles, refs, users)
+    features = pipe.encode_condition_inputs(condition)  # (B, K, d)
     prompt_embeds = encode_prompts(pipe, pipe.prompts(titles))
     uncond = encode_prompts(pipe, [""]) if algo.guidance_scale > 1.0 else None
     scheduler = pipe.scheduler
@@ -61,21 +68,85 @@ def backprop_loss(pipe, batch: dict, rewards: dict, mixer, algo, generator: torc
     size = pipe.unet.config.sample_size
     latents = randn_tensor((len(titles), pipe.unet.config.in_channels, size, size), generator=noise_generators,
                            device=features.device, dtype=features.dtype) * scheduler.init_noise_sigma
-    k = algo.backprop_steps
-    if algo.random_truncation:
-        k = int(torch.randint(1, k + 1, (1,), generator=generator))
-    steps = len(scheduler.timesteps)
-    for i, t in enumerate(scheduler.timesteps):
-        with_grad = i >= steps - k
-        with torch.set_grad_enabled(with_grad):
-            args = (pipe, latents, t, prompt_embeds, features if with_grad else features.detach(),
-                    algo.guidance_scale, uncond)
-            if with_grad and algo.gradient_checkpointing:
-                noise = checkpoint(predict_noise, *args, use_reentrant=False)
-            else:
-                noise = predict_noise(*args)
-            latents = scheduler.step(noise, t, latents, eta=algo.eta, generator=noise_generators).prev_sample
-    images = decode(pipe, latents)  # (B, 3, H, W), with grad through the last K steps
+    for t in scheduler.timesteps[: len(scheduler.timesteps) - k]:
+        noise = predict_noise(pipe, latents, t, prompt_embeds, features, algo.guidance_scale, uncond)
+        latents = scheduler.step(noise, t, latents, eta=algo.eta, generator=noise_generators).prev_sample
+    return {"latents": latents, "condition": condition, "prompt_embeds": prompt_embeds, "k": k}
+
+
+def denoise_suffix(pipe, prefix: dict, algo, noise_generators) -> torch.Tensor:
+    """The last K steps from x_{T−K}, with gradient (each UNet call checkpointed), and the decode -> float images
+    [B, 3, H, W]. The condition is recomputed with the current weights: gradient reaches every ICG parameter."""
+    features = pipe.encode_condition_inputs(prefix["condition"])  # (B, K, d), with grad
+    uncond = encode_prompts(pipe, [""]) if algo.guidance_scale > 1.0 else None
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(algo.num_inference_steps, device=features.device)
+    latents = prefix["latents"].to(features.device)
+    prompt_embeds = prefix["prompt_embeds"].to(features.device)
+    for t in scheduler.timesteps[len(scheduler.timesteps) - prefix["k"]:]:
+        args = (pipe, latents, t, prompt_embeds, features, algo.guidance_scale, uncond)
+        noise = checkpoint(predict_noise, *args, use_reentrant=False) if algo.gradient_checkpointing \
+            else predict_noise(*args)
+        latents = scheduler.step(noise, t, latents, eta=algo.eta, generator=noise_generators).prev_sample
+    return decode(pipe, latents)  # with grad through the last K steps
+
+
+def prefix_to_wire(prefix: dict, noise_generators: list[torch.Generator]) -> dict:
+    """A prefix as numpy for the object store, with each row's noise-generator state (the learner draws the last
+    K steps' noise from where the rollout stopped: the same chain as one process sampling all T steps)."""
+    return {"latents": prefix["latents"].cpu().numpy(), "prompt_embeds": prefix["prompt_embeds"].cpu().numpy(),
+            "condition": {k: v.cpu().numpy() for k, v in prefix["condition"].items()}, "k": prefix["k"],
+            "noise_states": np.stack([g.get_state().numpy() for g in noise_generators])}
+
+
+def prefix_from_wire(wire: dict) -> tuple[dict, list[torch.Generator]]:
+    generators = []
+    for state in wire["noise_states"]:
+        generator = torch.Generator()
+        generator.set_state(torch.from_numpy(np.ascontiguousarray(state)))
+        generators.append(generator)
+    prefix = {"latents": torch.from_numpy(wire["latents"]), "prompt_embeds": torch.from_numpy(wire["prompt_embeds"]),
+              "condition": {k: torch.from_numpy(np.asarray(v)) for k, v in wire["condition"].items()}, "k": wire["k"]}
+    return prefix, generators
+
+
+def concat_prefix_wires(parts: list[dict]) -> dict:
+    """Row chunks of one batch's prefix (one per rollout actor, in row order) -> one prefix."""
+    if len({p["k"] for p in parts}) != 1:
+        raise ValueError(f"prefix chunks were sampled with different K: {[p['k'] for p in parts]}")
+    from icg_rl.rl.trajectory import concat_conditions
+
+    condition = concat_conditions([{k: torch.from_numpy(np.asarray(v)) for k, v in p["condition"].items()}
+                                   for p in parts])
+    return {"latents": np.concatenate([p["latents"] for p in parts]), "k": parts[0]["k"],
+            "prompt_embeds": np.concatenate([p["prompt_embeds"] for p in parts]),
+            "condition": {k: v.numpy() for k, v in condition.items()},
+            "noise_states": np.concatenate([p["noise_states"] for p in parts])}
+
+
+def slice_prefix_wire(wire: dict, rows: slice) -> dict:
+    from icg_rl.rl.trajectory import slice_condition
+
+    index = np.arange(len(wire["latents"]))[rows]
+    condition = slice_condition({k: torch.from_numpy(np.asarray(v)) for k, v in wire["condition"].items()}, index)
+    return {"latents": wire["latents"][index], "prompt_embeds": wire["prompt_embeds"][index], "k": wire["k"],
+            "condition": {k: v.numpy() for k, v in condition.items()}, "noise_states": wire["noise_states"][index]}
+
+
+def backprop_loss(pipe, batch: dict, rewards: dict, mixer, algo, generator: torch.Generator, noise_generators=None,
+                  gather_scores: Callable[[dict], dict] | None = None, prefix: dict | None = None):
+    """The reward-backprop loss of a stream batch -> (loss, metrics, images [B, 3, H, W] detached).
+
+    `noise_generators` (one per row, see `rl/seeding.py`) draw the sampling noise; `generator` draws the
+    truncation. `prefix`: the first T − K steps already run elsewhere (a rollout actor's `denoise_prefix`; then
+    `noise_generators` must continue from its states) — without it they run here. `gather_scores` lets
+    data-parallel ranks normalise with the statistics of the *global* batch: it receives this rank's detached
+    scores and returns every rank's, which update the mixer before it normalises."""
+    check_differentiable(rewards, mixer.weights)
+    noise_generators = noise_generators if noise_generators is not None else generator
+    if prefix is None:
+        prefix = denoise_prefix(pipe, batch, algo, noise_generators, truncation(algo, generator))
+    images = denoise_suffix(pipe, prefix, algo, noise_generators)
     scores = {name: reward.score(images, batch) for name, reward in rewards.items()}
     reference = reference_scores(rewards, mixer.floors, batch)
     if gather_scores is not None:
@@ -85,7 +156,7 @@ def backprop_loss(pipe, batch: dict, rewards: dict, mixer, algo, generator: torc
         total, metrics = mixer(scores, reference_scores=reference)
     loss = -total.mean()  # ascend the mixed reward
     metrics["loss/backprop"] = float(loss.detach())
-    metrics["stats/backprop_steps"] = k
+    metrics["stats/backprop_steps"] = prefix["k"]
     return loss, metrics, images.detach()
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from icg_rl.rl.logprob import ddim_step_distribution, ddim_step_with_logprob
-from icg_rl.rl.sampling import encode_prompts, predict_noise
+from icg_rl.rl.sampling import encode_prompts, predict_noise, stochastic_steps
 
 
 def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float,
@@ -52,7 +52,9 @@ def ddpo_gradients(pipe, trajectory, advantages: torch.Tensor, algo, generator: 
     in `.grad`: a plain optimizer (`ddpo_update`) and a DeepSpeed engine (`gradient_surrogate`) apply them alike."""
     params = pipe.trainable_parameters()
     steps = trajectory.log_probs.shape[1]
-    chosen = torch.randperm(steps, generator=generator)[: max(1, round(algo.timestep_fraction * steps))]
+    window = torch.as_tensor(stochastic_steps(steps, algo.sde_window))  # the steps that drew noise
+    chosen = window[torch.randperm(len(window), generator=generator)][: max(1, round(algo.timestep_fraction
+                                                                                       * len(window)))]
     features = pipe.encode_condition_inputs(trajectory.condition)  # (B, K, d), with grad
     leaf = features.detach().requires_grad_(True)
     uncond = encode_prompts(pipe, [""]) if algo.guidance_scale > 1.0 else None

@@ -85,13 +85,15 @@ class LocalTrainer:
         else:
             with timed("rollout", timings):
                 trajectory, images = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta,
-                                                       algo.guidance_scale, noise, self.iteration)
+                                                       algo.guidance_scale, noise, self.iteration,
+                                                       sde_window=algo.sde_window)
             with timed("reward", timings):
                 # score the uint8 images a rollout records (and ships to reward actors), not the float decode
                 scores = self.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
             reference = reference_scores(self.rewards, self.mixer.floors, trajectory.extra)  # floored rewards
             total, metrics = self.mixer(scores, reference_scores=reference)
-            advantages, adv_stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker)
+            advantages, adv_stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker,
+                                                     global_std=algo.advantage_std == "batch")
             metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
             with timed("update", timings):
                 metrics |= ddpo_update(self.pipe, trajectory, torch.from_numpy(advantages), self.optimizer, algo,
@@ -107,7 +109,7 @@ class LocalTrainer:
         algo = self.cfg.algo
         noise = row_generators(seed, 0, range(len(batch["group_key"])), EVALUATION)
         _, images = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
-                                      noise)
+                                      noise, sde_window=algo.sde_window)
         scores = self.score(images, batch)
         raw_total = sum(self.mixer.weights[n] * s.mean() for n, s in scores.items())
         return {f"eval/{n}": float(s.mean()) for n, s in scores.items()} | {"eval/weighted_total": float(raw_total)}

@@ -54,12 +54,20 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     return (images / 2 + 0.5).clamp(0, 1)
 
 
+def stochastic_steps(num_steps: int, sde_window: tuple[int, int] | None) -> range:
+    """The step indices that sample with noise (and carry a log-prob): `algo.sde_window`, or all of them."""
+    return range(num_steps) if sde_window is None else range(*sde_window)
+
+
 @torch.no_grad()
 def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_scale: float,
-                      generator, policy_version: int = 0, zero_user: bool = False) -> tuple[Trajectory, torch.Tensor]:
+                      generator, policy_version: int = 0, zero_user: bool = False,
+                      sde_window: tuple[int, int] | None = None) -> tuple[Trajectory, torch.Tensor]:
     """One rollout of a stream batch (title, reference_image, has_reference, user_id, history, group_key) ->
     (Trajectory, float images [B, 3, H, W]). `generator`: one torch.Generator, or one per row (`rl/seeding.py`:
-    rows then draw the same noise however the batch is split)."""
+    rows then draw the same noise however the batch is split). With `sde_window` only those steps draw noise;
+    the others are deterministic DDIM steps (log-prob 0: they are never trained), so a sample's reward depends on
+    its initial noise and the window's draws only — the credit a policy gradient assigns lands in the window."""
     titles, refs, users = pipeline_inputs(batch)
     condition = pipe.prepare_condition_inputs(titles, refs, users)
     features = pipe.encode_condition_inputs(condition, zero_user)  # (B, K, d)
@@ -71,10 +79,14 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
     # CPU generators draw on the CPU, then the noise moves to the model's device (same noise on every device)
     latents = randn_tensor((len(titles), pipe.unet.config.in_channels, size, size), generator=generator,
                            device=prompt_embeds.device, dtype=prompt_embeds.dtype) * scheduler.init_noise_sigma
-    chain, log_probs = [latents], []
-    for t in scheduler.timesteps:
+    chain, log_probs, stochastic = [latents], [], stochastic_steps(num_steps, sde_window)
+    for i, t in enumerate(scheduler.timesteps):
         noise = predict_noise(pipe, latents, t, prompt_embeds, features, guidance_scale, uncond)
-        latents, log_prob = ddim_step_with_logprob(scheduler, noise, t, latents, eta=eta, generator=generator)
+        if i in stochastic:
+            latents, log_prob = ddim_step_with_logprob(scheduler, noise, t, latents, eta=eta, generator=generator)
+        else:
+            latents = scheduler.step(noise, t, latents, eta=0.0).prev_sample
+            log_prob = torch.zeros(len(latents), dtype=latents.dtype, device=latents.device)
         chain.append(latents)
         log_probs.append(log_prob)
     images = decode(pipe, latents)

@@ -41,11 +41,19 @@ def local_first_step(cfg, threads: int) -> tuple[dict, dict, dict]:
         torch.set_num_threads(before)
 
 
+# reward backprop runs split (rollout actors: the first T − K steps; the learner: the last K), the reference in one
+# process; DDPO samples on the rollout actors and updates in the learner
+ALGOS = {"ddpo": ([], ("loss/policy", "stats/clip_fraction")),
+         "backprop": (["algo.name=backprop", "algo.backprop_steps=2"], ("loss/backprop",))}
+
+
 @pytest.mark.float_sensitive
-def test_first_iteration_equals_the_local_trainer(micro_world, ray_cluster, tmp_path):
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_first_iteration_equals_the_local_trainer(micro_world, ray_cluster, tmp_path, algo):
     from icg_rl.train import RayTrainer
 
-    cfg = micro(micro_world)
+    overrides, loss_keys = ALGOS[algo]
+    cfg = micro(micro_world, *overrides)
     # The reference three times, with 1, 2 and 3 torch threads: the same algorithm in three summation orders. Their
     # spread is this step's float noise floor here (rollout images are uint8, so a last-bit change can flip a pixel
     # level and move a reward by ~1e-5 relative); the Ray step, split over actors with their own thread counts, is
@@ -57,8 +65,12 @@ def test_first_iteration_equals_the_local_trainer(micro_world, ray_cluster, tmp_
         ray_weights, _ = ray_cluster.get(ray_trainer.learner.actors[0].weights.remote())
     finally:
         ray_trainer.shutdown()
-    for key in ("reward/aesthetic", "reward/clip_t", "reward/total", "loss/policy", "stats/clip_fraction"):
+    for key in ("reward/aesthetic", "reward/clip_t", "reward/total", *loss_keys):
         assert_within_floor(got[key], [metrics[key] for metrics, _, _ in runs], key)
+    if algo == "backprop":  # the reward pools scored the covers the learner made: the learner's own scores
+        assert got["time/rollout"] > 0 and got["time/reward"] > 0
+        for name in ("aesthetic", "clip_t"):
+            assert got[f"pool/{name}"] == pytest.approx(got[f"reward/{name}"], rel=0.02, abs=0.005)
     _, initial, updated = runs[0]
     assert sum(not np.array_equal(updated[n], initial[n]) for n in initial) > len(initial) // 2  # a real update
     for name in initial:
@@ -216,7 +228,7 @@ def test_async_rollouts_overlap_the_update_one_step_off_policy(micro_world, ray_
     from icg_rl.config import ConfigError
     from icg_rl.train import RayTrainer
 
-    with pytest.raises(ConfigError, match="rollout.async=true needs algo.name=ddpo"):
+    with pytest.raises(ConfigError, match="rollout.async=true needs a policy-gradient algo.name"):
         RayTrainer(micro(micro_world, "rollout.async=true", "algo.name=backprop"))
     trainer = RayTrainer(micro(micro_world, "rollout.async=true"))
     try:

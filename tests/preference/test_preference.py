@@ -57,6 +57,32 @@ def test_checkpoint_folder_is_the_preference_reward(trained):
         assert not torch.allclose(reward.score(images, batch_for(cfg, 4)), reward.score(images, other))
 
 
+def test_lift_is_the_personal_part_of_the_click_logit(trained):
+    from icg_rl.config import RewardConfig
+    from icg_rl.rewards.base import build_reward
+    from tests.rewards.test_rewards import batch_for
+
+    cfg, out, _ = trained
+    reward_cfg = RewardConfig(preference=str(out / "model"))
+    lift, preference = (build_reward(name, reward_cfg, cfg.world.dir) for name in ("preference_lift", "preference"))
+    batch = batch_for(cfg, 4) | {"history": [["i00001", "i00002"], ["i00005", ""], ["i00003", ""], ["i00007", ""]]}
+    one_cover = torch.rand(1, 3, 32, 32).expand(4, 3, 32, 32)
+    with torch.no_grad():
+        scores = lift.score(one_cover, batch)
+        # one cover shown to the batch's 4 distinct users: its lifts sum to 0 (centred on the audience) …
+        assert abs(float(scores.sum())) < 1e-4 and float(scores.abs().max()) > 1e-4
+        # … and equal the click logits' differences, up to the users' own click rates (user bias)
+        logits = torch.logit(preference.score(one_cover, batch).double())
+        user_bias = preference.model.user_bias(preference.model.towers(*preference._inputs(one_cover, batch))[0])
+        centred = logits - user_bias.squeeze(-1).double()
+        torch.testing.assert_close(scores.double(), centred - centred.mean(), atol=1e-4, rtol=1e-4)
+        # a batch of one user has no audience: it is scored on the raw personal term ⟨h(u), g(x)⟩
+        assert lift.score(one_cover[:1], {k: v[:1] for k, v in batch.items()}).abs().item() > 0
+    images = torch.rand(4, 3, 32, 32, requires_grad=True)
+    lift.score(images, batch).sum().backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
 def test_ray_train_left_a_checkpoint(trained):
     _, out, _ = trained
     assert list((out / "ray_train").rglob("model.pt")), "Ray Train wrote no checkpoint"
