@@ -25,7 +25,7 @@ import torch
 
 from icg_rl.config import load_config
 from icg_rl.distributed.reward import to_float_images
-from icg_rl.evaluation.gold import GoldReward
+from icg_rl.evaluation.gold import GoldLiftReward, GoldReward
 from icg_rl.evaluation.heldout import heldout_batch
 from icg_rl.evaluation.world_reference import oracle_ctr, taste_correlation
 from icg_rl.io import atomic_write_bytes, atomic_write_json
@@ -60,8 +60,10 @@ def held_out_scores(trainer: LocalTrainer, batch: dict, proxy, clip_t) -> dict[s
 
 def run(cfg, reward: str, iterations: int, eval_every: int, batch: dict, proxy, clip_t) -> list[dict]:
     trainer = LocalTrainer(cfg)
-    if reward == "gold":  # the truth in place of the learned preference reward, same weight in the mix
+    if reward == "gold":  # the truth in place of the learned preference rewards, same weights in the mix
         trainer.rewards["preference"] = GoldReward(cfg.world.dir)
+        if "preference_lift" in trainer.rewards:
+            trainer.rewards["preference_lift"] = GoldLiftReward(cfg.world.dir)
     curve, start = [], time.perf_counter()
     for it in range(iterations + 1):
         if it % eval_every == 0 or it == iterations:

@@ -137,6 +137,8 @@ class RewardConfig(Section):
     floors: dict[Literal["aesthetic", "clip_t", "clip_i", "pickscore"], float] = Field(
         default_factory=dict, description="rewards held as a floor, not climbed: a cover costs its weight × its "
         "shortfall below floor × the reference cover's score (rewards/mix.py); e.g. {clip_t: 0.95}")
+    floor_rate: float = Field(0.0, ge=0.0, description="dual-ascent step of the floors' prices: > 0 raises a floor's "
+                              "weight while the batch mean is below it and lowers it above (rewards/mix.py); 0: fixed")
 
 
 class PreferenceConfig(Section):
@@ -179,6 +181,8 @@ class AlgoConfig(Section):
     sde_window: tuple[int, int] | None = Field(None, description="policy gradient: [start, stop) denoising step "
                                                "indices that sample with noise (eta) and are trained; the others "
                                                "step deterministically (eta 0). None: every step")
+    shared_start: bool = Field(False, description="policy gradient: every sample of a (user, item) group starts "
+                               "from the same initial noise, so its rewards differ only by the policy's own draws")
     advantage_std: Literal["group", "batch"] = Field("group", description="grpo: standardise each group's "
                                                      "centred rewards by its own std or by the batch's")
     backprop_steps: int = Field(1, ge=1, description="K of DRaFT-K: last steps carrying gradient")
@@ -188,6 +192,8 @@ class AlgoConfig(Section):
 
     @model_validator(mode="after")
     def _window_inside_steps(self):
+        if self.shared_start and self.name == "backprop":
+            raise ValueError("algo.shared_start is for the policy-gradient algorithms (ddpo, grpo)")
         if self.sde_window is not None:
             if self.name == "backprop":
                 raise ValueError("algo.sde_window is for the policy-gradient algorithms (ddpo, grpo); reward "
@@ -250,6 +256,8 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(5, ge=1, description="iterations between checkpoints")
     eval_every: int = Field(5, ge=1, description="iterations between evaluations on held-out pairs")
     eval_pairs: int = Field(64, ge=1, description="held-out (user, item) pairs of the test split scored at evaluation")
+    pool_check_every: int = Field(10, ge=0, description="reward backprop: every N iterations the reward pools also "
+                                  "score the covers the learner made (pool/<reward> in the log); 0: never")
     out: str = Field("runs/train", description="folder of the run's outputs (the CLI's --out overrides it)")
     storage_path: str | None = Field(None, description="where checkpoints go: a folder or a pyarrow filesystem URI "
                                      "(s3://..., gs://...); None = OUT/checkpoints")

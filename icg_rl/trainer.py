@@ -65,7 +65,7 @@ class RayTrainer:
         self.rollout.ready()
         for pool in self.rewards.values():
             pool.ready()
-        self.mixer = RewardMixer(self.weights, normalize=cfg.reward.normalize, floors=cfg.reward.floors)
+        self.mixer = RewardMixer.from_config(self.weights, cfg.reward)
         self.tracker = PerKeyStatTracker()
         self.iteration, self.epoch, self.batch_in_epoch, self.version = 0, 0, 0, 0
         self.pending, self.position = None, None  # async: the next iteration's rollouts in flight
@@ -138,13 +138,20 @@ class RayTrainer:
         metrics, images = self.learner.update_backprop(batch, concat_prefix_wires(parts), self.iteration)
         timings["time/learn"] = (reward_start := time.perf_counter()) - learn_start
         inputs = {key: np.asarray(batch[key]) for key in REWARD_INPUTS if key in batch}
-        refs = {name: pool.score_refs(images, inputs) for name, pool in self.rewards.items()}
-        metrics |= {f"pool/{name}": float(RewardPool.gather([ref]).mean()) for name, ref in refs.items()}
+
+        def check_scores() -> dict[str, float]:
+            refs = {name: pool.score_refs(images, inputs) for name, pool in self.rewards.items()}
+            return {f"pool/{name}": float(RewardPool.gather([ref]).mean()) for name, ref in refs.items()}
+
+        every = self.cfg.train.pool_check_every  # 16 covers × every pool is ~0.17 s on 2 cores: not every step
+        if every and self.iteration % every == 0:
+            metrics |= self.retrying(check_scores, self.iteration)
         timings["time/reward"] = time.perf_counter() - reward_start
         return metrics
 
     def retrying(self, work, iteration: int):
-        """`work()` again after a rollout actor died and restarted (`ray.max_restarts`), with the weights resent."""
+        """`work()` again after a rollout or reward actor died and restarted (`ray.max_restarts`); a rollout actor
+        is given the current weights again first."""
         from ray.exceptions import RayActorError, RayTaskError
 
         from icg_rl.distributed.restarts import until_answering
@@ -155,9 +162,11 @@ class RayTrainer:
             except (RayActorError, RayTaskError) as err:
                 if attempt == self.cfg.ray.max_restarts:
                     raise
-                log.warning("iteration %d: a rollout actor failed (%s); retrying (attempt %d of %d)", iteration + 1,
-                            type(err).__name__, attempt + 2, self.cfg.ray.max_restarts + 1)
-                until_answering(self.rollout.resync, "rollout pool")
+                log.warning("iteration %d: a rollout or reward actor failed (%s); retrying (attempt %d of %d)",
+                            iteration + 1, type(err).__name__, attempt + 2, self.cfg.ray.max_restarts + 1)
+                self.recover_rollouts()
+                for name, pool in self.rewards.items():  # blocks until a restarting reward actor answers again
+                    until_answering(pool.ready, f"reward pool {name!r}")
         raise AssertionError("unreachable")
 
     def resize_rollouts(self) -> None:
@@ -204,21 +213,27 @@ class RayTrainer:
                 log.warning("iteration %d: an actor failed (%s); waiting for its restart and retrying the "
                             "iteration's rollouts and rewards (attempt %d of %d)", pending["iteration"] + 1,
                             type(err).__name__, attempt + 2, self.cfg.ray.max_restarts + 1)
-                if self.elastic:
-                    dropped = self.rollout.drop_dead()
-                    if dropped:
-                        log.warning("rollout pool shrank: %d actor(s) gone with their node; %d remain", dropped,
-                                    len(self.rollout.actors))
-                    if not self.rollout.actors:
-                        self.rollout.grow(1)
-                        while not self.rollout.admit():
-                            time.sleep(0.5)
+                self.recover_rollouts()
                 for name, pool in self.rewards.items():  # blocks until a restarting reward actor answers again
                     until_answering(pool.ready, f"reward pool {name!r}")
-                # a restarted rollout actor holds version 0 until it is given the weights
-                until_answering(self.rollout.resync, "rollout pool")
                 pending = self.submit(pending["batch"], pending["iteration"])
         raise AssertionError("unreachable")
+
+    def recover_rollouts(self) -> None:
+        """After a rollout actor failed: an elastic pool drops actors whose node left (starting one if none is
+        left); a restarted actor holds version 0 until it is given the current weights again."""
+        from icg_rl.distributed.restarts import until_answering
+
+        if self.elastic:
+            dropped = self.rollout.drop_dead()
+            if dropped:
+                log.warning("rollout pool shrank: %d actor(s) gone with their node; %d remain", dropped,
+                            len(self.rollout.actors))
+            if not self.rollout.actors:
+                self.rollout.grow(1)
+                while not self.rollout.admit():
+                    time.sleep(0.5)
+        until_answering(self.rollout.resync, "rollout pool")
 
     def sync_weights(self) -> dict[str, float]:
         """Learner rank 0's trainable weights → every rollout actor, as version `self.iteration`."""

@@ -120,8 +120,7 @@ class LearnerWorker:
         self.rewards = {n: build_reward(n, self.cfg.reward, self.cfg.world.dir).to(self.pipe.device)
                         for n in weights}
         check_differentiable(self.rewards, weights)
-        self.mixer = RewardMixer(weights, normalize=self.cfg.reward.normalize,
-                                 floors=self.cfg.reward.floors)
+        self.mixer = RewardMixer.from_config(weights, self.cfg.reward)
 
     def _step(self, surrogate: torch.Tensor) -> float:
         self.engine.backward(surrogate)

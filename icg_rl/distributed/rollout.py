@@ -24,7 +24,7 @@ from icg_rl.distributed.placement import torch_threads
 from icg_rl.distributed.reward import slice_batch
 from icg_rl.distributed.weights import VersionedWeights
 from icg_rl.rl.sampling import sample_trajectory
-from icg_rl.rl.seeding import ROLLOUT, row_generators
+from icg_rl.rl.seeding import ROLLOUT, group_generators, row_generators
 
 log = logging.getLogger(__name__)
 REWARD_INPUTS = ("title", "user_id", "history", "reference_image", "has_reference", "item_id")
@@ -67,9 +67,11 @@ class RolloutWorker:
         algo = self.cfg.algo
         rows = range(first_row, first_row + len(batch["group_key"]))
         noise = row_generators(self.cfg.train.seed, iteration, rows, stream)
+        start = group_generators(self.cfg.train.seed, iteration, batch["group_key"]) \
+            if algo.shared_start and stream == ROLLOUT else None
         trajectory, _ = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
                                           noise, policy_version=version, zero_user=zero_user,
-                                          sde_window=algo.sde_window)
+                                          sde_window=algo.sde_window, start_generator=start)
         reward_inputs = {k: np.asarray(batch[k]) for k in REWARD_INPUTS if k in batch}
         return trajectory.to_wire(), trajectory.images, reward_inputs
 

@@ -41,3 +41,24 @@ class GoldReward(RewardModel):
         features = image_features_torch(images.float())  # (B, 5)
         distance = ((self.feature_scale * (features - ideal)) ** 2).mean(dim=-1)  # mean over the 5 looks: (B,)
         return torch.sigmoid(self.genre_weight * affinity - self.look_weight * distance + bias + self.offset)
+
+
+class GoldLiftReward(GoldReward):
+    """The truth's counterpart of `preference_lift`: how much closer the cover is to its user's ideal look than to
+    the batch's other users' (the personal term of the true click logit, centred on the audience; genre affinity
+    and item bias are constant in the cover and drop out). BENCHMARK ONLY, like `GoldReward`."""
+
+    name = "gold_lift"
+
+    def _score(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
+        users = [str(u) for u in batch.get("user_id", [])]
+        if len(users) != len(images):
+            raise KeyError(f"gold lift: batch['user_id'] needs one row per image ({len(images)})")
+        audience = sorted(set(users))
+        ideals = torch.as_tensor(self.oracle.ideal_points(audience), dtype=torch.float32, device=images.device)
+        features = image_features_torch(images.float())  # (B, 5)
+        # distance of every cover to every audience member's ideal look: (B, U)
+        distance = ((self.feature_scale * (features[:, None] - ideals[None])) ** 2).mean(dim=-1)
+        own = distance[torch.arange(len(users)), torch.as_tensor([audience.index(u) for u in users])]
+        centred = own - distance.mean(dim=1) if len(audience) > 1 else own
+        return -self.look_weight * centred

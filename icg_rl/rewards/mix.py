@@ -14,6 +14,12 @@ the stronger gradient win everywhere. With relevance as a weighted term, the ora
 weight 2 gained no personalization at all (issue 18); as a floor, relevance only pushes back on the covers that
 drift off-title, and the personal reward moves the rest.
 
+With `floor_rate` > 0 the floor is a constraint held by dual ascent (a Lagrange multiplier per floored reward):
+after every batch, m_r ← m_r · exp(floor_rate · (f · mean(s_ref) − mean(s)) / std_r), kept in [0.1, 100], and the
+term is paid at w_r · m_r. A policy that drifts below the floor on average meets a rising price until the batch
+mean is back above it; one that stays above lets the price fall, so the personal reward keeps what the
+constraint does not need. The same recipe then holds relevance on worlds whose trade-offs differ (issue 18).
+
 Rewards live on different scales (an aesthetic score of ~5, a CLIP similarity of ~0.3, a click probability in
 [0, 1]), so a fixed weight only means something after each reward is put on a common scale. mean_r / std_r are
 running statistics over every batch seen so far, updated with the current batch before it is normalised, so the
@@ -90,7 +96,7 @@ class RewardMixer:
     """
 
     def __init__(self, weights: dict[str, float], normalize: bool = True, eps: float = 1e-6,
-                 floors: dict[str, float] | None = None):
+                 floors: dict[str, float] | None = None, floor_rate: float = 0.0):
         if not weights:
             raise ValueError("reward.weights: empty; give at least one reward with a non-zero weight")
         for name, w in weights.items():
@@ -110,6 +116,15 @@ class RewardMixer:
             raise ValueError(f"reward.floors: {unweighted} have no non-zero weight in reward.weights "
                              f"({self.weights}); a floor's weight is the price of falling below it")
         self.stats = {name: RunningStats() for name in self.mixed}
+        if not floor_rate >= 0:
+            raise ValueError(f"reward.floor_rate: must be >= 0, got {floor_rate}")
+        self.floor_rate = float(floor_rate)
+        self.multipliers = {name: 1.0 for name in self.floors}  # the floors' prices (dual variables)
+
+    @classmethod
+    def from_config(cls, weights: dict[str, float], reward_cfg) -> RewardMixer:
+        """The mix a `reward` config section describes, over `weights` (its non-zero weights)."""
+        return cls(weights, normalize=reward_cfg.normalize, floors=reward_cfg.floors, floor_rate=reward_cfg.floor_rate)
 
     def __call__(self, scores: dict[str, torch.Tensor], update: bool = True,
                  reference_scores: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -124,11 +139,13 @@ class RewardMixer:
         metrics: dict[str, float] = {}
         total = None
         if update:
-            self.update(scores)
+            self.update(scores, reference_scores)
         for name in self.mixed:
             s = scores[name]
             if name in self.floors:
-                term = -self.weights[name] * self._shortfall(name, s, reference_scores, metrics)
+                price = self.weights[name] * self.multipliers[name]
+                term = -price * self._shortfall(name, s, reference_scores, metrics)
+                metrics[f"reward/{name}_multiplier"] = self.multipliers[name]
             else:
                 norm = self._normalise(name, s)
                 term = self.weights[name] * norm
@@ -141,11 +158,24 @@ class RewardMixer:
         metrics["reward/total"] = float(total.detach().mean())
         return total, metrics
 
-    def update(self, scores: dict[str, torch.Tensor]) -> None:
-        """Fold a batch of scores into the running statistics of every mixed reward (without mixing)."""
+    def update(self, scores: dict[str, torch.Tensor], reference_scores: dict[str, torch.Tensor] | None = None) -> None:
+        """Fold a batch of scores into the running statistics of every mixed reward (without mixing), and with
+        `floor_rate` > 0 take one dual step on each floor's multiplier (needs the batch's reference scores)."""
         self._check_scores(scores)
         for name in self.mixed:
             self.stats[name].update(scores[name].detach())
+        if self.floor_rate == 0:
+            return
+        for name, floor in self.floors.items():
+            reference = (reference_scores or {}).get(name)
+            if reference is None:
+                raise KeyError(f"reward {name!r}: reward.floor_rate > 0 needs its reference scores to price the floor")
+            s, known = scores[name].detach().double(), ~torch.isnan(reference)
+            if not known.any():
+                continue  # no reference cover in this batch: nothing to compare with
+            gap = floor * float(reference[known].double().mean()) - float(s[known].mean())
+            step = self.floor_rate * gap / ((self.stats[name].std if self.normalize else 1.0) + self.eps)
+            self.multipliers[name] = min(100.0, max(0.1, self.multipliers[name] * math.exp(step)))
 
     def _check_scores(self, scores: dict[str, torch.Tensor]) -> None:
         sizes = {}
@@ -186,8 +216,9 @@ class RewardMixer:
         return (s - stats.mean) / (stats.std + self.eps)
 
     def state_dict(self) -> dict:
-        """Running statistics of every mixed reward, as plain floats (JSON-serialisable)."""
-        return {"stats": {name: st.state_dict() for name, st in self.stats.items()}}
+        """Running statistics of every mixed reward and the floors' multipliers, as plain floats (JSON)."""
+        return {"stats": {name: st.state_dict() for name, st in self.stats.items()},
+                "multipliers": dict(self.multipliers)}
 
     def load_state_dict(self, state: dict) -> None:
         given = set(state.get("stats", {}))
@@ -196,6 +227,7 @@ class RewardMixer:
                              f"this mix weights {sorted(self.stats)}; the weighted rewards must match to resume")
         for name, st in state["stats"].items():
             self.stats[name].load_state_dict(st)
+        self.multipliers |= {n: float(m) for n, m in state.get("multipliers", {}).items() if n in self.multipliers}
 
 
 def _describe(name: str, s: torch.Tensor) -> dict[str, float]:

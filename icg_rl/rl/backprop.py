@@ -149,8 +149,9 @@ def backprop_loss(pipe, batch: dict, rewards: dict, mixer, algo, generator: torc
     images = denoise_suffix(pipe, prefix, algo, noise_generators)
     scores = {name: reward.score(images, batch) for name, reward in rewards.items()}
     reference = reference_scores(rewards, mixer.floors, batch)
-    if gather_scores is not None:
-        mixer.update(gather_scores({n: s.detach() for n, s in scores.items()}))
+    if gather_scores is not None:  # the global batch's statistics (and floor prices) on every rank
+        mixer.update(gather_scores({n: s.detach() for n, s in scores.items()}),
+                     gather_scores(reference) if reference else None)
         total, metrics = mixer(scores, update=False, reference_scores=reference)
     else:
         total, metrics = mixer(scores, reference_scores=reference)

@@ -28,7 +28,7 @@ from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
 from icg_rl.rl.backprop import backprop_update, check_differentiable, reference_scores
 from icg_rl.rl.ddpo import ddpo_update
 from icg_rl.rl.sampling import sample_trajectory
-from icg_rl.rl.seeding import EVALUATION, row_generators, update_generator
+from icg_rl.rl.seeding import EVALUATION, group_generators, row_generators, update_generator
 
 
 @contextmanager
@@ -51,7 +51,7 @@ class LocalTrainer:
         self.rewards = {name: build_reward(name, cfg.reward, cfg.world.dir) for name in weights}
         if cfg.algo.name == "backprop":
             check_differentiable(self.rewards, weights)
-        self.mixer = RewardMixer(weights, normalize=cfg.reward.normalize, floors=cfg.reward.floors)
+        self.mixer = RewardMixer.from_config(weights, cfg.reward)
         self.tracker = PerKeyStatTracker()
         self.optimizer = torch.optim.AdamW(self.pipe.trainable_parameters(), lr=cfg.algo.lr)
         self.pairs = build_pairs(self.data, split, cfg.data.history_len)
@@ -84,9 +84,10 @@ class LocalTrainer:
                                              generator, noise)
         else:
             with timed("rollout", timings):
+                start = group_generators(seed, self.iteration, batch["group_key"]) if algo.shared_start else None
                 trajectory, images = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta,
                                                        algo.guidance_scale, noise, self.iteration,
-                                                       sde_window=algo.sde_window)
+                                                       sde_window=algo.sde_window, start_generator=start)
             with timed("reward", timings):
                 # score the uint8 images a rollout records (and ships to reward actors), not the float decode
                 scores = self.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)

@@ -62,12 +62,16 @@ def stochastic_steps(num_steps: int, sde_window: tuple[int, int] | None) -> rang
 @torch.no_grad()
 def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_scale: float,
                       generator, policy_version: int = 0, zero_user: bool = False,
-                      sde_window: tuple[int, int] | None = None) -> tuple[Trajectory, torch.Tensor]:
+                      sde_window: tuple[int, int] | None = None,
+                      start_generator=None) -> tuple[Trajectory, torch.Tensor]:
     """One rollout of a stream batch (title, reference_image, has_reference, user_id, history, group_key) ->
     (Trajectory, float images [B, 3, H, W]). `generator`: one torch.Generator, or one per row (`rl/seeding.py`:
     rows then draw the same noise however the batch is split). With `sde_window` only those steps draw noise;
     the others are deterministic DDIM steps (log-prob 0: they are never trained), so a sample's reward depends on
-    its initial noise and the window's draws only — the credit a policy gradient assigns lands in the window."""
+    its initial noise and the window's draws only — the credit a policy gradient assigns lands in the window.
+    `start_generator` (one generator, or one per row) draws the initial noise x_T instead of `generator`: with
+    `rl/seeding.group_generators` every sample of a group starts from the same x_T (DanceGRPO), so the rewards
+    inside a group differ only by what the policy's own steps drew."""
     titles, refs, users = pipeline_inputs(batch)
     condition = pipe.prepare_condition_inputs(titles, refs, users)
     features = pipe.encode_condition_inputs(condition, zero_user)  # (B, K, d)
@@ -77,7 +81,8 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
     scheduler.set_timesteps(num_steps, device=prompt_embeds.device)
     size = pipe.unet.config.sample_size
     # CPU generators draw on the CPU, then the noise moves to the model's device (same noise on every device)
-    latents = randn_tensor((len(titles), pipe.unet.config.in_channels, size, size), generator=generator,
+    latents = randn_tensor((len(titles), pipe.unet.config.in_channels, size, size),
+                           generator=generator if start_generator is None else start_generator,
                            device=prompt_embeds.device, dtype=prompt_embeds.dtype) * scheduler.init_noise_sigma
     chain, log_probs, stochastic = [latents], [], stochastic_steps(num_steps, sde_window)
     for i, t in enumerate(scheduler.timesteps):

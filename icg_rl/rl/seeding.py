@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-ROLLOUT, UPDATE, EVALUATION = 0, 1, 2  # independent streams
+ROLLOUT, UPDATE, EVALUATION, GROUP_START = 0, 1, 2, 3  # independent streams
 
 
 def derive_seed(*keys: int) -> int:
@@ -30,3 +30,12 @@ def row_generators(seed: int, iteration: int, rows: Iterable[int], stream: int =
 def update_generator(seed: int, iteration: int) -> torch.Generator:
     """The learner's generator of an iteration (same on every rank)."""
     return torch.Generator().manual_seed(derive_seed(seed, UPDATE, iteration))
+
+
+def group_generators(seed: int, iteration: int, group_keys, stream: int = GROUP_START) -> list[torch.Generator]:
+    """One CPU generator per row, seeded by the row's *group* ("user|item" key) instead of its position: every
+    sample of a group draws the same numbers (GRPO's shared initial noise), wherever its rows land."""
+    import zlib
+
+    return [torch.Generator().manual_seed(derive_seed(seed, stream, iteration, zlib.crc32(str(key).encode())))
+            for key in group_keys]

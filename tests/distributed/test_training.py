@@ -201,6 +201,24 @@ def test_killed_rollout_and_reward_actors_restart_and_the_iteration_is_retried(m
     assert np.isfinite(metrics["reward/aesthetic"]) and after["sync/version"] == 3
 
 
+def test_reward_backprop_survives_killed_rollout_and_reward_actors(micro_world, ray_cluster, caplog):
+    import logging
+
+    from icg_rl.train import RayTrainer
+
+    trainer = RayTrainer(micro(micro_world, "algo.name=backprop", "algo.backprop_steps=2", "train.pool_check_every=1"))
+    try:
+        trainer.step()
+        ray_cluster.kill(trainer.rollout.actors[0], no_restart=False)  # the prefix of the next step is lost
+        ray_cluster.kill(trainer.rewards["clip_t"].actors[0], no_restart=False)  # and the pools' check of it
+        with caplog.at_level(logging.WARNING, logger="icg_rl.train"):
+            metrics = trainer.step()
+    finally:
+        trainer.shutdown()
+    assert "a rollout or reward actor failed" in caplog.text
+    assert metrics["iteration"] == 2 and np.isfinite(metrics["loss/backprop"]) and np.isfinite(metrics["pool/clip_t"])
+
+
 def test_a_lost_learner_rank_stops_the_run_with_the_checkpoint_and_how_to_resume(micro_world, ray_cluster,
                                                                                   tmp_path, monkeypatch):
     from icg_rl.checkpoint import CheckpointStore

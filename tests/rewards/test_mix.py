@@ -163,6 +163,39 @@ def test_a_floored_reward_costs_only_below_its_floor():
     assert grad[0] == 0 and grad[1] == 0 and grad[3] == 0 and grad[2] > 0  # only the row below climbs
 
 
+def test_a_floor_price_rises_below_the_floor_and_falls_above_it():
+    """floor_rate > 0: dual ascent on the floor's multiplier — batches whose mean sits below f × the reference
+    mean raise the price (and the term), batches above lower it, within [0.1, 100]; a checkpoint keeps it."""
+    mixer = RewardMixer({"preference": 1.0, "clip_t": 1.0}, floors={"clip_t": 0.9}, floor_rate=0.5)
+    reference = {"clip_t": torch.tensor([0.5, 0.5, 0.5, float("nan")])}
+    preference = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    low = {"preference": preference, "clip_t": torch.tensor([0.30, 0.40, 0.35, 0.90])}  # mean 0.35 < 0.45
+    prices = []
+    for _ in range(3):
+        _, metrics = mixer(low, reference_scores=reference)
+        prices.append(metrics["reward/clip_t_multiplier"])
+    assert 1.0 < prices[0] < prices[1] < prices[2]  # the row without a reference (0.90) is not counted
+    state = mixer.state_dict()
+    high = {"preference": preference, "clip_t": torch.tensor([0.60, 0.70, 0.65, 0.0])}
+    _, metrics = mixer(high, reference_scores=reference)
+    assert metrics["reward/clip_t_multiplier"] < prices[2]
+    for _ in range(200):
+        mixer(high, reference_scores=reference)
+    assert mixer.multipliers["clip_t"] == 0.1  # the floor
+    restored = RewardMixer({"preference": 1.0, "clip_t": 1.0}, floors={"clip_t": 0.9}, floor_rate=0.5)
+    restored.load_state_dict(state)
+    assert restored.multipliers["clip_t"] == prices[2]
+    # the price scales the term: the same batch costs more at a higher price, rows above the floor nothing
+    priced, _ = restored(low, update=False, reference_scores=reference)
+    restored.multipliers["clip_t"] = 1.0
+    unit, _ = restored(low, update=False, reference_scores=reference)
+    assert (priced[:3] < unit[:3]).all() and priced[3] == unit[3]
+    assert RewardMixer({"preference": 1.0, "clip_t": 1.0}, floors={"clip_t": 0.9})(
+        low, reference_scores=reference)[1]["reward/clip_t_multiplier"] == 1.0  # floor_rate 0: a fixed price
+    with pytest.raises(KeyError, match="floor_rate > 0 needs its reference scores"):
+        restored.update(low)
+
+
 def test_floors_are_checked():
     with pytest.raises(ValueError, match=r"reward.floors: \['clip_i'\] have no non-zero weight"):
         RewardMixer({"preference": 1.0, "clip_i": 0.0}, floors={"clip_i": 0.9})

@@ -49,3 +49,23 @@ def test_policy_loss_reads_only_the_window_steps(micro_world):
     used = [(a, b) for a, b in zip(grads, again) if a is not None]
     assert used and all(torch.equal(a, b) for a, b in used)
     assert np.isfinite(totals["loss/policy"]) and any(float(a.abs().sum()) > 0 for a, _ in used)
+
+
+def test_shared_start_gives_a_group_one_initial_noise(micro_world):
+    from icg_rl.rl.seeding import group_generators, row_generators
+
+    trainer = trainer_for(micro_world, "algo.name=grpo", "algo.shared_start=true")
+    batch = next(trainer._batches)
+    keys = np.asarray(batch["group_key"])
+    start = group_generators(0, 0, keys)
+    trajectory, _ = sample_trajectory(trainer.pipe, batch, 4, 1.0, 1.0, row_generators(0, 0, range(len(keys))),
+                                      start_generator=start)
+    first = trajectory.latents[:, 0]
+    for key in np.unique(keys):
+        rows = np.flatnonzero(keys == key)
+        assert len(rows) > 1 and all(torch.equal(first[rows[0]], first[r]) for r in rows[1:])
+        assert not torch.equal(trajectory.latents[rows[0], -1], trajectory.latents[rows[1], -1])  # own steps
+    assert not torch.equal(first[np.flatnonzero(keys == keys[0])[0]], first[np.flatnonzero(keys != keys[0])[0]])
+    # a group's seed depends on its key, not its position in the batch; another iteration draws anew
+    assert group_generators(0, 0, [keys[0]])[0].initial_seed() == start[0].initial_seed()
+    assert group_generators(0, 1, [keys[0]])[0].initial_seed() != start[0].initial_seed()

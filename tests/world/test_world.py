@@ -237,6 +237,32 @@ def test_gold_reward_is_the_oracle_in_torch(micro_world):
     assert grad.abs().sum() > 0
 
 
+def test_gold_lift_is_the_true_logit_centred_on_the_audience(micro_world):
+    """One cover shown to each distinct user of a batch: its gold lifts are the true click logits minus the
+    cover-independent terms (genre affinity, item bias), centred over the users — they sum to zero."""
+    import torch
+
+    from icg_rl.data.coverworld import load_coverworld
+    from icg_rl.evaluation.gold import GoldLiftReward
+    from icg_rl.io import read_image
+
+    cfg, _ = micro_world
+    data = load_coverworld(cfg.world.dir)
+    users = list(data.users["user_id"][:5])
+    item = data.variants["item_id"].iloc[0]
+    image = read_image(Path(cfg.world.dir) / data.variants["image_path"].iloc[0])
+    images = np.stack([image] * len(users))
+    oracle = Oracle(cfg.world.dir)
+    affinity, ideal, bias = oracle._lookup(users, [item] * len(users))
+    model = oracle.click_model
+    logit = model.logit(affinity, image_features(images), ideal, bias)
+    personal = logit - model.genre_weight * affinity - bias
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
+    lift = GoldLiftReward(cfg.world.dir).score(pixels, {"user_id": users, "item_id": [item] * len(users)})
+    np.testing.assert_allclose(lift.numpy(), personal - personal.mean(), atol=1e-3)
+    assert abs(float(lift.sum())) < 1e-4 and float(lift.abs().max()) > 1e-3
+
+
 def test_ab_test_against_reference_covers(micro_world):
     """The reference covers themselves against the reference covers: no lift worth the name; grey covers that no
     user's taste peaks at lose clearly with enough impressions."""
