@@ -43,8 +43,6 @@ def test_recomputed_ratio_on_unchanged_weights_is_exactly_one(micro_world):
 # - Reward backprop (exact gradients) gained +0.139/+0.126/+0.145 in 20 iterations.
 SETTINGS = {
     "ddpo": (20, 0.5, ["algo.lr=0.06", "algo.clip_range=0.2", "data.pairs_per_batch=4", "data.samples_per_pair=8"]),
-    "grpo": (20, 0.5, ["algo.lr=0.06", "algo.clip_range=0.2", "data.pairs_per_batch=4", "data.samples_per_pair=8",
-                       "algo.sde_window=[0, 2]"]),
     "backprop": (20, 0.0, ["algo.backprop_steps=2"]),
 }
 
