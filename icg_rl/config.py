@@ -183,8 +183,8 @@ class AlgoConfig(Section):
                                                "step deterministically (eta 0). None: every step")
     shared_start: bool = Field(False, description="policy gradient: every sample of a (user, item) group starts "
                                "from the same initial noise, so its rewards differ only by the policy's own draws")
-    advantage_std: Literal["group", "batch"] = Field("group", description="grpo: standardise each group's "
-                                                     "centred rewards by its own std or by the batch's")
+    advantage_std: Literal["group", "batch"] = Field("group", description="policy gradient: standardise each "
+                                                     "group's centred rewards by its own std or by the batch's")
     backprop_steps: int = Field(1, ge=1, description="K of DRaFT-K: last steps carrying gradient")
     random_truncation: bool = Field(False, description="reward backprop: draw K uniformly in 1..backprop_steps")
     gradient_checkpointing: bool = Field(True, description="reward backprop: recompute UNet activations")

@@ -141,14 +141,14 @@ class LearnerWorker:
     def backprop_step(self, batch: dict, prefix_wire: dict, iteration: int) -> tuple[dict[str, float], np.ndarray]:
         """The last K steps from the rollout actors' x_{T−K}, the rewards, one step -> (metrics, uint8 covers)."""
         from icg_rl.rl.backprop import backprop_loss, prefix_from_wire
+        from icg_rl.rl.sampling import to_uint8
 
         prefix, noise = prefix_from_wire(prefix_wire)
         loss, metrics, images = backprop_loss(self.pipe, batch, self.rewards, self.mixer, self.cfg.algo,
                                               update_generator(self.cfg.train.seed, iteration), noise,
                                               self._gather_scores, prefix=prefix)
         metrics["stats/grad_norm"] = self._step(loss)
-        pixels = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3)
-        return metrics, pixels
+        return metrics, to_uint8(images)
 
     def _gather_scores(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every rank's scores, in rank order (equal shard sizes), for the mixer's global statistics."""

@@ -117,20 +117,19 @@ class RolloutPool:
     def sample(self, batch: dict, iteration: int, stream: int = ROLLOUT, zero_user: bool = False) -> list[tuple]:
         """Submit the batch in contiguous chunks (one per actor); returns [(trajectory_ref, images_ref,
         reward_inputs_ref)] in row order. Nothing waits here."""
-        n = len(batch["group_key"])
-        bounds = np.linspace(0, n, min(len(self.actors), n) + 1).round().astype(int)
-        chunks = []
-        for actor, lo, hi in zip(self.actors, bounds[:-1], bounds[1:]):
-            chunk = slice_batch(batch, int(lo), int(hi), n)
-            chunks.append(actor.sample.options(num_returns=3).remote(chunk, int(lo), iteration, self.version,
-                                                                     stream, zero_user))
-        return chunks
+        return [actor.sample.options(num_returns=3).remote(chunk, lo, iteration, self.version, stream, zero_user)
+                for actor, lo, chunk in self._chunks(batch)]
 
     def sample_prefix(self, batch: dict, iteration: int, k: int) -> list:
         """Submit reward backprop's no-gradient prefix in contiguous chunks (one per actor) -> refs in row order."""
+        return [actor.sample_prefix.remote(chunk, lo, iteration, self.version, k)
+                for actor, lo, chunk in self._chunks(batch)]
+
+    def _chunks(self, batch: dict) -> list[tuple[object, int, dict]]:
+        """(actor, first row, rows) for contiguous chunks of a batch, one per actor (fewer when rows are few)."""
         n = len(batch["group_key"])
         bounds = np.linspace(0, n, min(len(self.actors), n) + 1).round().astype(int)
-        return [actor.sample_prefix.remote(slice_batch(batch, int(lo), int(hi), n), int(lo), iteration, self.version, k)
+        return [(actor, int(lo), slice_batch(batch, int(lo), int(hi), n))
                 for actor, lo, hi in zip(self.actors, bounds[:-1], bounds[1:])]
 
     def grow(self, count: int) -> None:

@@ -58,9 +58,13 @@ class PreferenceLiftReward(PreferenceReward):
         user_index, history_index, image_embeds, item_index = self._inputs(images, batch)
         user, image = self.model.towers(user_index, history_index, image_embeds, item_index)
         head = self.model.user_head(user)  # (B, hidden)
-        keys = [f"{u}|{h.tolist()}" for u, h in zip(user_index.tolist(), history_index)]
-        first = sorted({key: row for row, key in reversed(list(enumerate(keys)))}.values())  # one row per user
-        audience = head[first].mean(0) if len(first) > 1 else torch.zeros_like(head[0])
+        # a user is their (id, history) row: rows of the same user count once in the audience
+        _, user_of_row = torch.unique(torch.cat([user_index[:, None], history_index], dim=1), dim=0,
+                                      return_inverse=True)
+        users = int(user_of_row.max()) + 1
+        per_user = head.new_zeros(users, head.shape[1]).index_add_(0, user_of_row, head)  # (U, hidden) sums
+        per_user = per_user / torch.bincount(user_of_row, minlength=users)[:, None]  # (U, hidden) means
+        audience = per_user.mean(0) if users > 1 else torch.zeros_like(head[0])
         return ((head - audience) * image).sum(-1)  # sum over hidden: (B,)
 
 

@@ -54,6 +54,11 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     return (images / 2 + 0.5).clamp(0, 1)
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Float images [B, 3, H, W] in [0, 1] (any dtype, any device) -> uint8 [B, H, W, 3], as rollouts record them."""
+    return (images.detach().permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+
+
 def stochastic_steps(num_steps: int, sde_window: tuple[int, int] | None) -> range:
     """The step indices that sample with noise (and carry a log-prob): `algo.sde_window`, or all of them."""
     return range(num_steps) if sde_window is None else range(*sde_window)
@@ -95,7 +100,7 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
         chain.append(latents)
         log_probs.append(log_prob)
     images = decode(pipe, latents)
-    pixels = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3), bf16 ok
+    pixels = to_uint8(images)
     trajectory = Trajectory(
         latents=torch.stack(chain, dim=1),  # (B, T+1, C, h, w)
         log_probs=torch.stack(log_probs, dim=1),  # (B, T)
