@@ -61,7 +61,8 @@ def to_float_images(images, name: str) -> torch.Tensor:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise TypeError(f"reward {name!r}: numpy images must be uint8 [B, H, W, 3], got {images.dtype} "
                             f"{images.shape}")
-        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
+        # a new float array: arrays from Ray's object store are read-only, which torch.from_numpy warns about
+        return torch.from_numpy(np.divide(images, 255.0, dtype=np.float32)).permute(0, 3, 1, 2)  # (B, 3, H, W)
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         return images  # shape and range are checked by RewardModel.score
     got = f"{type(images).__name__} {getattr(images, 'dtype', '')}".strip()

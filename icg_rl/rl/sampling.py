@@ -106,6 +106,6 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
         log_probs=torch.stack(log_probs, dim=1),  # (B, T)
         timesteps=scheduler.timesteps.clone(), condition=condition, prompt_embeds=prompt_embeds, images=pixels,
         group_key=np.asarray(batch["group_key"]).astype(str), policy_version=policy_version,
-        extra={k: np.asarray(batch[k]) for k in ("title", "user_id", "history", "reference_image", "has_reference")
-               if k in batch})
+        extra={k: np.asarray(batch[k]) for k in ("title", "user_id", "item_id", "history", "reference_image",
+                                                 "has_reference") if k in batch})
     return trajectory, images

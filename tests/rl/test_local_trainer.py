@@ -27,6 +27,8 @@ def test_recomputed_ratio_on_unchanged_weights_is_exactly_one(micro_world):
         trainer.pipe.icg.adapter.projection.gate.fill_(0.5)  # the ICG path is live
     batch = next(trainer._batches)
     traj, _ = sample_trajectory(trainer.pipe, batch, 4, 1.0, 1.0, torch.Generator().manual_seed(0))
+    # rewards that need the item (the preference model's item bias and tags) find it beside the images
+    assert traj.extra["item_id"].tolist() == list(batch["item_id"])
     with torch.no_grad():
         features = trainer.pipe.encode_condition_inputs(traj.condition)
         for j, t in enumerate(traj.timesteps):
