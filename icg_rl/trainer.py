@@ -127,8 +127,8 @@ class RayTrainer:
         import ray
 
         from icg_rl.distributed.reward import RewardPool
-        from icg_rl.distributed.rollout import REWARD_INPUTS
         from icg_rl.rl.backprop import concat_prefix_wires, truncation
+        from icg_rl.rl.sampling import REWARD_INPUTS
         from icg_rl.rl.seeding import update_generator
 
         start = time.perf_counter()

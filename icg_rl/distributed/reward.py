@@ -188,8 +188,8 @@ def pool_reference_scores(pools: dict, floors: dict, batch: dict) -> dict[str, t
     the pool-side twin of `rl/backprop.py::reference_scores`, for the policy-gradient path."""
     if not floors:
         return {}
-    from icg_rl.distributed.rollout import REWARD_INPUTS
     from icg_rl.rl.backprop import without_reference
+    from icg_rl.rl.sampling import REWARD_INPUTS
 
     images = np.asarray(batch["reference_image"])
     inputs = {k: batch[k] for k in REWARD_INPUTS if k in batch}

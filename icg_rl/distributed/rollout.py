@@ -23,11 +23,10 @@ import torch
 from icg_rl.distributed.placement import torch_threads
 from icg_rl.distributed.reward import slice_batch
 from icg_rl.distributed.weights import VersionedWeights
-from icg_rl.rl.sampling import sample_trajectory
+from icg_rl.rl.sampling import REWARD_INPUTS, sample_trajectory
 from icg_rl.rl.seeding import ROLLOUT, group_generators, row_generators
 
 log = logging.getLogger(__name__)
-REWARD_INPUTS = ("title", "user_id", "history", "reference_image", "has_reference", "item_id")
 
 
 class RolloutWorker:

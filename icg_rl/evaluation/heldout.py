@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from icg_rl.data.stream import LoadReferences, build_pairs, epoch_order, expand_groups, frame_to_batch
-from icg_rl.distributed.rollout import REWARD_INPUTS
+from icg_rl.rl.sampling import REWARD_INPUTS
 from icg_rl.rl.seeding import EVALUATION
 
 

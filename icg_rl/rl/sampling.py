@@ -15,6 +15,9 @@ from icg_rl.models.user import ICGUser
 from icg_rl.rl.logprob import ddim_step_with_logprob
 from icg_rl.rl.trajectory import Trajectory
 
+# What reward models may read beside the images, shipped with every rollout (in process and to reward actors)
+REWARD_INPUTS = ("title", "user_id", "item_id", "history", "reference_image", "has_reference")
+
 
 def pipeline_inputs(batch: dict) -> tuple[list[str], list, list[ICGUser]]:
     """A stream batch as the pipeline's (titles, reference images or None, users)."""
@@ -106,6 +109,5 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
         log_probs=torch.stack(log_probs, dim=1),  # (B, T)
         timesteps=scheduler.timesteps.clone(), condition=condition, prompt_embeds=prompt_embeds, images=pixels,
         group_key=np.asarray(batch["group_key"]).astype(str), policy_version=policy_version,
-        extra={k: np.asarray(batch[k]) for k in ("title", "user_id", "item_id", "history", "reference_image",
-                                                 "has_reference") if k in batch})
+        extra={k: np.asarray(batch[k]) for k in REWARD_INPUTS if k in batch})
     return trajectory, images
