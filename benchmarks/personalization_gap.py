@@ -41,8 +41,9 @@ def held_out_scores(trainer: LocalTrainer, batch: dict, proxy, clip_t) -> dict[s
     algo, out = trainer.cfg.algo, {}
     for arm, zero_user in (("icg", False), ("user_zeroed", True)):
         noise = row_generators(0, 0, range(len(batch["group_key"])), EVALUATION)  # same noise every evaluation
-        trajectory, _ = sample_trajectory(trainer.pipe, batch, algo.num_inference_steps, algo.eta,
-                                          algo.guidance_scale, noise, zero_user=zero_user)
+        with trainer.shipped_policy() as pipe:  # the averaged weights when train.average_last > 0
+            trajectory, _ = sample_trajectory(pipe, batch, algo.num_inference_steps, algo.eta,
+                                              algo.guidance_scale, noise, zero_user=zero_user)
         truth = oracle_ctr(trainer.cfg.world.dir, batch["user_id"], batch["item_id"], trajectory.images)
         out[f"gold_ctr_{arm}"] = truth["oracle/ctr_generated"]
         if arm == "icg":
@@ -123,7 +124,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE config overrides")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    cfg = load_config(args.config, args.overrides)
+    # the run's length is --iterations: train.average_last's window is the last part of it
+    cfg = load_config(args.config, [f"train.iterations={args.iterations}", *args.overrides])
     if cfg.data.kind != "coverworld" or not cfg.reward.weights.get("preference"):
         raise SystemExit("personalization_gap: needs data.kind=coverworld and a non-zero reward.weights.preference")
     from icg_rl.data import load_from_config

@@ -262,6 +262,9 @@ class TrainConfig(Section):
     storage_path: str | None = Field(None, description="where checkpoints go: a folder or a pyarrow filesystem URI "
                                      "(s3://..., gs://...); None = OUT/checkpoints")
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept; older ones are deleted")
+    average_last: float = Field(0.0, ge=0.0, le=1.0, description="fraction of the run's last updates whose weights "
+                                "are averaged (SWA) into the policy that is evaluated, checkpointed and exported; "
+                                "0 = the last iterate; rollouts always sample the live weights")
     tracker: Literal["wandb", "none"] = Field("wandb", description="metrics tracker (wandb runs offline by default)")
 
 

@@ -245,10 +245,13 @@ class RayTrainer:
                 "sync/version": float(self.version)}
 
     def evaluate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Held-out covers of the policy that ships: the learner's averaged weights when `train.average_last` > 0
+        (the rollout actors sample with them for the evaluation only), else the live ones."""
         from icg_rl.evaluation.heldout import evaluate_heldout
 
+        averaged = self.learner.weights(averaged=True)[0] if self.cfg.train.average_last > 0 else None
         return evaluate_heldout(self.cfg, self.rollout, self.rewards, self.heldout,
-                                with_oracle=self.cfg.data.kind == "coverworld")
+                                with_oracle=self.cfg.data.kind == "coverworld", weights_ref=averaged)
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def state_files(self) -> dict[str, bytes]:
@@ -287,7 +290,8 @@ class RayTrainer:
         self.sync_weights()
 
     def export(self, folder: Path) -> Path:
-        """Final ICG weights into `folder`, atomically (written beside it, then renamed into place)."""
+        """The ICG weights that ship (averaged when `train.average_last` > 0) into `folder`, atomically (written
+        beside it, then renamed into place)."""
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from icg_rl.distributed.placement import torch_threads
-from icg_rl.distributed.weights import load_trainable_arrays, nbytes, trainable_arrays
+from icg_rl.distributed.weights import load_trainable_arrays, nbytes, trainable_arrays, weights_loaded
 from icg_rl.rl.seeding import update_generator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +85,7 @@ class LearnerWorker:
             load_trainable_arrays(self.pipe, initial_weights)
         self.pipe.to(device or "cpu")
         self.pipe.set_progress_bar_config(disable=True)
-        self.engine = None
+        self.engine, self.average = None, None
 
     def node_address(self) -> tuple[str, int]:
         """This node's IP and a free port: rank 0's becomes the group's rendezvous."""
@@ -108,6 +108,10 @@ class LearnerWorker:
                                                config=deepspeed_config(self.cfg, rows_per_rank, self.world_size))
         if self.cfg.algo.name == "backprop":
             self._build_rewards()
+        if self.cfg.train.average_last > 0:
+            from icg_rl.rl.averaging import TailAverage
+
+            self.average = TailAverage(module, self.cfg.train.iterations, self.cfg.train.average_last)
         return {"rank": self.rank, "backend": backend, "zero_stage": self.engine.zero_optimization_stage(),
                 "parameters": sum(p.numel() for p in module.parameters())}
 
@@ -122,9 +126,11 @@ class LearnerWorker:
         check_differentiable(self.rewards, weights)
         self.mixer = RewardMixer.from_config(weights, self.cfg.reward)
 
-    def _step(self, surrogate: torch.Tensor) -> float:
+    def _step(self, surrogate: torch.Tensor, iteration: int) -> float:
         self.engine.backward(surrogate)
         self.engine.step()
+        if self.average is not None:  # ZeRO-2 has gathered the updated weights into every rank's module
+            self.average.after_update(iteration)
         return float(self.engine.get_global_grad_norm() or 0.0)
 
     def ddpo_step(self, wire: dict, advantages: np.ndarray, iteration: int) -> dict[str, float]:
@@ -135,7 +141,7 @@ class LearnerWorker:
         params = self.pipe.trainable_parameters()
         grads, metrics = ddpo_gradients(self.pipe, trajectory, torch.as_tensor(advantages).to(self.pipe.device),
                                         self.cfg.algo, update_generator(self.cfg.train.seed, iteration))
-        metrics["stats/grad_norm"] = self._step(gradient_surrogate(params, grads))
+        metrics["stats/grad_norm"] = self._step(gradient_surrogate(params, grads), iteration)
         return metrics
 
     def backprop_step(self, batch: dict, prefix_wire: dict, iteration: int) -> tuple[dict[str, float], np.ndarray]:
@@ -147,7 +153,7 @@ class LearnerWorker:
         loss, metrics, images = backprop_loss(self.pipe, batch, self.rewards, self.mixer, self.cfg.algo,
                                               update_generator(self.cfg.train.seed, iteration), noise,
                                               self._gather_scores, prefix=prefix)
-        metrics["stats/grad_norm"] = self._step(loss)
+        metrics["stats/grad_norm"] = self._step(loss, iteration)
         return metrics, to_uint8(images)
 
     def _gather_scores(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -161,9 +167,15 @@ class LearnerWorker:
             out[name] = torch.cat(parts)
         return out
 
-    def weights(self) -> tuple[dict[str, np.ndarray], int]:
-        arrays = trainable_arrays(self.pipe)
+    def weights(self, averaged: bool = False) -> tuple[dict[str, np.ndarray], int]:
+        """The live trainable weights (what rollouts sample with), or the averaged policy (`rl/averaging.py`;
+        the live ones when averaging is off)."""
+        arrays = self._averaged_arrays() if averaged and self.average is not None else trainable_arrays(self.pipe)
         return arrays, nbytes(arrays)
+
+    def _averaged_arrays(self) -> dict[str, np.ndarray]:
+        mean = self.average.arrays()  # under the engine module's sanitised names
+        return {name: mean[name.replace(".", "__")] for name in self.pipe.trainable_named_parameters()}
 
     def save_state(self) -> dict[str, bytes]:
         """This rank's DeepSpeed checkpoint files (weights, ZeRO optimizer partition; collective: every rank at
@@ -173,6 +185,8 @@ class LearnerWorker:
             files = {str(p.relative_to(tmp)): p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
         if self.rank == 0 and getattr(self, "mixer", None) is not None:
             files["mixer.json"] = json.dumps(self.mixer.state_dict()).encode()
+        if self.rank == 0 and self.average is not None:
+            files["average.pt"] = self.average.state_bytes()
         return files
 
     def load_state(self, files: dict[str, bytes]) -> None:
@@ -188,12 +202,18 @@ class LearnerWorker:
                                f"({sorted(files)[:6]})")
         if "mixer.json" in files and getattr(self, "mixer", None) is not None:
             self.mixer.load_state_dict(json.loads(files["mixer.json"]))
+        if self.average is not None:
+            if "average.pt" not in files:
+                raise ValueError("resume: train.average_last > 0 but the checkpoint holds no averaged weights "
+                                 "(written with train.average_last=0); resume with the same setting")
+            self.average.load_state_bytes(files["average.pt"])
 
     def export(self) -> dict[str, bytes]:
-        """The final ICG weights as `ICGPipeline.save_pretrained` writes them, as file bytes (the driver writes
-        them where it runs: the learner may be on another node)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            self.pipe.save_pretrained(tmp)
+        """The policy to ship — averaged when `train.average_last` > 0 — as `ICGPipeline.save_pretrained` writes
+        it, as file bytes (the driver writes them where it runs: the learner may be on another node)."""
+        shipped = self._averaged_arrays() if self.average is not None else None
+        with tempfile.TemporaryDirectory() as tmp, weights_loaded(self.pipe, shipped) as pipe:
+            pipe.save_pretrained(tmp)
             return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
@@ -252,11 +272,12 @@ class LearnerGroup:
         results = ray.get(refs)
         return mean_metrics([m for m, _ in results]), np.concatenate([images for _, images in results])
 
-    def weights(self) -> tuple[object, int]:
-        """(ObjectRef of rank 0's trainable arrays, their size in bytes); the arrays never pass the driver."""
+    def weights(self, averaged: bool = False) -> tuple[object, int]:
+        """(ObjectRef of rank 0's trainable arrays — live, or the averaged policy — and their size in bytes);
+        the arrays never pass the driver."""
         import ray
 
-        arrays_ref, size_ref = self.actors[0].weights.options(num_returns=2).remote()
+        arrays_ref, size_ref = self.actors[0].weights.options(num_returns=2).remote(averaged)
         return arrays_ref, int(ray.get(size_ref))
 
     def export(self) -> dict[str, bytes]:

@@ -22,7 +22,7 @@ import torch
 
 from icg_rl.distributed.placement import torch_threads
 from icg_rl.distributed.reward import slice_batch
-from icg_rl.distributed.weights import VersionedWeights
+from icg_rl.distributed.weights import VersionedWeights, weights_loaded
 from icg_rl.rl.sampling import REWARD_INPUTS, sample_trajectory
 from icg_rl.rl.seeding import ROLLOUT, group_generators, row_generators
 
@@ -57,20 +57,23 @@ class RolloutWorker:
         return self.weights.version
 
     def sample(self, batch: dict, first_row: int, iteration: int, version: int, stream: int = ROLLOUT,
-               zero_user: bool = False) -> tuple[dict, np.ndarray, dict]:
+               zero_user: bool = False, weights: dict | None = None) -> tuple[dict, np.ndarray, dict]:
         """Rows of a stream batch -> (trajectory wire dict, images uint8 [B, H, W, 3], reward inputs).
 
         `first_row` is the chunk's first row in the whole batch (it picks the rows' noise generators); `version`
-        must be the weights version this actor holds (a stale actor refuses instead of sampling)."""
+        must be the weights version this actor holds (a stale actor refuses instead of sampling). `weights`
+        (evaluation of the learner's averaged policy) are sampled with for this call only; the held version's
+        weights are back in place after it."""
         self.weights.check(version)
         algo = self.cfg.algo
         rows = range(first_row, first_row + len(batch["group_key"]))
         noise = row_generators(self.cfg.train.seed, iteration, rows, stream)
         start = group_generators(self.cfg.train.seed, iteration, batch["group_key"]) \
             if algo.shared_start and stream == ROLLOUT else None
-        trajectory, _ = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
-                                          noise, policy_version=version, zero_user=zero_user,
-                                          sde_window=algo.sde_window, start_generator=start)
+        with weights_loaded(self.pipe, weights) as pipe:
+            trajectory, _ = sample_trajectory(pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
+                                              noise, policy_version=version, zero_user=zero_user,
+                                              sde_window=algo.sde_window, start_generator=start)
         reward_inputs = {k: np.asarray(batch[k]) for k in REWARD_INPUTS if k in batch}
         return trajectory.to_wire(), trajectory.images, reward_inputs
 
@@ -113,10 +116,13 @@ class RolloutPool:
         return max(ray.get([a.set_weights.remote(version, weights_ref) for a in self.actors]))  # (starting
         # actors get the newest version when `admit` takes them in)
 
-    def sample(self, batch: dict, iteration: int, stream: int = ROLLOUT, zero_user: bool = False) -> list[tuple]:
+    def sample(self, batch: dict, iteration: int, stream: int = ROLLOUT, zero_user: bool = False,
+               weights_ref=None) -> list[tuple]:
         """Submit the batch in contiguous chunks (one per actor); returns [(trajectory_ref, images_ref,
-        reward_inputs_ref)] in row order. Nothing waits here."""
-        return [actor.sample.options(num_returns=3).remote(chunk, lo, iteration, self.version, stream, zero_user)
+        reward_inputs_ref)] in row order. Nothing waits here. `weights_ref`: sample with these weights instead of
+        the held version's, for this batch only (evaluating the averaged policy)."""
+        return [actor.sample.options(num_returns=3).remote(chunk, lo, iteration, self.version, stream, zero_user,
+                                                           weights_ref)
                 for actor, lo, chunk in self._chunks(batch)]
 
     def sample_prefix(self, batch: dict, iteration: int, k: int) -> list:

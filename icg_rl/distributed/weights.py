@@ -10,6 +10,8 @@ rollout that asks for another version than the actor holds fails instead of samp
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -42,6 +44,21 @@ def load_trainable_arrays(pipe, arrays: dict[str, np.ndarray]) -> None:
                 raise ValueError(f"weight sync: {name} has shape {tuple(value.shape)}, the model's is "
                                  f"{tuple(param.shape)}")
             param.copy_(value.to(param.device, param.dtype))
+
+
+@contextmanager
+def weights_loaded(pipe, arrays: dict[str, np.ndarray] | None):
+    """The pipeline with `arrays` as its trainable weights inside the block and its own put back after (the
+    averaged policy on a learner or rollout actor, `rl/averaging.py`); None: the pipeline as it is."""
+    if arrays is None:
+        yield pipe
+        return
+    held = trainable_arrays(pipe)
+    load_trainable_arrays(pipe, arrays)
+    try:
+        yield pipe
+    finally:
+        load_trainable_arrays(pipe, held)
 
 
 class VersionedWeights:

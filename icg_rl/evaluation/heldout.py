@@ -29,11 +29,11 @@ def heldout_batch(cfg, data, split: str = "test", count: int | None = None) -> d
     return pairs_to_batch(cfg, pairs.iloc[np.sort(chosen)])
 
 
-def sample_images(rollout, batch: dict, zero_user: bool = False) -> np.ndarray:
-    """uint8 [N, H, W, 3] covers from the rollout pool with its current weights."""
+def sample_images(rollout, batch: dict, zero_user: bool = False, weights_ref=None) -> np.ndarray:
+    """uint8 [N, H, W, 3] covers from the rollout pool with its current weights (or `weights_ref`'s)."""
     import ray
 
-    chunks = rollout.sample(batch, iteration=0, stream=EVALUATION, zero_user=zero_user)
+    chunks = rollout.sample(batch, iteration=0, stream=EVALUATION, zero_user=zero_user, weights_ref=weights_ref)
     return np.concatenate(ray.get([images for _, images, _ in chunks]))
 
 
@@ -44,10 +44,13 @@ def score_images(pools: dict, images: np.ndarray, batch: dict) -> dict[str, floa
     return {name: float(pool.gather(refs[name]).mean()) for name, pool in pools.items()}
 
 
-def evaluate_heldout(cfg, rollout, pools: dict, batch: dict, with_oracle: bool) -> tuple[dict, dict]:
-    """-> (metrics {"eval/...", "oracle/..."}, images {"reference", "icg", "user_zeroed"} uint8 arrays)."""
-    images = {"reference": np.asarray(batch["reference_image"]), "icg": sample_images(rollout, batch),
-              "user_zeroed": sample_images(rollout, batch, zero_user=True)}
+def evaluate_heldout(cfg, rollout, pools: dict, batch: dict, with_oracle: bool,
+                     weights_ref=None) -> tuple[dict, dict]:
+    """-> (metrics {"eval/...", "oracle/..."}, images {"reference", "icg", "user_zeroed"} uint8 arrays) of the
+    rollout pool's policy, or of `weights_ref` (the learner's averaged policy) when given."""
+    images = {"reference": np.asarray(batch["reference_image"]), "icg": sample_images(rollout, batch, False,
+                                                                                      weights_ref),
+              "user_zeroed": sample_images(rollout, batch, True, weights_ref)}
     metrics = {f"eval/{name}": v for name, v in score_images(pools, images["icg"], batch).items()}
     if "clip_t" in pools:
         metrics["eval/clip_t_reference"] = score_images({"clip_t": pools["clip_t"]}, images["reference"],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
@@ -208,7 +209,7 @@ class ICGPipeline(StableDiffusionPipeline):
                                              init_lora_weights="gaussian", target_modules=LORA_TARGETS))
         icg = ICGModules(base.unet, config)
         if item_features and icg_path is None:
-            icg.item_features.copy_(torch.stack([torch.as_tensor(item_features[i]) for i in icg.item_ids]))
+            icg.item_features.copy_(torch.stack([torch.as_tensor(np.array(item_features[i])) for i in icg.item_ids]))
         pipe = cls(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, mllm, icg)
         if icg_path is not None:
             pipe.load_icg_weights(icg_path)

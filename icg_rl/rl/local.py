@@ -19,12 +19,15 @@ import torch
 
 from icg_rl.data import load_from_config
 from icg_rl.data.stream import LoadReferences, build_pairs, epoch_order, expand_groups, frame_to_batch
+from icg_rl.distributed.learner import TrainableParameters
 from icg_rl.distributed.reward import to_float_images
+from icg_rl.distributed.weights import weights_loaded
 from icg_rl.models.item_features import policy_context
 from icg_rl.models.pipeline import pipeline_from_config
 from icg_rl.rewards.base import build_reward
 from icg_rl.rewards.mix import RewardMixer
 from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
+from icg_rl.rl.averaging import TailAverage
 from icg_rl.rl.backprop import backprop_update, check_differentiable, reference_scores
 from icg_rl.rl.ddpo import ddpo_update
 from icg_rl.rl.sampling import sample_trajectory
@@ -54,6 +57,8 @@ class LocalTrainer:
         self.mixer = RewardMixer.from_config(weights, cfg.reward)
         self.tracker = PerKeyStatTracker()
         self.optimizer = torch.optim.AdamW(self.pipe.trainable_parameters(), lr=cfg.algo.lr)
+        self.average = TailAverage(TrainableParameters(self.pipe.trainable_named_parameters()), cfg.train.iterations,
+                                   cfg.train.average_last) if cfg.train.average_last > 0 else None
         self.pairs = build_pairs(self.data, split, cfg.data.history_len)
         self.load = LoadReferences(cfg.data.reference_size, cfg.data.history_len)
         self.iteration, self.epoch = 0, 0
@@ -99,18 +104,31 @@ class LocalTrainer:
             with timed("update", timings):
                 metrics |= ddpo_update(self.pipe, trajectory, torch.from_numpy(advantages), self.optimizer, algo,
                                        generator)
+        if self.average is not None:
+            self.average.after_update(self.iteration)
         self.iteration += 1
         metrics |= timings | {"iteration": self.iteration,
                               "stats/gate": float(self.pipe.icg.adapter.projection.gate.detach())}
         return metrics
 
+    def shipped_policy(self):
+        """`with trainer.shipped_policy() as pipe:` the pipeline holding the policy that is evaluated and shipped —
+        the averaged weights when `train.average_last` > 0 (as the Ray learner), the live ones otherwise."""
+        shipped = None
+        if self.average is not None:
+            mean = self.average.arrays()  # under TrainableParameters' sanitised names
+            shipped = {name: mean[name.replace(".", "__")] for name in self.pipe.trainable_named_parameters()}
+        return weights_loaded(self.pipe, shipped)
+
     @torch.no_grad()
     def evaluate(self, batch: dict, seed: int = 1234) -> dict[str, float]:
-        """Raw reward means of fresh samples for a fixed batch (same seed each call: comparable over training)."""
+        """Raw reward means of fresh samples of the shipped policy for a fixed batch (same seed each call:
+        comparable over training)."""
         algo = self.cfg.algo
         noise = row_generators(seed, 0, range(len(batch["group_key"])), EVALUATION)
-        _, images = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
-                                      noise, sde_window=algo.sde_window)
+        with self.shipped_policy() as pipe:
+            _, images = sample_trajectory(pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
+                                          noise, sde_window=algo.sde_window)
         scores = self.score(images, batch)
         raw_total = sum(self.mixer.weights[n] * s.mean() for n, s in scores.items())
         return {f"eval/{n}": float(s.mean()) for n, s in scores.items()} | {"eval/weighted_total": float(raw_total)}

@@ -256,3 +256,39 @@ def test_async_rollouts_overlap_the_update_one_step_off_policy(micro_world, ray_
         trainer.shutdown()
     assert lags == [0.0, 1.0, 1.0]  # the first batch has no earlier update to overlap; then one version behind
     assert (state["epoch"], state["batch_in_epoch"]) == (0, 3)  # the drawn-ahead 4th batch is not counted
+
+
+def test_the_averaged_policy_is_evaluated_and_exported_while_rollouts_keep_the_live_weights(micro_world, ray_cluster,
+                                                                                           tmp_path):
+    from icg_rl.distributed.weights import trainable_arrays
+    from icg_rl.evaluation.heldout import evaluate_heldout
+    from icg_rl.models.pipeline import ICGPipeline
+    from icg_rl.train import RayTrainer
+
+    cfg = micro(micro_world, "algo.name=backprop", "algo.backprop_steps=2", "train.iterations=4",
+                "train.average_last=0.5", "train.eval_pairs=4")
+    trainer = RayTrainer(cfg)
+    try:
+        live = []
+        for _ in range(4):
+            trainer.step()
+            live.append(ray_cluster.get(trainer.learner.weights()[0]))
+        averaged = ray_cluster.get(trainer.learner.weights(averaged=True)[0])
+
+        def live_covers():
+            return evaluate_heldout(cfg, trainer.rollout, trainer.rewards, trainer.heldout, with_oracle=False)[1]
+
+        before = live_covers()["icg"]
+        shipped = trainer.evaluate()[1]["icg"]
+        after = live_covers()["icg"]
+        folder = trainer.export(tmp_path / "checkpoint")
+    finally:
+        trainer.shutdown()
+    for name, value in averaged.items():  # the mean of the weights after updates 3 and 4, not the last iterate
+        np.testing.assert_allclose(value, (live[2][name] + live[3][name]) / 2, rtol=1e-5, atol=1e-7)
+    assert any(not np.allclose(averaged[n], live[3][n]) for n in averaged)
+    assert not np.array_equal(shipped, before)  # the evaluation sampled the averaged policy...
+    np.testing.assert_array_equal(after, before)  # ...and the rollout actors hold the live weights again
+    exported = trainable_arrays(ICGPipeline.from_pretrained(cfg.world.dir + "/models/sd", icg_path=str(folder)))
+    for name, value in averaged.items():
+        np.testing.assert_array_equal(exported[name], value)

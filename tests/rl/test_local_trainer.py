@@ -105,3 +105,20 @@ def test_kl_to_the_adapter_off_policy_and_cfg_rollouts(micro_world):
     batch = next(trainer._batches)
     traj, images = sample_trajectory(trainer.pipe, batch, 4, 1.0, 3.0, torch.Generator().manual_seed(0))
     assert torch.isfinite(traj.log_probs).all() and images.shape[0] == len(traj)
+
+
+def test_the_shipped_policy_is_the_mean_of_the_last_updates_and_training_keeps_the_live_weights(micro_world):
+    from icg_rl.distributed.weights import trainable_arrays
+
+    trainer = trainer_for(micro_world, "algo.name=backprop", "algo.backprop_steps=2", "train.iterations=4",
+                          "train.average_last=0.5")
+    live = []
+    for _ in range(4):
+        trainer.step()
+        live.append(trainable_arrays(trainer.pipe))
+    with trainer.shipped_policy() as pipe:
+        shipped = trainable_arrays(pipe)
+    for name, value in shipped.items():
+        np.testing.assert_allclose(value, (live[2][name] + live[3][name]) / 2, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(trainable_arrays(trainer.pipe)[name], live[3][name])  # put back
+    assert any(not np.allclose(shipped[n], live[3][n]) for n in shipped)
