@@ -1,6 +1,6 @@
-"""What every command shares (docs/architecture.md §11): `--config FILE`, trailing dotted overrides, `--out DIR`, a
-readable summary printed and written to `DIR/summary.json`, and exit codes 0 ok / 2 bad configuration or input / 1
-failure."""
+"""What every command shares (docs/architecture.md §11): `--config FILE`, trailing dotted overrides, `--out DIR`,
+`--verbose`, a readable summary printed and written to `DIR/summary.json`, and exit codes 0 ok / 2 bad configuration
+or input / 1 failure."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from icg_rl.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from icg_rl.data.schema import DataFileError
-from icg_rl.distributed.placement import ResourceShortfall
+from icg_rl.distributed.placement import VERBOSE_ENV, ResourceShortfall, verbose_requested
 from icg_rl.io import atomic_write_json
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -38,12 +38,34 @@ def base_parser(prog: str, description: str, commands: tuple[str, ...] = ()) -> 
     parser.add_argument("--out", default=None, help="folder where results are written")
     parser.add_argument("--check-paths", action="store_true", help="check that every local model/data path the "
                         "config names exists, report all missing ones at once, and exit (0 = all there)")
+    add_verbose_flag(parser)
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
                         help="dotted overrides applied after the file, e.g. world.seed=3 algo.lr=1e-4")
     return parser
 
 
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print Ray's own output: actors' stdout/stderr, Ray Data and Ray Train progress, "
+                             "INFO logs of Ray and other libraries (default: one line per stage and the training "
+                             "bar; actor errors are raised either way)")
+
+
+def set_verbosity(verbose: bool) -> None:
+    """Apply `--verbose` (or ICG_RL_VERBOSE=1) to this process's logging, and record it for `placement.connect`,
+    which decides what Ray forwards. Quiet keeps icg_rl's INFO lines — one per stage —, our progress bars and other
+    libraries' warnings, and drops Hugging Face's per-file loading bars; verbose lets every logger's INFO through."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    verbose = verbose_requested()
+    if not verbose:  # read when huggingface_hub is first imported: transformers' "Loading weights" bars and the like
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("icg_rl").setLevel(logging.INFO)
+
+
 def parse_config(args: argparse.Namespace) -> Config:
+    set_verbosity(getattr(args, "verbose", False))
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "check_paths", False):
         from icg_rl.paths import check_paths
@@ -80,13 +102,16 @@ def run_main(body: Callable[[], int | None]) -> int:
         return EXIT_FAILURE
 
 
-def report(summary: dict[str, Any], out: str | Path, title: str) -> None:
-    """Print the summary readably and write the same numbers to `out/summary.json`."""
+def report(summary: dict[str, Any], out: str | Path, title: str) -> Path:
+    """Print the summary readably and write the same numbers to `out/summary.json`; returns that file's absolute
+    path (the one printed: a relative one says nothing once a Ray job's working directory is gone)."""
     print(f"\n== {title} ==")
     for line in _flatten(summary):
         print(f"  {line}")
-    atomic_write_json(Path(out) / "summary.json", summary)
-    print(f"  (written to {Path(out) / 'summary.json'})")
+    path = Path(os.path.abspath(Path(out) / "summary.json"))
+    atomic_write_json(path, summary)
+    print(f"  (written to {path})")
+    return path
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> list[str]:

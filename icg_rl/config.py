@@ -92,6 +92,15 @@ class DataConfig(Section):
     path: str | None = Field(None, description="dataset folder; None = the CoverWorld build folder")
     on_bad_row: Literal["error", "skip"] = Field("error", description="malformed rows: fail (file:line) or skip")
     positive_rating: float = Field(4.0, ge=0.5, le=5.0, description="MovieLens: rating counted as a click, stars")
+    posters_dir: str | None = Field(None, description="MovieLens: folder of <item_id>.jpg posters; None = text-only")
+    valid_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="MovieLens/PixelRec: latest share of each user's "
+                                  "log for validation")
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="MovieLens/PixelRec: latest share of each user's "
+                                 "log for test")
+    heldout_user_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="MovieLens/PixelRec: share of users kept "
+                                         "out of training")
+    split_seed: int = Field(0, description="MovieLens/PixelRec: seed of the held-out user draw (CoverWorld's split "
+                            "is stored at build time, by world.*_fraction and world.seed)")
     history_len: int = Field(8, ge=0, description="recent clicked items carried per user, items")
     reference_size: int = Field(32, ge=8, description="side of the reference images in stream batches, pixels")
     pairs_per_batch: int = Field(4, ge=1, description="P: (user, item) pairs per rollout batch")

@@ -56,9 +56,11 @@ def evaluate(cfg, checkpoint: Path, out: Path, progress: bool = True) -> dict:
     from icg_rl.evaluation.heldout import heldout_batch
     from icg_rl.evaluation.report import write_report
     from icg_rl.models.pipeline import load_checkpoint
+    from icg_rl.preference.train import resolve_preference
 
     start = time.perf_counter()
     torch.set_num_threads(max(1, cfg.ray.threads_per_worker))
+    cfg = resolve_preference(cfg)  # MovieLens / PixelRec: the preference model `python -m icg_rl.preference` wrote
     e = cfg.evaluation
     data = load_from_config(cfg)
     pipe = load_checkpoint(checkpoint)
@@ -92,6 +94,10 @@ def evaluate(cfg, checkpoint: Path, out: Path, progress: bool = True) -> dict:
             oracle_metrics, ab_test = suite.oracle_by_arm(cfg, arms, batch)
             intervals |= oracle_metrics
             metrics |= suite.taste_by_arm(cfg, arms, batch)
+    else:
+        for name in ("oracle_ctr", "oracle_aesthetic"):
+            metrics[name] = suite.unavailable(f"data.kind={cfg.data.kind} has no ground truth: the click and "
+                                              f"aesthetic oracles exist only in CoverWorld")
     with steps("downstream recommendation"):
         downstream = suite.downstream_by_arm(cfg, data, pipe, rewards, sampling)
     for name, per_arm in intervals.items():

@@ -3,10 +3,14 @@
 A value is checked as a local path when it exists, or looks like one (absolute, `./`, `../`, `~`, a file suffix). A
 value of the form `org/name` that does not exist here is taken as a Hugging Face hub id (downloaded at run time, so
 not checked); write `./org/name` to force a local check. `coverworld` values name the embedded world's models.
+
+`resolve_output`: where a run's outputs go, so that a `ray job submit` run's results outlive Ray's temporary copy
+of the working directory.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -39,3 +43,44 @@ def check_paths(cfg) -> tuple[list[str], list[str]]:
         else:
             problems.append(f"{key}: {value} does not exist")
     return problems, notes
+
+
+# ------------------------------------------------------------------------------------------ outputs of a Ray job
+# `ray job submit --working-dir .` runs the entrypoint in Ray's copy of the folder (…/runtime_resources/
+# working_dir_files/_ray_pkg_<hash>/), which is deleted with the cluster's session: a relative `--out` written there
+# is lost. Ray Train answers the same problem with a default storage_path of ~/ray_results; a job's relative output
+# paths go under RUNS_ROOT_ENV, else DEFAULT_JOB_ROOT, the same way.
+RUNS_ROOT_ENV = "ICG_RL_RUNS"
+DEFAULT_JOB_ROOT = "~/icg_rl_runs"
+JOB_MARKER_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # Ray's job supervisor hands its entrypoint the job's config here
+
+
+def inside_ray_job() -> bool:
+    """True in the entrypoint of a `ray job submit` (not in a plain `python -m ...`, not in a Ray worker)."""
+    return JOB_MARKER_ENV in os.environ
+
+
+def job_output_root() -> Path:
+    """Where a Ray job's relative output paths go: $ICG_RL_RUNS, else ~/icg_rl_runs (on the node running the
+    job's driver, the head by default)."""
+    return Path(os.path.abspath(Path(os.environ.get(RUNS_ROOT_ENV) or DEFAULT_JOB_ROOT).expanduser()))
+
+
+def resolve_output(value: str, field: str) -> tuple[str, str | None]:
+    """An output location as the run will use it -> (absolute path or URI, warning or None).
+
+    A URI (`s3://…`, any pyarrow filesystem) and an absolute path are kept. A relative path is taken from the
+    current directory, except inside a Ray job, where the current directory is Ray's temporary copy: there it goes
+    under `job_output_root()` and the warning says so (`field` names the setting, e.g. `--out`)."""
+    if "://" in value:
+        return value, None
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path), None
+    if not inside_ray_job():
+        return os.path.abspath(path), None
+    resolved = os.path.normpath(job_output_root() / path)
+    return str(resolved), (f"{field}: {value!r} is relative and this runs as a Ray job, whose working directory "
+                           f"({Path.cwd()}) may be Ray's temporary copy, deleted with the cluster; writing to "
+                           f"{resolved} instead (${RUNS_ROOT_ENV} sets the root, default {DEFAULT_JOB_ROOT}; an "
+                           f"absolute path or a URI is used as given)")

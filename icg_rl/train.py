@@ -5,13 +5,16 @@
 
 Connects to RAY_ADDRESS / --address (or starts a local cluster), checks that every actor fits, then runs the loop:
 stream pairs → rollouts → rewards → advantages → learner update → weight sync → held-out evaluation. Writes the
-final ICG weights (`DIR/checkpoint`, loadable by `ICGPipeline.from_pretrained`), sample grids and reward curves
-(PNG), `metrics.jsonl`, wandb (offline) and `summary.json`.
+final ICG weights (`DIR/checkpoint`, loadable by `ICGPipeline.from_pretrained`, with a model card `README.md` and
+the sample grid), sample grids and reward curves (PNG), `metrics.jsonl`, wandb (offline) and `summary.json`; the last
+log line names the summary and the checkpoint by absolute path. Inside a Ray job a relative DIR goes under
+~/icg_rl_runs ($ICG_RL_RUNS): the job's working directory is Ray's temporary copy, deleted with the cluster.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,24 +45,50 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         cfg = parse_config(args)
-        out = Path(args.out or cfg.train.out)
+        out, cfg = output_locations(cfg, args.out)
         summary = train(cfg, out, address=args.address, resume=args.resume)
-        report(summary, out, f"ICG training run in {out}")
+        written = report(summary, out, f"ICG training run in {out}")
+        # the last line names where everything is: a Ray job's log is often all a user sees of the run
+        print(f"summary: {written}  checkpoint: {summary['checkpoint']}", flush=True)
         return 0
 
     return run_main(body)
 
 
-def prepare(cfg) -> None:
-    """What the run needs that a CoverWorld default can build: the world and its models, the preference model."""
-    if cfg.data.kind == "coverworld":
+def output_locations(cfg, out: str | None):
+    """(absolute run folder, cfg with an absolute `train.storage_path`): a relative path is taken from the current
+    directory, or under ~/icg_rl_runs ($ICG_RL_RUNS) inside a Ray job, whose working directory is Ray's temporary
+    copy (paths.resolve_output), with a warning saying so."""
+    from icg_rl.paths import resolve_output
+
+    folder, note = resolve_output(out or cfg.train.out, "--out" if out else "train.out")
+    notes = [note]
+    if cfg.train.storage_path:
+        storage, note = resolve_output(cfg.train.storage_path, "train.storage_path")
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"storage_path": storage})})
+        notes.append(note)
+    for note in filter(None, notes):
+        log.warning(note)
+    return Path(folder), cfg
+
+
+def prepare(cfg):
+    """What the run needs that a CoverWorld default can build — the world and its tiny models (also for a MovieLens
+    or PixelRec run that uses them), the preference model of the configured data source — and `cfg` with
+    `reward.preference` resolved to that model's folder."""
+    from icg_rl.preference.train import (
+        default_preference_dir,
+        preference_is_current,
+        resolve_preference,
+        uses_coverworld_models,
+    )
+
+    if uses_coverworld_models(cfg):
         from icg_rl.world.cli import build
 
         log.info("CoverWorld at %s (built once per config, then reused)", cfg.world.dir)
         build(cfg, Path(cfg.world.dir), progress=True)
-    from icg_rl.preference.train import preference_is_current
-
-    preference = Path(cfg.world.dir) / "models" / "preference"
+    preference = default_preference_dir(cfg)
     personal = any(cfg.reward.weights.get(name, 0) != 0 for name in ("preference", "preference_lift"))
     if personal and cfg.reward.preference == "coverworld" \
             and not preference_is_current(preference, cfg.world):
@@ -67,6 +96,7 @@ def prepare(cfg) -> None:
 
         log.info("training the personalized preference model from the click log → %s", preference)
         report(train_and_evaluate(cfg, preference), preference, f"preference model at {preference}")
+    return resolve_preference(cfg)
 
 
 def train(cfg, out: Path, address: str | None = None, resume: str | None = None) -> dict:
@@ -76,13 +106,15 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
     from icg_rl.checkpoint import CheckpointStore, checkpoint_name
     from icg_rl.distributed.placement import connect
     from icg_rl.io import atomic_write_png, image_grid
+    from icg_rl.model_card import write_model_card
     from icg_rl.tracking import Tracker, plot_curves
 
     torch.set_num_threads(1)  # the driver only mixes rewards and computes advantages; actors do the work
+    out = Path(os.path.abspath(out))  # every path the summary and the log name is absolute
     cfg = cfg.model_copy(update={"world": cfg.world.model_copy(update={"dir": str(Path(cfg.world.dir).resolve())})})
     out.mkdir(parents=True, exist_ok=True)
     log.info("Ray: %s", connect(address or cfg.ray.address, cfg.ray.num_cpus))
-    prepare(cfg)
+    cfg = prepare(cfg)
     started = time.perf_counter()
     trainer = RayTrainer(cfg)
     setup_s = time.perf_counter() - started
@@ -153,6 +185,10 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
         if "eval/clip_t" in final:
             oracle |= {"relevance_icg": final["eval/clip_t"], "relevance_reference": final["eval/clip_t_reference"]}
         summary["oracle"] = oracle | ({"ctr_icg_initial": first["oracle/ctr_icg"]} if "oracle/ctr_icg" in first else {})
+    else:  # said, not silently left out: a reader of the summary should not look for it elsewhere
+        summary["oracle"] = {"unavailable": f"data.kind={cfg.data.kind} has no ground truth; the click oracle exists "
+                                           f"only in CoverWorld (held-out rewards are in `eval`)"}
+    summary["model_card"] = str(write_model_card(checkpoint, cfg, summary, samples=out / "samples.png"))
     return summary
 
 

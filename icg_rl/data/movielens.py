@@ -5,7 +5,10 @@ Layouts are recognised by their files, so the folder name does not matter:
 - ml-1m (and ml-10m, same format): `ratings.dat` + `movies.dat` (`::`, latin-1) [+ `users.dat`];
 - ml-latest, ml-latest-small, ml-25m, ml-32m: `ratings.csv` + `movies.csv` (UTF-8, quoted CSV with a header).
 
-Ids become strings of the integer (so "007" and "7" are the same movie); `clicked` is `rating >= positive_rating`.
+Ids become strings of the integer (so "007" and "7" are the same movie). Ratings are read as clicks: a rating
+`>= positive_rating` is a click (clicked=True); a lower one stays a row with clicked=False (the user watched the
+movie and did not like it). MovieLens does not log what users were shown and skipped, so the preference model
+samples further negatives from the movies a user never rated (preference/data.py), as for PixelRec.
 Genres are lists; "(no genres listed)" and ml-100k's "unknown" flag mean no genre. With `posters_dir`, an item's
 `image_path` is `<posters_dir>/<item_id>.jpg|.jpeg|.png` relative to the dataset root when the posters folder lies
 inside it, otherwise the poster's absolute path (both work with `RecDataset.image_file`); a relative `posters_dir`
@@ -99,7 +102,8 @@ def load_movielens(
     layout, ratings_name, movies_name, users_name = detect_layout(root)
     opts = _Options(positive_rating, on_bad_row)
     items = _read_movies(root / movies_name, layout, opts)
-    items["image_path"] = image_paths(items["item_id"], root, posters_dir)  # before the big file: fail fast
+    # before the big ratings file: a wrong posters folder fails fast
+    items["image_path"] = image_paths(items["item_id"], root, posters_dir, option="posters_dir (data.posters_dir)")
     users = _read_users(root / users_name, layout, opts) if users_name and (root / users_name).is_file() else None
     columns = RATING_COLUMNS[layout]
     ratings = read_file(root / ratings_name, RATINGS_FORMAT[layout], columns, on_bad_row, opts.skipped)

@@ -62,9 +62,9 @@ class RecDataset:
     def image_file(self, item_id: str) -> Path | None:
         """Absolute path of the item's reference image, or None for a text-only item."""
         rel = self.items.loc[self.items["item_id"] == item_id, "image_path"]
-        if rel.empty or rel.iloc[0] is None:
+        if rel.empty or (path := optional_str(rel.iloc[0])) is None:
             return None
-        return self.root / rel.iloc[0]
+        return self.root / path
 
 
 def conform(frame: pd.DataFrame, columns: dict[str, str], table: str) -> pd.DataFrame:
@@ -88,8 +88,21 @@ def conform(frame: pd.DataFrame, columns: dict[str, str], table: str) -> pd.Data
 
 def _optional_strings(column: pd.Series) -> pd.Series:
     """Strings or None (never NaN), as an object column: pandas' string inference would turn None into NaN."""
-    values = [None if v is None or v != v or v == "" else str(v) for v in column]
-    return pd.Series(values, index=column.index, dtype=object)
+    return pd.Series([optional_str(v) for v in column], index=column.index, dtype=object)
+
+
+def optional_str(value: object) -> str | None:
+    """An optional text field (an image path, a variant id) as a string, or None for every spelling of "none".
+
+    Lookups on pandas columns turn None into NaN (object/str columns) or pd.NA (all-missing or string columns), and
+    `pd.NA != pd.NA` is neither True nor False, so `is not None` / `v == v` checks let them through or raise; this is
+    the one test for "no image" (None, NaN, pd.NA, "") that every image consumer uses.
+    """
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if np.isscalar(value) and not isinstance(value, str) and pd.isna(value):  # NaN of any float type
+        return None
+    return str(value) or None
 
 
 def validate_references(data: RecDataset) -> None:

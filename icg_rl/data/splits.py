@@ -1,11 +1,45 @@
-"""Time-based per-user splits plus held-out users, the same for every data source."""
+"""Time-based per-user splits plus held-out users, the same rule for every data source.
+
+Each user's latest `test_fraction` of interactions is `test`, the `valid_fraction` before them `valid`, the rest
+`train`; every interaction of a seeded `heldout_user_fraction` of users is `heldout` (cold-start evaluation: those
+users are known only by their history). CoverWorld applies the rule when the world is built (world.* fractions,
+world.seed) and stores the `split` column; MovieLens and PixelRec get it at load time (`split_dataset`, with the
+data.* fractions and data.split_seed), so `python -m icg_rl.preference` and `icg_rl.train` never evaluate on
+training rows whatever the source.
+"""
 
 from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from icg_rl.data.schema import RecDataset
+
 SPLITS = ("train", "valid", "test", "heldout")
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """The split's settings (data.valid_fraction, data.test_fraction, data.heldout_user_fraction, data.split_seed)."""
+
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    heldout_user_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # the ranges of DataConfig, checked again for callers that build a rule by hand
+        for name, value, ok, allowed in (
+            ("valid_fraction", self.valid_fraction, 0.0 <= self.valid_fraction < 0.5, "0 <= value < 0.5"),
+            ("test_fraction", self.test_fraction, 0.0 < self.test_fraction < 0.5, "0 < value < 0.5"),
+            ("heldout_user_fraction", self.heldout_user_fraction, 0.0 <= self.heldout_user_fraction < 1.0,
+             "0 <= value < 1"),
+        ):
+            if not ok:
+                raise ValueError(f"data.{name}: got {value!r}; allowed {allowed}")
 
 
 def heldout_users(user_ids: pd.Series, fraction: float, seed: int) -> set[str]:
@@ -20,11 +54,32 @@ def assign_splits(interactions: pd.DataFrame, valid_fraction: float, test_fracti
                   heldout: set[str]) -> pd.Series:
     """A `split` label per row: each user's latest `test_fraction` of rows → test, the `valid_fraction` before
     them → valid, the rest → train; every row of a held-out user → heldout. Ties in time keep input order."""
-    order = interactions.sort_values(["user_id", "timestamp"], kind="stable")
-    rank = order.groupby("user_id").cumcount().to_numpy()  # 0-based position in the user's timeline
-    size = order.groupby("user_id")["user_id"].transform("size").to_numpy()
+    # Integer user codes and one stable lexsort: several times faster than sorting string ids on ml-25m, and a row's
+    # label depends only on its rank in its user's timeline (ties in input order) and the user's size, so the labels
+    # are exactly those of a stable sort by (user_id, timestamp).
+    if interactions.empty:
+        return pd.Series(np.array([], dtype="<U5"), index=interactions.index, name="split")
+    codes, _ = pd.factorize(interactions["user_id"])
+    order = np.lexsort((interactions["timestamp"].to_numpy(), codes))
+    sorted_codes, position = codes[order], np.arange(len(order))
+    first = np.maximum.accumulate(np.where(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]], position, 0))
+    rank = position - first  # 0-based position in the user's timeline
+    size = np.bincount(codes)[sorted_codes]
     n_test = np.ceil(size * test_fraction).astype(int)
     n_valid = np.floor(size * valid_fraction).astype(int)
     labels = np.where(rank >= size - n_test, "test", np.where(rank >= size - n_test - n_valid, "valid", "train"))
-    labels = np.where(order["user_id"].isin(heldout).to_numpy(), "heldout", labels)
-    return pd.Series(labels, index=order.index, name="split").reindex(interactions.index)
+    labels = np.where(interactions["user_id"].isin(heldout).to_numpy()[order], "heldout", labels)
+    out = np.empty_like(labels)
+    out[order] = labels
+    return pd.Series(out, index=interactions.index, name="split")
+
+
+def split_dataset(data: RecDataset, rule: SplitRule) -> RecDataset:
+    """`data` with the rule applied: a `split` column on the interactions and a `heldout` flag on the users (as a
+    CoverWorld build stores them). Held-out users are drawn from the users table, like CoverWorld's."""
+    held = heldout_users(data.users["user_id"], rule.heldout_user_fraction, rule.seed)
+    out = copy.copy(data)  # not `dataclasses.replace`: the tables are already in the schema, no need to re-check them
+    out.interactions = data.interactions.assign(
+        split=assign_splits(data.interactions, rule.valid_fraction, rule.test_fraction, held))
+    out.users = data.users.assign(heldout=data.users["user_id"].isin(held).to_numpy())
+    return out

@@ -240,17 +240,21 @@ def id_strings(numbers: pd.Series) -> pd.Series:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # in order of preference when an item has several
 
 
-def image_paths(item_ids: pd.Series, root: Path, folder: str | Path | None) -> list[str | None]:
+def image_paths(item_ids: pd.Series, root: Path, folder: str | Path | None,
+                option: str = "the image folder") -> list[str | None]:
     """Each item's image `<item_id>.jpg|.jpeg|.png` in `folder`, or None; one directory listing, no per-item stat.
 
     Paths are relative to `root` when `folder` lies inside it (the schema's convention), otherwise absolute, so an
     image folder kept elsewhere still works with `RecDataset.image_file` (`root / absolute` is the absolute path).
+    A `folder` that is named but missing is an error naming `option` (what supplied it): silently loading every
+    item text-only would hide a typo until the results looked wrong.
     """
     if folder is None:
         return [None] * len(item_ids)
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist (or is not a folder)")
+        raise FileNotFoundError(f"{option}: {folder} does not exist (or is not a folder); point it at a folder of "
+                                "<item_id>.jpg/.png images, or leave it unset to load the items text-only")
     found: dict[str, tuple[int, str]] = {}  # item id -> (suffix preference, file name)
     with os.scandir(folder) as entries:
         for entry in entries:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 RESOURCE_SLACK = 1e-6  # fractional requests (0.1 × 10) must not fail on float rounding
+VERBOSE_ENV = "ICG_RL_VERBOSE"  # set by the commands' --verbose (cli.set_verbosity)
 
 
 class ResourceShortfall(RuntimeError):
@@ -29,21 +30,66 @@ class Request:
     gpus: float
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> str:
-    """Attach to the cluster at `address` (or RAY_ADDRESS), or start a local one; returns a description."""
+def connect(address: str | None = None, num_cpus: int | None = None, verbose: bool | None = None) -> str:
+    """Attach to the cluster at `address` (or RAY_ADDRESS), or start a local one; returns a description.
+
+    Quiet unless `verbose` (default: the commands' `--verbose`, i.e. $ICG_RL_VERBOSE): the console keeps this
+    program's own lines, while actors' stdout/stderr (model-loading bars, DeepSpeed and library warnings, Ray Train
+    and Ray Data output: `(RolloutWorker pid=…)` lines, two dozen in a 2-iteration micro run) stay in the session's
+    log files, and Ray's INFO messages (Ray Data's per-execution plan included) are dropped. An actor's exception
+    still reaches the driver: Ray raises it here with its traceback."""
     import ray
 
     if ray.is_initialized():
         return "the already initialised Ray session"
+    verbose = verbose_requested() if verbose is None else verbose
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns token auth on; a local cluster needs none
+    if not verbose:
+        quiet_ray_data()
+    chatter = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
-        return f"the cluster at {address}"
-    # address="local": a new cluster, never whatever `ray start` left registered in /tmp/ray on this machine
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}})
-    return f"a new local cluster ({ray.cluster_resources().get('CPU', 0):g} CPUs)"
+        # no runtime_env here: inside `ray job submit` Ray merges it with the job's and fails on a shared key
+        ray.init(address=address, **chatter)
+        described = f"the cluster at {address}"
+    else:
+        env = {"RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+        if not verbose:
+            env["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"  # drawn in actors (Ray Train's shards) for no one to see
+        # address="local": a new cluster, never whatever `ray start` left registered in /tmp/ray on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
+                 **chatter)
+        described = f"a new local cluster ({ray.cluster_resources().get('CPU', 0):g} CPUs)"
+    if verbose:
+        return described
+    return f"{described}; actors' logs in {_logs_dir()} (--verbose prints them here)"
+
+
+def verbose_requested() -> bool:
+    """The commands' `--verbose` (cli.set_verbosity sets VERBOSE_ENV), or the variable set by hand."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def quiet_ray_data() -> None:
+    """Ray Data runs the pair stream in the driver and writes an INFO block per dataset execution (plan, operators,
+    'Full logs in …') to the console; keep those in its log file (ray-data.log) and drop its progress bars."""
+    import ray.data  # configures the "ray.data" logger (a console and a file handler) on first import
+    from ray.util.debug import log_once
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    log_once("ray_data_progress_manager_disabled")  # spends the once-per-process "Progress bars disabled" warning
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+
+
+def _logs_dir() -> str:
+    try:  # no public API names the session folder
+        from ray._private.worker import _global_node
+
+        return os.path.join(_global_node.get_session_dir_path(), "logs")
+    except Exception:  # noqa: BLE001 - only a hint in a log line
+        return "/tmp/ray/session_latest/logs"
 
 
 def run_requests(cfg, reward_names: list[str]) -> dict[str, Request]:

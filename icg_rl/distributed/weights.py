@@ -39,7 +39,7 @@ def load_trainable_arrays(pipe, arrays: dict[str, np.ndarray]) -> None:
                          f"{unexpected[:4]}); rollout and learner must be built from the same config")
     with torch.no_grad():
         for name, param in params.items():
-            value = torch.from_numpy(np.asarray(arrays[name]))
+            value = torch.from_numpy(np.array(arrays[name]))  # a copy: Ray hands out read-only arrays
             if value.shape != param.shape:
                 raise ValueError(f"weight sync: {name} has shape {tuple(value.shape)}, the model's is "
                                  f"{tuple(param.shape)}")

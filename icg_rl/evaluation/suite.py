@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 
+from icg_rl.data.schema import optional_str
 from icg_rl.data.stream import build_pairs
 from icg_rl.evaluation.arms import ARMS, GENERATED, generate
 from icg_rl.evaluation.heldout import pairs_to_batch
@@ -162,6 +163,26 @@ def taste_by_arm(cfg, arms: dict, batch: dict) -> dict:
     return {name.removeprefix("oracle/"): {arm: values[name] for arm, values in per_arm.items()} for name in names}
 
 
+def embed_shown(embedder, data, paths, item_ids) -> np.ndarray:
+    """Normalised CLIP embeddings [N, D] of what each row showed: its cover image, or for an item without one (None,
+    NaN or pd.NA: pandas lookups produce each) its title's text embedding, as in the item features
+    (models/item_features.py): text-only items are scored, never skipped or crashed on."""
+    import torch
+
+    from icg_rl.models.item_features import embed_image_files
+
+    keys = [optional_str(p) or ("title", str(item)) for p, item in zip(paths, item_ids)]
+    files = sorted({k for k in keys if isinstance(k, str)})
+    table = dict(zip(files, embed_image_files(embedder, [data.root / p for p in files]).numpy()))
+    text = sorted({k for k in keys if not isinstance(k, str)})
+    if text:
+        titles = dict(zip(data.items["item_id"].astype(str), data.items["title"].astype(str)))
+        with torch.no_grad():
+            embeds = embedder.text_embeds([titles[item] for _, item in text])
+        table.update(zip(text, torch.nn.functional.normalize(embeds, dim=-1).numpy()))
+    return np.stack([table[k] for k in keys])
+
+
 def downstream_by_arm(cfg, data, pipe, rewards: dict, sampling: dict) -> dict:
     """Train the CTR model on the train split's logged covers; rank whole users' test impressions with each arm."""
     import torch
@@ -185,23 +206,20 @@ def downstream_by_arm(cfg, data, pipe, rewards: dict, sampling: dict) -> dict:
     user_index = {u: i + 1 for i, u in enumerate(sorted(set(train["user_id"])))}
     item_index = {i: k + 1 for k, i in enumerate(sorted(set(data.items["item_id"])))}
 
-    def embed(paths: pd.Series) -> np.ndarray:
-        from icg_rl.models.item_features import embed_image_files
-
-        unique = sorted(set(paths))
-        table = dict(zip(unique, embed_image_files(embedder, [data.root / p for p in unique]).numpy()))
-        return np.stack([table[p] for p in paths])
+    def embed(paths: pd.Series, item_ids: pd.Series) -> np.ndarray:
+        return embed_shown(embedder, data, paths, item_ids)
 
     model = fit_ctr_model(index_of(train["user_id"], user_index), index_of(train["item_id"], item_index),
-                          embed(cover_paths(data, train)), train["clicked"].to_numpy(), e.downstream_epochs,
-                          cfg.train.seed)
-    covers = {"logged": embed(cover_paths(data, test)),
-              "reference": embed(test["item_id"].map(dict(zip(data.items["item_id"], data.items["image_path"]))))}
+                          embed(cover_paths(data, train), train["item_id"]), train["clicked"].to_numpy(),
+                          e.downstream_epochs, cfg.train.seed)
+    reference = test["item_id"].map(dict(zip(data.items["item_id"], data.items["image_path"])))
+    covers = {"logged": embed(cover_paths(data, test), test["item_id"]), "reference": embed(reference, test["item_id"])}
     pairs = test[["user_id", "item_id", "timestamp"]].sort_values("timestamp").drop_duplicates(["user_id", "item_id"])
     clicks = log_[log_["clicked"]]
     pairs = pairs.assign(history=histories_before(pairs, clicks, cfg.data.history_len))
     pairs = pairs.merge(data.items[["item_id", "title", "image_path"]], on="item_id", how="left")
-    pairs["image_path"] = pairs["image_path"].map(lambda p: None if p is None else str(data.root / p))
+    pairs["image_path"] = pd.Series([None if (p := optional_str(path)) is None else str(data.root / p)
+                                     for path in pairs["image_path"]], index=pairs.index, dtype=object)
     batch = pairs_to_batch(cfg, pairs)
     row_of = {(u, i): r for r, (u, i) in enumerate(zip(pairs["user_id"], pairs["item_id"]))}
     rows = np.asarray([row_of[(u, i)] for u, i in zip(test["user_id"], test["item_id"])])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from icg_rl.config import section_hash
+from icg_rl.data.schema import optional_str
 from icg_rl.io import atomic_write_json
 from icg_rl.metrics import roc_auc
 from icg_rl.models.item_features import embed_image_files, save_item_features
@@ -31,8 +32,10 @@ NOT_MODEL_ARGS = ("clip", "history_len", "world_config_hash")  # config.json key
 def numeric_rows(rows: pd.DataFrame, model: PreferenceModel, cover_embeds: dict, item_embeds: dict,
                  history_len: int) -> dict[str, np.ndarray]:
     """Impression rows -> arrays: user_index [N], history_index [N, H], image [N, D], item_index [N], label [N]."""
-    image = np.stack([cover_embeds[c] if c is not None else item_embeds[i]
-                      for c, i in zip(rows["cover"], rows["item_id"])]).astype(np.float32)
+    # a row without a cover image (a text-only item) is scored by its item's features: the title's CLIP embedding
+    covers = [optional_str(c) for c in rows["cover"]]
+    image = np.stack([item_embeds[i] if c is None else cover_embeds[c]
+                      for c, i in zip(covers, rows["item_id"])]).astype(np.float32)
     return {
         "user_index": model.user_encoder.indices(list(rows["user_id"])).numpy(),
         "history_index": model.history_indices(list(rows["history"]), history_len).numpy(),
@@ -43,7 +46,9 @@ def numeric_rows(rows: pd.DataFrame, model: PreferenceModel, cover_embeds: dict,
 
 
 def embed_covers(embedder, root: Path, frames: list[pd.DataFrame]) -> dict[str, np.ndarray]:
-    paths = sorted({c for f in frames for c in f["cover"] if c is not None})
+    """CLIP embedding of every cover image the impression rows show, by path; rows without one are skipped (None,
+    NaN and pd.NA all mean "no image": pandas lookups produce each)."""
+    paths = sorted({p for f in frames for c in f["cover"] if (p := optional_str(c)) is not None})
     embeds = embed_image_files(embedder, [root / p for p in paths]).numpy()
     return dict(zip(paths, embeds))
 
@@ -163,6 +168,36 @@ def save_preference_model(model: PreferenceModel, folder: Path, clip: str, histo
     save_item_features(folder, model.config["item_ids"], model.item_features[1:])
     extra = {"clip": clip, "history_len": history_len, "world_config_hash": world_config_hash}
     atomic_write_json(folder / CONFIG_FILE, model.config | extra)
+
+
+def default_preference_dir(cfg) -> Path:
+    """Where `python -m icg_rl.preference` writes by default and `reward.preference: coverworld` looks: the world's
+    `models/preference` for CoverWorld, else a folder of its own per data source (kind, path, click rule, split), so
+    a model of one source is never taken for another's."""
+    models = Path(cfg.world.dir) / "models"
+    if cfg.data.kind == "coverworld":
+        return models / "preference"
+    d = cfg.data
+    source = {"kind": d.kind, "path": str(Path(d.path).resolve()) if d.path else None, "rating": d.positive_rating,
+              "posters": d.posters_dir, "split": [d.valid_fraction, d.test_fraction, d.heldout_user_fraction,
+                                                  d.split_seed]}
+    return models / f"preference-{d.kind}-{section_hash(source)[:10]}"
+
+
+def uses_coverworld_models(cfg) -> bool:
+    """Whether the run needs the CoverWorld build: its data, or any of its tiny models (base, MLLM, CLIP, aesthetic
+    head) — a MovieLens or PixelRec run on one CPU uses them too."""
+    return cfg.data.kind == "coverworld" or "coverworld" in (cfg.model.base, cfg.model.mllm, cfg.reward.clip,
+                                                             cfg.reward.aesthetic_head)
+
+
+def resolve_preference(cfg):
+    """`cfg` with `reward.preference` a folder: the keyword 'coverworld' (the default) means this data source's
+    default preference model (`default_preference_dir`/model)."""
+    if cfg.reward.preference != "coverworld" or cfg.data.kind == "coverworld":
+        return cfg
+    folder = str(default_preference_dir(cfg) / "model")
+    return cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"preference": folder})})
 
 
 def preference_is_current(folder: str | Path, world_cfg) -> bool:

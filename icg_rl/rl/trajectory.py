@@ -92,8 +92,8 @@ class Trajectory:
     def from_wire(wire: dict) -> Trajectory:
         data = dict(wire)
         for key in ("latents", "log_probs", "timesteps", "prompt_embeds"):
-            data[key] = torch.from_numpy(np.asarray(data[key]))
-        data["condition"] = {k: torch.from_numpy(np.asarray(v)) for k, v in wire["condition"].items()}
+            data[key] = torch.from_numpy(np.array(data[key]))  # a copy: Ray hands out read-only arrays
+        data["condition"] = {k: torch.from_numpy(np.array(v)) for k, v in wire["condition"].items()}
         return Trajectory(**data)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from icg_rl.cli import run_main
+from icg_rl.cli import add_verbose_flag, run_main, set_verbosity
 
 log = logging.getLogger("icg_rl.serve")
 DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve" / "coverworld.yaml"
@@ -31,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a new local one)")
     p.add_argument("--max-batch-size", type=int, default=None, help="override @serve.batch's max_batch_size")
+    add_verbose_flag(p)  # quiet by default: replicas' logs (access lines included) stay in Ray's log files
     return p
 
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from icg_rl.distributed.placement import connect
 
+        set_verbosity(args.verbose)
         app_config = load_serve_config(args.config)
         if not Path(args.checkpoint).is_dir():
             raise FileNotFoundError(f"--checkpoint: {args.checkpoint} is not a folder; train one with "

@@ -27,6 +27,10 @@ def test_beats_popularity_and_reports_the_oracle(trained):
     assert 0.0 <= summary["auc_heldout_users"] <= 1.0
     assert 0.0 <= summary["ece"] < 0.25, summary["ece"]
     assert 0 <= summary["best_epoch"] < summary["epochs"] and summary["train_seconds"] > 0
+    # the ranking view on the same test split: NDCG@10 per user, beside popularity's, and the plain verdict
+    assert 0.0 < summary["popularity_ndcg_at_10"] <= 1.0 and 0.0 < summary["ndcg_at_10"] <= 1.0
+    assert summary["beats_popularity"] == (summary["auc"] > summary["popularity_auc"]
+                                           and summary["ndcg_at_10"] > summary["popularity_ndcg_at_10"])
 
 
 def test_ids_hidden_in_training_leave_users_to_their_history(trained):
@@ -124,4 +128,5 @@ def test_cli_builds_the_world_it_needs_and_writes_the_summary(micro_world, ray_c
     code = main(["--config", str(MICRO_CONFIG), "--out", str(out), f"world.dir={world}", "preference.epochs=2"])
     assert code == 0 and (world / "world.json").is_file() and (world / "models" / "build.json").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert {"auc", "oracle_auc", "auc_heldout_users", "oracle_auc_heldout_users", "ece"} <= set(summary)
+    assert {"auc", "oracle_auc", "auc_heldout_users", "oracle_auc_heldout_users", "ece", "ndcg_at_10",
+            "popularity_ndcg_at_10", "beats_popularity"} <= set(summary)
