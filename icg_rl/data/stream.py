@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from icg_rl.data.history import histories_before
-from icg_rl.data.schema import RecDataset
+from icg_rl.data.schema import RecDataset, optional_str
 
 
 def build_pairs(data: RecDataset, split: str | None, history_len: int) -> pd.DataFrame:
@@ -40,7 +40,7 @@ def build_pairs(data: RecDataset, split: str | None, history_len: int) -> pd.Dat
     pairs = pairs.assign(history=histories_before(pairs, clicks, history_len))
     items = data.items[["item_id", "title", "image_path"]]
     pairs = pairs.merge(items, on="item_id", how="left").reset_index(drop=True)
-    pairs["image_path"] = pairs["image_path"].map(lambda p: None if p is None else str(data.root / p))
+    pairs["image_path"] = pairs["image_path"].map(lambda p: None if optional_str(p) is None else str(data.root / p))
     return pairs
 
 
@@ -53,7 +53,7 @@ class LoadReferences:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         images, has = [], []
         for path in batch["image_path"]:
-            if path is None or path != path:
+            if optional_str(path) is None:  # None, NaN, pd.NA or "": a text-only item
                 images.append(np.zeros((self.size, self.size, 3), np.uint8))
                 has.append(False)
                 continue

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from icg_rl.data.history import cover_key
-from icg_rl.data.schema import RecDataset
+from icg_rl.data.schema import RecDataset, optional_str
 from icg_rl.io import atomic_write_json, read_image
 from icg_rl.rewards.clip_embedder import CLIPEmbedder, uint8_to_float
 
@@ -37,11 +37,11 @@ def compute_item_features(embedder: CLIPEmbedder, data: RecDataset) -> tuple[lis
     source has cover variants, one per variant under its cover key "item|variant" (data/history.py)."""
     ids = data.items["item_id"].tolist()
     features = torch.zeros(len(ids), embedder.clip.config.projection_dim)
-    with_image = [i for i, p in enumerate(data.items["image_path"]) if p is not None]
+    with_image = [i for i, p in enumerate(data.items["image_path"]) if optional_str(p) is not None]
     if with_image:
         paths = [data.root / data.items["image_path"].iloc[i] for i in with_image]
         features[with_image] = embed_image_files(embedder, paths)
-    text_only = [i for i, p in enumerate(data.items["image_path"]) if p is None]
+    text_only = [i for i, p in enumerate(data.items["image_path"]) if optional_str(p) is None]
     if text_only:
         titles = data.items["title"].iloc[text_only].tolist()
         features[text_only] = F.normalize(embedder.text_embeds(titles), dim=-1)

@@ -34,9 +34,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         cfg = parse_config(args)
+        from icg_rl.paths import resolve_output
         from icg_rl.preference.train import default_preference_dir, uses_coverworld_models
 
-        out = Path(args.out) if args.out else default_preference_dir(cfg)
+        out = default_preference_dir(cfg)
+        if args.out:  # inside a Ray job a relative --out would land in Ray's temporary working directory
+            resolved, warning = resolve_output(args.out, "--out")
+            out = Path(resolved)
+            if warning:
+                log.warning(warning)
         if uses_coverworld_models(cfg):  # its click log, or its tiny CLIP for a MovieLens / PixelRec run
             from icg_rl.world.cli import build
 
