@@ -93,14 +93,11 @@ class DataConfig(Section):
     on_bad_row: Literal["error", "skip"] = Field("error", description="malformed rows: fail (file:line) or skip")
     positive_rating: float = Field(4.0, ge=0.5, le=5.0, description="MovieLens: rating counted as a click, stars")
     posters_dir: str | None = Field(None, description="MovieLens: folder of <item_id>.jpg posters; None = text-only")
-    valid_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="MovieLens/PixelRec: latest share of each user's "
-                                  "log for validation")
-    test_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="MovieLens/PixelRec: latest share of each user's "
-                                 "log for test")
-    heldout_user_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="MovieLens/PixelRec: share of users kept "
-                                         "out of training")
-    split_seed: int = Field(0, description="MovieLens/PixelRec: seed of the held-out user draw (CoverWorld's split "
-                            "is stored at build time, by world.*_fraction and world.seed)")
+    # MovieLens/PixelRec splits (CoverWorld's is stored at build time, by world.*_fraction and world.seed)
+    valid_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="latest share of each user's log for validation")
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="latest share of each user's log for test")
+    heldout_user_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of users kept out of training")
+    split_seed: int = Field(0, description="MovieLens/PixelRec: seed of the held-out user draw")
     history_len: int = Field(8, ge=0, description="recent clicked items carried per user, items")
     reference_size: int = Field(32, ge=8, description="side of the reference images in stream batches, pixels")
     pairs_per_batch: int = Field(4, ge=1, description="P: (user, item) pairs per rollout batch")
@@ -271,9 +268,8 @@ class TrainConfig(Section):
     storage_path: str | None = Field(None, description="where checkpoints go: a folder or a pyarrow filesystem URI "
                                      "(s3://..., gs://...); None = OUT/checkpoints")
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept; older ones are deleted")
-    average_last: float = Field(0.0, ge=0.0, le=1.0, description="fraction of the run's last updates whose weights "
-                                "are averaged (SWA) into the policy that is evaluated, checkpointed and exported; "
-                                "0 = the last iterate; rollouts always sample the live weights")
+    average_last: float = Field(0.0, ge=0.0, le=1.0, description="share of the last updates averaged (SWA) into the "
+                                "evaluated and exported policy; 0 = the last iterate (rollouts sample live weights)")
     tracker: Literal["wandb", "none"] = Field("wandb", description="metrics tracker (wandb runs offline by default)")
 
 

@@ -174,8 +174,7 @@ class LearnerWorker:
         return arrays, nbytes(arrays)
 
     def _averaged_arrays(self) -> dict[str, np.ndarray]:
-        mean = self.average.arrays()  # under the engine module's sanitised names
-        return {name: mean[name.replace(".", "__")] for name in self.pipe.trainable_named_parameters()}
+        return self.average.pipeline_arrays(self.pipe)
 
     def save_state(self) -> dict[str, bytes]:
         """This rank's DeepSpeed checkpoint files (weights, ZeRO optimizer partition; collective: every rank at

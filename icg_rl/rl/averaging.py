@@ -49,6 +49,12 @@ class TailAverage:
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: p.to("cpu").contiguous().numpy().copy() for name, p in self.named_parameters().items()}
 
+    def pipeline_arrays(self, pipe) -> dict[str, np.ndarray]:
+        """`arrays()` under the pipeline's parameter names (the module holds them with "." spelled "__", as
+        `TrainableParameters` registers them)."""
+        mean = self.arrays()
+        return {name: mean[name.replace(".", "__")] for name in pipe.trainable_named_parameters()}
+
     def state_bytes(self) -> bytes:
         buffer = io.BytesIO()
         torch.save(self.mean.state_dict(), buffer)

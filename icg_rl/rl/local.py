@@ -114,11 +114,7 @@ class LocalTrainer:
     def shipped_policy(self):
         """`with trainer.shipped_policy() as pipe:` the pipeline holding the policy that is evaluated and shipped —
         the averaged weights when `train.average_last` > 0 (as the Ray learner), the live ones otherwise."""
-        shipped = None
-        if self.average is not None:
-            mean = self.average.arrays()  # under TrainableParameters' sanitised names
-            shipped = {name: mean[name.replace(".", "__")] for name in self.pipe.trainable_named_parameters()}
-        return weights_loaded(self.pipe, shipped)
+        return weights_loaded(self.pipe, self.average.pipeline_arrays(self.pipe) if self.average else None)
 
     @torch.no_grad()
     def evaluate(self, batch: dict, seed: int = 1234) -> dict[str, float]:
