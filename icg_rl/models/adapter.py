@@ -78,6 +78,10 @@ class ICGAdapter(nn.Module):
         unet.encoder_hid_proj = MultiIPAdapterImageProjection([self.projection])
         unet.register_to_config(encoder_hid_dim_type="ip_image_proj")
 
+    def call_embeds(self, features: torch.Tensor) -> torch.Tensor:
+        """Meta features [B, K, d_mllm] as the pipelines' `ip_adapter_image_embeds` entry: one 'image' per row."""
+        return features[:, None]  # (B, 1, K, d_mllm)
+
     def added_cond_kwargs(self, features: torch.Tensor) -> dict:
         """What the UNet takes for meta features [B, K, d_mllm]: one adapter, one 'image' per row."""
         return {"image_embeds": [features[:, None]]}  # (B, 1, K, d_mllm)
