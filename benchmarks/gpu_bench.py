@@ -145,7 +145,7 @@ def main() -> None:
         with torch.no_grad():
             features = pipe.encode_condition_inputs({k: v[:1] for k, v in trajectory.condition.items()}).detach()
         with torch.no_grad(), autocast, FlopCounterMode(display=False) as counter:
-            predict_noise(pipe, latents, trajectory.timesteps[0], trajectory.prompt_embeds[:1], features, 1.0)
+            predict_noise(pipe, latents, trajectory.timesteps[0], trajectory.rows(slice(0, 1)).text, features, 1.0)
         forward_gflop = counter.get_total_flops() / 1e9
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
         mfu = learn_flops / t_learn / (peak * 1e12) if peak else float("nan")

@@ -3,6 +3,8 @@
 A value is checked as a local path when it exists, or looks like one (absolute, `./`, `../`, `~`, a file suffix). A
 value of the form `org/name` that does not exist here is taken as a Hugging Face hub id (downloaded at run time, so
 not checked); write `./org/name` to force a local check. `coverworld` values name the embedded world's models.
+A local `model.base` is also checked as the pipeline folder its family loads: a model_index.json naming a family
+ICG supports (SD1.x/2.x, SDXL, SD3), and a subfolder for every component it lists.
 
 `resolve_output`: where a run's outputs go, so that a `ray job submit` run's results outlive Ray's temporary copy
 of the working directory.
@@ -10,12 +12,14 @@ of the working directory.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOCAL_HINT = re.compile(r"^(/|\./|\.\./|~)|\.(pth|pt|bin|safetensors|json|yaml|csv|parquet)$")
+NOT_LOADED = {"safety_checker"}  # components the ICG pipelines load as None whatever model_index.json lists
 
 
 def named_paths(cfg) -> dict[str, str | None]:
@@ -37,12 +41,32 @@ def check_paths(cfg) -> tuple[list[str], list[str]]:
             continue
         path = Path(value).expanduser()
         if path.exists():
+            problems += base_layout_problems(path) if key == "model.base" else []
             continue
         if HUB_ID.match(value) and not LOCAL_HINT.search(value):
             notes.append(f"{key}: {value!r} is not a local path here; taken as a hub id (not checked)")
         else:
             problems.append(f"{key}: {value} does not exist")
     return problems, notes
+
+
+def base_layout_problems(folder: Path) -> list[str]:
+    """What keeps a base folder from loading: no model_index.json (diffusers' pipeline folders all have one), a
+    family ICG does not support, or a component the index lists (`[library, class]`) without its subfolder."""
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        return [f"model.base: {folder} has no model_index.json; expected a diffusers pipeline folder as "
+                f"save_pretrained writes it (or a hub id)"]
+    from icg_rl.models.pipeline import FAMILIES
+
+    index = json.loads(index_path.read_text())
+    kind = index.get("_class_name", "")
+    if kind not in FAMILIES:
+        return [f"model.base: {folder} is a {kind or 'unnamed'} folder; ICG supports {', '.join(FAMILIES)}"]
+    return [f"model.base: {folder} lists {name} ({value[1]}) in model_index.json but has no {name}/ subfolder"
+            for name, value in index.items()
+            if not name.startswith("_") and name not in NOT_LOADED and isinstance(value, list)
+            and None not in value and not (folder / name).is_dir()]
 
 
 # ------------------------------------------------------------------------------------------ outputs of a Ray job

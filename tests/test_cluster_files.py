@@ -1,4 +1,5 @@
 import copy
+import json
 import subprocess
 import sys
 
@@ -103,10 +104,10 @@ def test_every_training_config_loads_and_validates(path):
 
 
 def test_real_model_placements_fit_their_clusters():
-    """1 node × 8 GPUs: the whole plan fits 8 GPUs; the SDXL variant too (at least one rollout for 'auto')."""
+    """1 node × 8 GPUs: the whole plan fits 8 GPUs; the SDXL and SD3.5-Medium variants too."""
     from icg_rl.distributed.placement import run_requests, shortfall
 
-    for name in ("sd15_qwen2vl.yaml", "sdxl_qwen2vl.yaml"):
+    for name in ("sd15_qwen2vl.yaml", "sdxl_qwen2vl.yaml", "sd35m_qwen2vl.yaml"):
         cfg = load_config(ROOT / "configs" / "real" / name)
         requests = run_requests(cfg, list(cfg.reward.weights))
         gpus = sum(q.count * q.gpus for q in requests.values())
@@ -134,6 +135,37 @@ def test_check_paths_reports_every_missing_path_at_once(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "icg_rl.train", "--config", "configs/micro.yaml", "--check-paths"],
                         capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert ok.returncode == 0 and "every local path exists" in ok.stdout
+
+
+def test_check_paths_checks_the_base_folder_its_family_loads(tmp_path):
+    """A local model.base is checked against its model_index.json: a supported family, every listed component."""
+    from icg_rl.paths import check_paths
+
+    def problems_for(index: dict | None, subfolders: tuple[str, ...]) -> list[str]:
+        folder = tmp_path / f"base{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        for name in subfolders:
+            (folder / name).mkdir()
+        if index is not None:
+            (folder / "model_index.json").write_text(json.dumps(index))
+        cfg = load_config(ROOT / "configs" / "micro.yaml", [f"model.base={folder}"])
+        return [p for p in check_paths(cfg)[0] if p.startswith("model.base")]
+
+    xl = {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
+          "image_encoder": [None, None], "feature_extractor": [None, None],
+          **{name: ["diffusers", "X"] for name in ("unet", "vae", "scheduler")},
+          **{name: ["transformers", "X"] for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")}}
+    present = ("unet", "vae", "scheduler", "text_encoder", "tokenizer", "tokenizer_2")
+    assert problems_for(xl, (*present, "text_encoder_2")) == []
+    (missing,) = problems_for(xl, present)
+    assert "text_encoder_2" in missing and "model_index.json" in missing
+    sd15 = {"_class_name": "StableDiffusionPipeline", "safety_checker": ["stable_diffusion", "X"],
+            **{name: ["diffusers", "X"] for name in ("unet", "vae", "scheduler", "text_encoder", "tokenizer")}}
+    assert problems_for(sd15, ("unet", "vae", "scheduler", "text_encoder", "tokenizer")) == []  # no safety checker
+    (unknown,) = problems_for({"_class_name": "FluxPipeline", "transformer": ["diffusers", "X"]}, ("transformer",))
+    assert "FluxPipeline" in unknown and "StableDiffusion3Pipeline" in unknown
+    (no_index,) = problems_for(None, ("unet",))
+    assert "no model_index.json" in no_index
 
 
 def test_config_extends_merges_sections_and_catches_cycles(tmp_path):

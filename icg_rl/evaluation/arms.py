@@ -30,18 +30,18 @@ def base_model(pipe):
     """The pipeline as the base model it wraps: adapter gate 0 (ICG tokens ≡ 0) and UNet LoRA off, restored after."""
     gate = pipe.icg.adapter.projection.gate
     saved = gate.detach().clone()
-    lora = any("lora_" in n for n, _ in pipe.unet.named_parameters())
+    lora = any("lora_" in n for n, _ in pipe.denoiser.named_parameters())
     with torch.no_grad():
         gate.zero_()
     if lora:
-        pipe.unet.disable_adapters()
+        pipe.denoiser.disable_adapters()
     try:
         yield pipe
     finally:
         with torch.no_grad():
             gate.copy_(saved)
         if lora:
-            pipe.unet.enable_adapters()
+            pipe.denoiser.enable_adapters()
 
 
 def generate(pipe, batch: dict, arm: str, *, steps: int, eta: float, guidance_scale: float, seed: int,

@@ -83,6 +83,11 @@ class ICGPipelineMixin:
         """Flow-matching bases (SD3) predict a velocity and step with a flow scheduler."""
         return "FlowMatch" in type(self.scheduler).__name__
 
+    def uncond_text(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The unconditional branch's text under CFG (embeds [1, L, D], pooled [1, P] or None): what the family's
+        stock pipeline uses without a negative prompt — the encoding of "" here, zeros on SDXL."""
+        return self.encode_text([""])
+
     def latent_shape(self, rows: int) -> tuple[int, int, int, int]:
         """The initial noise's shape for `rows` samples at the base's native resolution."""
         config = self.denoiser.config

@@ -18,7 +18,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.checkpoint import checkpoint
 
-from icg_rl.rl.sampling import decode, encode_prompts, pipeline_inputs, predict_noise
+from icg_rl.rl.sampling import decode, encode_text, pipeline_inputs, predict_noise, uncond_text
+from icg_rl.rl.steps import sampling_step
 
 
 def check_differentiable(rewards: dict, weights: dict[str, float]) -> None:
@@ -56,45 +57,48 @@ def truncation(algo, generator: torch.Generator) -> int:
 @torch.no_grad()
 def denoise_prefix(pipe, batch: dict, algo, noise_generators, k: int) -> dict:
     """The first T − K steps, without gradient (DRaFT's constants) -> {"latents": x_{T−K} [B, C, h, w],
-    "condition": raw inputs, "prompt_embeds": [B, L, D], "k": K}. A rollout actor runs this; `noise_generators`
-    advance as the steps draw, and the learner continues from their states (`prefix_to_wire`)."""
+    "condition": raw inputs, "prompt_embeds": [B, L, D], "pooled_embeds": [B, P] or None, "k": K}. A rollout
+    actor runs this; `noise_generators` advance as the steps draw, and the learner continues from their states
+    (`prefix_to_wire`)."""
     titles, refs, users = pipeline_inputs(batch)
     condition = pipe.prepare_condition_inputs(titles, refs, users)
     features = pipe.encode_condition_inputs(condition)  # (B, K, d)
-    prompt_embeds = encode_prompts(pipe, pipe.prompts(titles))
-    uncond = encode_prompts(pipe, [""]) if algo.guidance_scale > 1.0 else None
+    text = encode_text(pipe, pipe.prompts(titles))
+    uncond = uncond_text(pipe, algo.guidance_scale)
     scheduler = pipe.scheduler
     scheduler.set_timesteps(algo.num_inference_steps, device=features.device)
-    size = pipe.unet.config.sample_size
-    latents = randn_tensor((len(titles), pipe.unet.config.in_channels, size, size), generator=noise_generators,
-                           device=features.device, dtype=features.dtype) * scheduler.init_noise_sigma
+    latents = randn_tensor(pipe.latent_shape(len(titles)), generator=noise_generators, device=features.device,
+                           dtype=features.dtype) * scheduler.init_noise_sigma
     for t in scheduler.timesteps[: len(scheduler.timesteps) - k]:
-        noise = predict_noise(pipe, latents, t, prompt_embeds, features, algo.guidance_scale, uncond)
-        latents = scheduler.step(noise, t, latents, eta=algo.eta, generator=noise_generators).prev_sample
-    return {"latents": latents, "condition": condition, "prompt_embeds": prompt_embeds, "k": k}
+        noise = predict_noise(pipe, latents, t, text, features, algo.guidance_scale, uncond)
+        latents = sampling_step(scheduler, noise, t, latents, algo.eta, noise_generators)
+    return {"latents": latents, "condition": condition, "prompt_embeds": text[0], "pooled_embeds": text[1], "k": k}
 
 
 def denoise_suffix(pipe, prefix: dict, algo, noise_generators) -> torch.Tensor:
     """The last K steps from x_{T−K}, with gradient (each UNet call checkpointed), and the decode -> float images
     [B, 3, H, W]. The condition is recomputed with the current weights: gradient reaches every ICG parameter."""
     features = pipe.encode_condition_inputs(prefix["condition"])  # (B, K, d), with grad
-    uncond = encode_prompts(pipe, [""]) if algo.guidance_scale > 1.0 else None
+    uncond = uncond_text(pipe, algo.guidance_scale)
     scheduler = pipe.scheduler
     scheduler.set_timesteps(algo.num_inference_steps, device=features.device)
     latents = prefix["latents"].to(features.device)
-    prompt_embeds = prefix["prompt_embeds"].to(features.device)
+    pooled = prefix.get("pooled_embeds")
+    text = (prefix["prompt_embeds"].to(features.device), None if pooled is None else pooled.to(features.device))
     for t in scheduler.timesteps[len(scheduler.timesteps) - prefix["k"]:]:
-        args = (pipe, latents, t, prompt_embeds, features, algo.guidance_scale, uncond)
+        args = (pipe, latents, t, text, features, algo.guidance_scale, uncond)
         noise = checkpoint(predict_noise, *args, use_reentrant=False) if algo.gradient_checkpointing \
             else predict_noise(*args)
-        latents = scheduler.step(noise, t, latents, eta=algo.eta, generator=noise_generators).prev_sample
+        latents = sampling_step(scheduler, noise, t, latents, algo.eta, noise_generators)
     return decode(pipe, latents)  # with grad through the last K steps
 
 
 def prefix_to_wire(prefix: dict, noise_generators: list[torch.Generator]) -> dict:
     """A prefix as numpy for the object store, with each row's noise-generator state (the learner draws the last
     K steps' noise from where the rollout stopped: the same chain as one process sampling all T steps)."""
+    pooled = prefix.get("pooled_embeds")
     return {"latents": prefix["latents"].cpu().numpy(), "prompt_embeds": prefix["prompt_embeds"].cpu().numpy(),
+            "pooled_embeds": None if pooled is None else pooled.cpu().numpy(),
             "condition": {k: v.cpu().numpy() for k, v in prefix["condition"].items()}, "k": prefix["k"],
             "noise_states": np.stack([g.get_state().numpy() for g in noise_generators])}
 
@@ -105,7 +109,9 @@ def prefix_from_wire(wire: dict) -> tuple[dict, list[torch.Generator]]:
         generator = torch.Generator()
         generator.set_state(torch.from_numpy(np.ascontiguousarray(state)))
         generators.append(generator)
+    pooled = wire.get("pooled_embeds")
     prefix = {"latents": torch.from_numpy(wire["latents"]), "prompt_embeds": torch.from_numpy(wire["prompt_embeds"]),
+              "pooled_embeds": None if pooled is None else torch.from_numpy(np.array(pooled)),
               "condition": {k: torch.from_numpy(np.asarray(v)) for k, v in wire["condition"].items()}, "k": wire["k"]}
     return prefix, generators
 
@@ -120,6 +126,8 @@ def concat_prefix_wires(parts: list[dict]) -> dict:
                                    for p in parts])
     return {"latents": np.concatenate([p["latents"] for p in parts]), "k": parts[0]["k"],
             "prompt_embeds": np.concatenate([p["prompt_embeds"] for p in parts]),
+            "pooled_embeds": None if parts[0].get("pooled_embeds") is None
+            else np.concatenate([p["pooled_embeds"] for p in parts]),
             "condition": {k: v.numpy() for k, v in condition.items()},
             "noise_states": np.concatenate([p["noise_states"] for p in parts])}
 
@@ -129,7 +137,9 @@ def slice_prefix_wire(wire: dict, rows: slice) -> dict:
 
     index = np.arange(len(wire["latents"]))[rows]
     condition = slice_condition({k: torch.from_numpy(np.asarray(v)) for k, v in wire["condition"].items()}, index)
+    pooled = wire.get("pooled_embeds")
     return {"latents": wire["latents"][index], "prompt_embeds": wire["prompt_embeds"][index], "k": wire["k"],
+            "pooled_embeds": None if pooled is None else pooled[index],
             "condition": {k: v.numpy() for k, v in condition.items()}, "noise_states": wire["noise_states"][index]}
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from icg_rl.rl.logprob import ddim_step_distribution, ddim_step_with_logprob
-from icg_rl.rl.sampling import encode_prompts, predict_noise, stochastic_steps
+from icg_rl.rl.sampling import predict_noise, stochastic_steps, uncond_text
+from icg_rl.rl.steps import step_distribution, step_with_logprob
 
 
 def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float,
@@ -57,18 +57,18 @@ def ddpo_gradients(pipe, trajectory, advantages: torch.Tensor, algo, generator: 
                                                                                        * len(window)))]
     features = pipe.encode_condition_inputs(trajectory.condition)  # (B, K, d), with grad
     leaf = features.detach().requires_grad_(True)
-    uncond = encode_prompts(pipe, [""]) if algo.guidance_scale > 1.0 else None
+    uncond = uncond_text(pipe, algo.guidance_scale)
     pipe.scheduler.set_timesteps(steps, device=leaf.device)
     grads: list[torch.Tensor | None] = [None] * len(params)
     leaf_grad = torch.zeros_like(leaf)
     totals: dict[str, float] = {"loss/policy": 0.0, "loss/kl": 0.0, "stats/approx_kl": 0.0, "stats/clip_fraction": 0.0}
     for j in chosen.tolist():
         t, latents, next_latents = trajectory.timesteps[j], trajectory.latents[:, j], trajectory.latents[:, j + 1]
-        noise = predict_noise(pipe, latents, t, trajectory.prompt_embeds, leaf, algo.guidance_scale, uncond)
-        _, log_prob = ddim_step_with_logprob(pipe.scheduler, noise, t, latents, eta=algo.eta, prev_sample=next_latents)
+        noise = predict_noise(pipe, latents, t, trajectory.text, leaf, algo.guidance_scale, uncond)
+        _, log_prob = step_with_logprob(pipe.scheduler, noise, t, latents, algo.eta, prev_sample=next_latents)
         loss, stats = ppo_clip_loss(log_prob, trajectory.log_probs[:, j], advantages, algo.clip_range, algo.adv_clip)
         if algo.kl_coef > 0:
-            kl = step_kl(pipe, latents, t, trajectory.prompt_embeds, leaf, noise, algo, uncond)
+            kl = step_kl(pipe, latents, t, trajectory.text, leaf, noise, algo, uncond)
             loss = loss + algo.kl_coef * kl
             totals["loss/kl"] += float(kl.detach()) / len(chosen)
         step_grads = torch.autograd.grad(loss / len(chosen), [leaf, *params], allow_unused=True)
@@ -109,10 +109,10 @@ def ddpo_update(pipe, trajectory, advantages: torch.Tensor, optimizer, algo,
     return totals
 
 
-def step_kl(pipe, latents, t, prompt_embeds, features, noise, algo, uncond) -> torch.Tensor:
+def step_kl(pipe, latents, t, text, features, noise, algo, uncond) -> torch.Tensor:
     """KL of this step's Gaussian to the reference policy's: the same model with the adapter switched off."""
     with torch.no_grad(), pipe.icg.adapter.disabled():
-        ref_noise = predict_noise(pipe, latents, t, prompt_embeds, features, algo.guidance_scale, uncond)
-        ref_mean, _ = ddim_step_distribution(pipe.scheduler, ref_noise, t, latents, algo.eta)
-    mean, std = ddim_step_distribution(pipe.scheduler, noise, t, latents, algo.eta)
+        ref_noise = predict_noise(pipe, latents, t, text, features, algo.guidance_scale, uncond)
+        ref_mean, _ = step_distribution(pipe.scheduler, ref_noise, t, latents, algo.eta)
+    mean, std = step_distribution(pipe.scheduler, noise, t, latents, algo.eta)
     return gaussian_kl(mean, ref_mean, std).mean()  # mean over samples

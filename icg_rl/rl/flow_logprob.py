@@ -47,6 +47,23 @@ def step_sigmas(scheduler, timestep, batch: int, device) -> tuple[torch.Tensor, 
     return t.to(device), t_next.to(device), denominator_t.to(device)
 
 
+def sde_step_distribution(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+                          noise_level: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (mean [B, C, h, w], std [B, 1, 1, 1]) in fp32: the Gaussian one reverse-SDE step samples from."""
+    if noise_level <= 0:
+        raise ValueError(f"noise_level: must be > 0 for a stochastic step with a log-probability, got {noise_level} "
+                         f"(outside the SDE window sample with the scheduler's own ODE step)")
+    batch = sample.shape[0]
+    x, v = sample.float(), model_output.float()
+    t, t_next, t_denominator = step_sigmas(scheduler, timestep, batch, x.device)
+    shape = (batch,) + (1,) * (x.ndim - 1)
+    dt = (t_next - t).view(shape)
+    sigma = (noise_level * torch.sqrt(t / (1.0 - t_denominator))).view(shape)
+    t = t.view(shape)
+    mean = x * (1 + sigma ** 2 * dt / (2 * t)) + v * (1 + sigma ** 2 * (1 - t) / (2 * t)) * dt
+    return mean, sigma * torch.sqrt(-dt)
+
+
 def sde_step_with_logprob(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor,
                           noise_level: float = 0.7, prev_sample: torch.Tensor | None = None,
                           generator: torch.Generator | list[torch.Generator] | None = None
@@ -55,21 +72,19 @@ def sde_step_with_logprob(scheduler, model_output: torch.Tensor, timestep, sampl
 
     With `prev_sample` given its log-probability under this step is returned (PPO's recomputation); otherwise the
     step draws one with `generator` (one per row for per-row noise streams)."""
-    if noise_level <= 0:
-        raise ValueError(f"noise_level: must be > 0 for a stochastic step with a log-probability, got {noise_level} "
-                         f"(outside the SDE window sample with the scheduler's own ODE step)")
     dtype, batch = sample.dtype, sample.shape[0]
-    x, v = sample.float(), model_output.float()
-    t, t_next, t_denominator = step_sigmas(scheduler, timestep, batch, x.device)
-    shape = (batch,) + (1,) * (x.ndim - 1)
-    dt = (t_next - t).view(shape)
-    sigma = (noise_level * torch.sqrt(t / (1.0 - t_denominator))).view(shape)
-    t = t.view(shape)
-    mean = x * (1 + sigma ** 2 * dt / (2 * t)) + v * (1 + sigma ** 2 * (1 - t) / (2 * t)) * dt
-    std = sigma * torch.sqrt(-dt)
+    mean, std = sde_step_distribution(scheduler, model_output, timestep, sample, noise_level)
     if prev_sample is None:
-        noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
         prev_sample = (mean + std * noise).to(dtype)
     log_prob = (-((prev_sample.float() - mean) ** 2) / (2 * std ** 2) - torch.log(std)
                 - 0.5 * math.log(2 * math.pi))
-    return prev_sample, log_prob.mean(dim=tuple(range(1, x.ndim))), mean.to(dtype), std.reshape(batch)
+    return prev_sample, log_prob.mean(dim=tuple(range(1, mean.ndim))), mean.to(dtype), std.reshape(batch)
+
+
+def ode_step(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
+    """The deterministic Euler step x + v (t' − t) of the flow ODE (the scheduler's own step, without its step
+    counter: usable at any grid timestep, per row), in the sample's dtype."""
+    t, t_next, _ = step_sigmas(scheduler, timestep, sample.shape[0], sample.device)
+    dt = (t_next - t).view((-1,) + (1,) * (sample.ndim - 1))
+    return (sample.float() + model_output.float() * dt).to(sample.dtype)

@@ -1,4 +1,6 @@
-"""Sampling the ICG policy step by step, recording what DDPO needs (the rollout's inner loop).
+"""Sampling the ICG policy step by step, recording what DDPO/GRPO need (the rollout's inner loop), for every base
+family: the denoiser call goes through the pipeline's family hooks (`encode_text`, `denoiser_output`) and each step
+through `rl/steps.py` (DDIM, or the flow SDE on flow-matching bases).
 
 The denoiser call is the pipeline's own (text prompt + ICG tokens through the adapter, optional CFG with the
 unconditional branch seeing no ICG tokens), so a trajectory is exactly what `ICGPipeline.__call__` would draw with
@@ -12,7 +14,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from icg_rl.models.user import ICGUser
-from icg_rl.rl.logprob import ddim_step_with_logprob
+from icg_rl.rl.steps import deterministic_step, step_with_logprob
 from icg_rl.rl.trajectory import Trajectory
 
 # What reward models may read beside the images, shipped with every rollout (in process and to reward actors)
@@ -27,33 +29,38 @@ def pipeline_inputs(batch: dict) -> tuple[list[str], list, list[ICGUser]]:
     return titles, refs, users
 
 
-def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
-    """Frozen text encoder output [B, L, D] (the pipeline's own encode_prompt, no CFG)."""
-    with torch.no_grad():
-        embeds, _ = pipe.encode_prompt(prompts, pipe._execution_device, 1, False)
-    return embeds
+def encode_text(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Frozen text condition: (prompt_embeds [B, L, D], pooled [B, P] or None) — the pipeline family's own."""
+    return pipe.encode_text(prompts)
 
 
-def predict_noise(pipe, latents, t, prompt_embeds, features, guidance_scale: float, uncond_embeds=None):
-    """ε prediction for latents [B, C, h, w] at timestep t; CFG when guidance_scale > 1."""
+def uncond_text(pipe, guidance_scale: float):
+    """The unconditional branch's text condition under CFG (what the family's stock pipeline uses), else None."""
+    return pipe.uncond_text() if guidance_scale > 1.0 else None
+
+
+def predict_noise(pipe, latents, t, text, features, guidance_scale: float, uncond=None):
+    """The denoiser's prediction (ε, or the velocity of a flow-matching base) for latents [B, C, h, w] at timestep
+    t; `text` = (prompt_embeds [B, L, D], pooled [B, P] or None); CFG when guidance_scale > 1."""
+    embeds, pooled = text
     if guidance_scale > 1.0:
-        latent_in = torch.cat([latents, latents])  # (2B, C, h, w): [uncond; cond]
-        embeds = torch.cat([uncond_embeds.expand_as(prompt_embeds), prompt_embeds])
-        feats = torch.cat([torch.zeros_like(features), features])  # the unconditional branch sees no ICG tokens
+        latents_in = torch.cat([latents, latents])  # (2B, C, h, w): [uncond; cond]
+        embeds = torch.cat([uncond[0].expand_as(embeds), embeds])
+        pooled = None if pooled is None else torch.cat([uncond[1].expand_as(pooled), pooled])
+        features = torch.cat([torch.zeros_like(features), features])  # the unconditional branch sees no ICG tokens
     else:
-        latent_in, embeds, feats = latents, prompt_embeds, features
-    latent_in = pipe.scheduler.scale_model_input(latent_in, t)
-    out = pipe.unet(latent_in, t, encoder_hidden_states=embeds,
-                    added_cond_kwargs=pipe.icg.adapter.added_cond_kwargs(feats)).sample
+        latents_in = latents
+    out = pipe.denoiser_output(latents_in, t, embeds, pooled, features)
     if guidance_scale > 1.0:
-        uncond, cond = out.chunk(2)
-        out = uncond + guidance_scale * (cond - uncond)
+        uncond_out, cond = out.chunk(2)
+        out = uncond_out + guidance_scale * (cond - uncond_out)
     return out
 
 
 def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> float images [B, 3, H, W] in [0, 1] (differentiable)."""
-    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    """Latents -> float images [B, 3, H, W] in [0, 1] (differentiable). SD3-family VAEs also shift the latents."""
+    config = pipe.vae.config
+    images = pipe.vae.decode(latents / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)).sample
     return (images / 2 + 0.5).clamp(0, 1)
 
 
@@ -83,31 +90,30 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
     titles, refs, users = pipeline_inputs(batch)
     condition = pipe.prepare_condition_inputs(titles, refs, users)
     features = pipe.encode_condition_inputs(condition, zero_user)  # (B, K, d)
-    prompt_embeds = encode_prompts(pipe, pipe.prompts(titles))  # (B, L, D)
-    uncond = encode_prompts(pipe, [""]) if guidance_scale > 1.0 else None
+    text = encode_text(pipe, pipe.prompts(titles))  # (B, L, D), pooled (B, P) or None
+    uncond = uncond_text(pipe, guidance_scale)
     scheduler = pipe.scheduler
-    scheduler.set_timesteps(num_steps, device=prompt_embeds.device)
-    size = pipe.unet.config.sample_size
+    scheduler.set_timesteps(num_steps, device=features.device)
     # CPU generators draw on the CPU, then the noise moves to the model's device (same noise on every device)
-    latents = randn_tensor((len(titles), pipe.unet.config.in_channels, size, size),
+    latents = randn_tensor(pipe.latent_shape(len(titles)),
                            generator=generator if start_generator is None else start_generator,
-                           device=prompt_embeds.device, dtype=prompt_embeds.dtype) * scheduler.init_noise_sigma
+                           device=features.device, dtype=text[0].dtype) * scheduler.init_noise_sigma
     chain, log_probs, stochastic = [latents], [], stochastic_steps(num_steps, sde_window)
     for i, t in enumerate(scheduler.timesteps):
-        noise = predict_noise(pipe, latents, t, prompt_embeds, features, guidance_scale, uncond)
+        noise = predict_noise(pipe, latents, t, text, features, guidance_scale, uncond)
         if i in stochastic:
-            latents, log_prob = ddim_step_with_logprob(scheduler, noise, t, latents, eta=eta, generator=generator)
+            latents, log_prob = step_with_logprob(scheduler, noise, t, latents, eta, generator=generator)
         else:
-            latents = scheduler.step(noise, t, latents, eta=0.0).prev_sample
-            log_prob = torch.zeros(len(latents), dtype=latents.dtype, device=latents.device)
+            latents = deterministic_step(scheduler, noise, t, latents)
+            log_prob = torch.zeros(len(latents), device=latents.device)
         chain.append(latents)
-        log_probs.append(log_prob)
+        log_probs.append(log_prob.float())  # fp32 whatever the model's dtype (the flow step's already is)
     images = decode(pipe, latents)
     pixels = to_uint8(images)
     trajectory = Trajectory(
         latents=torch.stack(chain, dim=1),  # (B, T+1, C, h, w)
         log_probs=torch.stack(log_probs, dim=1),  # (B, T)
-        timesteps=scheduler.timesteps.clone(), condition=condition, prompt_embeds=prompt_embeds, images=pixels,
-        group_key=np.asarray(batch["group_key"]).astype(str), policy_version=policy_version,
+        timesteps=scheduler.timesteps.clone(), condition=condition, prompt_embeds=text[0], pooled_embeds=text[1],
+        images=pixels, group_key=np.asarray(batch["group_key"]).astype(str), policy_version=policy_version,
         extra={k: np.asarray(batch[k]) for k in REWARD_INPUTS if k in batch})
     return trajectory, images

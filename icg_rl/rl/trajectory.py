@@ -7,6 +7,7 @@ every step.
     condition      dict[str, Tensor]   the raw conditioning inputs (MLLM prompt tensors, user index, history) —
                                        the learner recomputes the condition with its current weights
     prompt_embeds  [B, L, D]           the frozen text encoder's output for the prompt (not trained)
+    pooled_embeds  [B, P] or None      the pooled text embedding of SDXL/SD3 bases (None for SD1.5 layouts)
     images         uint8 [B, H, W, 3]  the decoded samples
     group_key      [B] str             "user|item": the advantage group
     policy_version int                 weights version that sampled it (off-policy bookkeeping)
@@ -22,6 +23,7 @@ import torch
 from icg_rl.models.mllm import IMAGE_KEYS
 
 ROW_TENSORS = ("latents", "log_probs", "prompt_embeds")
+TENSOR_FIELDS = ("latents", "log_probs", "timesteps", "prompt_embeds", "pooled_embeds")
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Trajectory:
     images: np.ndarray
     group_key: np.ndarray
     policy_version: int = 0
+    pooled_embeds: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)  # per-row batch fields rewards need (title, user_id, history, ...)
 
     def __post_init__(self) -> None:
@@ -44,6 +47,11 @@ class Trajectory:
             raise ValueError(f"timesteps {tuple(self.timesteps.shape)} must be [T] = [{steps}]")
         if len(self.images) != b or len(self.group_key) != b:
             raise ValueError(f"images ({len(self.images)}) and group_key ({len(self.group_key)}) need {b} rows")
+
+    @property
+    def text(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The frozen text condition as the denoiser takes it: (prompt_embeds, pooled_embeds)."""
+        return self.prompt_embeds, self.pooled_embeds
 
     def __len__(self) -> int:
         return self.log_probs.shape[0]
@@ -56,6 +64,7 @@ class Trajectory:
             latents=self.latents[index], log_probs=self.log_probs[index], timesteps=self.timesteps,
             condition=slice_condition(self.condition, np_index), prompt_embeds=self.prompt_embeds[index],
             images=self.images[np_index], group_key=self.group_key[np_index], policy_version=self.policy_version,
+            pooled_embeds=None if self.pooled_embeds is None else self.pooled_embeds[index],
             extra={k: np.asarray(v)[np_index] for k, v in self.extra.items()})
 
     @staticmethod
@@ -70,6 +79,7 @@ class Trajectory:
             prompt_embeds=torch.cat([p.prompt_embeds for p in parts]),
             images=np.concatenate([p.images for p in parts]), group_key=np.concatenate([p.group_key for p in parts]),
             policy_version=min(p.policy_version for p in parts),
+            pooled_embeds=None if parts[0].pooled_embeds is None else torch.cat([p.pooled_embeds for p in parts]),
             extra={k: np.concatenate([np.asarray(p.extra[k]) for p in parts]) for k in parts[0].extra})
 
     def to(self, device) -> Trajectory:
@@ -77,22 +87,24 @@ class Trajectory:
         return Trajectory(
             latents=self.latents.to(device), log_probs=self.log_probs.to(device), timesteps=self.timesteps.to(device),
             condition={k: v.to(device) for k, v in self.condition.items()}, prompt_embeds=self.prompt_embeds.to(device),
-            images=self.images, group_key=self.group_key, policy_version=self.policy_version, extra=self.extra)
+            images=self.images, group_key=self.group_key, policy_version=self.policy_version, extra=self.extra,
+            pooled_embeds=None if self.pooled_embeds is None else self.pooled_embeds.to(device))
 
     def to_wire(self) -> dict:
         """A compact, picklable form for Ray's object store: numpy arrays, half-size latents are not used (the
         ratio must be exactly 1 on unchanged weights, so latents stay float32)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in ("latents", "log_probs", "timesteps", "prompt_embeds"):
-            out[key] = out[key].detach().cpu().numpy()
+        for key in TENSOR_FIELDS:
+            out[key] = None if out[key] is None else out[key].detach().cpu().numpy()
         out["condition"] = {k: v.detach().cpu().numpy() for k, v in self.condition.items()}
         return out
 
     @staticmethod
     def from_wire(wire: dict) -> Trajectory:
         data = dict(wire)
-        for key in ("latents", "log_probs", "timesteps", "prompt_embeds"):
-            data[key] = torch.from_numpy(np.array(data[key]))  # a copy: Ray hands out read-only arrays
+        for key in TENSOR_FIELDS:
+            if data.get(key) is not None:
+                data[key] = torch.from_numpy(np.array(data[key]))  # a copy: Ray hands out read-only arrays
         data["condition"] = {k: torch.from_numpy(np.array(v)) for k, v in wire["condition"].items()}
         return Trajectory(**data)
 

@@ -100,7 +100,7 @@ class CoverGenerator:
             torch.set_num_threads(self.settings.torch_threads)
         self.pipe = load_policy(self.settings)
         self.version = model_version(Path(self.settings.checkpoint))
-        native = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        native = self.pipe.denoiser.config.sample_size * self.pipe.vae_scale_factor
         self.image_size = self.settings.image_size or native
         if self.image_size % self.pipe.vae_scale_factor:
             raise ValueError(f"image_size: {self.image_size} is not a multiple of the VAE scale factor "

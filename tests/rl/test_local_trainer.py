@@ -32,7 +32,7 @@ def test_recomputed_ratio_on_unchanged_weights_is_exactly_one(micro_world):
     with torch.no_grad():
         features = trainer.pipe.encode_condition_inputs(traj.condition)
         for j, t in enumerate(traj.timesteps):
-            noise = predict_noise(trainer.pipe, traj.latents[:, j], t, traj.prompt_embeds, features, 1.0)
+            noise = predict_noise(trainer.pipe, traj.latents[:, j], t, traj.text, features, 1.0)
             _, log_prob = ddim_step_with_logprob(trainer.pipe.scheduler, noise, t, traj.latents[:, j], eta=1.0,
                                                  prev_sample=traj.latents[:, j + 1])
             assert torch.equal(torch.exp(log_prob - traj.log_probs[:, j]), torch.ones(len(traj)))
