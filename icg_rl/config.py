@@ -83,6 +83,11 @@ class ZooConfig(Section):
     eval_inference_steps: int = Field(20, ge=1, description="DDIM steps for the base-model samples that are judged")
     eval_guidance_scale: float = Field(3.0, ge=1.0, description="CFG scale for the judged base-model samples")
     threads: int = Field(2, ge=1, description="torch CPU threads while building")
+    flow_steps: int = Field(1100, ge=1, description="flow base (models/sd3, built on demand; not in the zoo's cache "
+                            "key): rectified-flow training steps")
+    flow_width: int = Field(128, ge=32, multiple_of=32, description="flow base: transformer width (heads of 32)")
+    flow_layers: int = Field(4, ge=2, description="flow base: joint transformer blocks")
+    flow_shift: float = Field(1.0, gt=0.0, description="flow base: sampling-sigma shift of its flow-matching scheduler")
 
 
 class DataConfig(Section):
@@ -112,7 +117,8 @@ class LoraConfig(Section):
 class ModelConfig(Section):
     """The ICG model (docs/architecture.md §3): which base, MLLM and sizes."""
 
-    base: str = Field("coverworld", description="SD-layout folder, or 'coverworld' for the world's tiny base")
+    base: str = Field("coverworld", description="base folder (SD1.x/2.x, SDXL or SD3 layout), or 'coverworld' / "
+                      "'coverworld_flow' for the world's tiny UNet / flow-matching base")
     mllm: str = Field("coverworld", description="image-text model folder, or 'coverworld' for the tiny LLaVA")
     meta_tokens: int = Field(4, ge=1, le=256, description="learnable meta tokens appended to the MLLM prompt")
     user_dim: int = Field(64, ge=4, description="width of the user embedding")
@@ -178,7 +184,8 @@ class AlgoConfig(Section):
                                                       "policy gradient) or reward backprop (DRaFT-K)")
     lr: float = Field(3e-4, gt=0.0, description="learning rate of the ICG parameters")
     num_inference_steps: int = Field(10, ge=1, le=1000, description="DDIM steps per rollout")
-    eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta; > 0 makes steps stochastic (DDPO needs it)")
+    eta: float = Field(1.0, ge=0.0, le=1.0, description="noise of a step: DDIM eta, or the flow SDE's noise level "
+                       "on flow-matching bases; > 0 makes steps stochastic (policy gradients need it)")
     guidance_scale: float = Field(1.0, ge=1.0, description="CFG scale during rollouts")
     clip_range: float = Field(1e-4, gt=0.0, description="PPO ratio clip")
     adv_clip: float = Field(5.0, gt=0.0, description="advantage clip, in std units")

@@ -29,7 +29,9 @@ ALGORITHMS = {"backprop": "reward backprop (DRaFT-K): gradient through the last 
 def render_model_card(cfg, summary: dict[str, Any]) -> str:
     """Markdown (YAML front matter + sections) for the checkpoint a run with config `cfg` exported, from its final
     `summary` (train.py's: iterations, eval, oracle, ...). Pure: reads nothing, writes nothing."""
-    base, mllm = _model_path(cfg, cfg.model.base, "sd"), _model_path(cfg, cfg.model.mllm, "mllm")
+    from icg_rl.models.pipeline import model_paths
+
+    base, mllm = model_paths(cfg)
     algo, data = cfg.algo, cfg.data
     lora = cfg.model.lora.rank > 0
     tags = ["icg_rl", "text-to-image", "diffusers", "stable-diffusion", "adapter", "personalization",
@@ -135,11 +137,6 @@ def _files(lora: bool, samples: bool) -> list[tuple[str, str]]:
     if samples:
         rows.append((f"`{SAMPLES_NAME}`", "the run's final held-out sample grid"))
     return rows + [(f"`{CARD_NAME}`", "this card")]
-
-
-def _model_path(cfg, value: str, world_model: str) -> str:
-    """'coverworld' names the world build's tiny model (as models/pipeline.py model_paths resolves it)."""
-    return str(Path(cfg.world.dir) / "models" / world_model) if value == "coverworld" else value
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:

@@ -37,7 +37,7 @@ def check_paths(cfg) -> tuple[list[str], list[str]]:
     """-> (problems: one line per missing local path, notes: what was not checked and why)."""
     problems, notes = [], []
     for key, value in named_paths(cfg).items():
-        if value is None or value == "coverworld":
+        if value is None or value in ("coverworld", "coverworld_flow"):
             continue
         path = Path(value).expanduser()
         if path.exists():

@@ -88,6 +88,11 @@ def prepare(cfg):
 
         log.info("CoverWorld at %s (built once per config, then reused)", cfg.world.dir)
         build(cfg, Path(cfg.world.dir), progress=True)
+    if cfg.model.base == "coverworld_flow":
+        from icg_rl.models.flow_base import ensure_flow_base
+
+        log.info("CoverWorld's flow-matching base at %s/models/sd3 (built once, then reused)", cfg.world.dir)
+        ensure_flow_base(cfg.world.dir, cfg.world, cfg.zoo)
     preference = default_preference_dir(cfg)
     personal = any(cfg.reward.weights.get(name, 0) != 0 for name in ("preference", "preference_lift"))
     if personal and cfg.reward.preference == "coverworld" \

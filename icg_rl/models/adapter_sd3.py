@@ -34,7 +34,7 @@ class ICGJointAttnProcessor(nn.Module):
 
     def __init__(self, token_dim: int, inner_dim: int, scale: float = 1.0):
         super().__init__()
-        self.joint = JointAttnProcessor2_0()
+        self.joint = JointAttnProcessor2_0()  # or the T5-free shortcut (`ICGJointAdapter.compact_t5_tail`)
         self.to_k_ip = nn.Linear(token_dim, inner_dim, bias=False)
         self.to_v_ip = nn.Linear(token_dim, inner_dim, bias=False)
         self.scale = scale
@@ -103,6 +103,15 @@ class ICGJointAdapter(nn.Module):
                       for name, proc in transformer.attn_processors.items()}
         transformer.set_attn_processor(processors)
         transformer.image_proj = TimestepFreeProjection(self.projection)
+
+    def compact_t5_tail(self, repeats: int) -> None:
+        """Without T5 the pipeline appends `repeats` identical zero tokens to the text; the stock attention then
+        equals one such token with its logit raised by log(repeats) (`zoo.RepeatedTailAttnProcessor`). The ICG
+        pipeline passes one and every processor runs that shortcut: the same outputs at a fraction of the cost."""
+        from icg_rl.models.zoo import RepeatedTailAttnProcessor
+
+        for processor in self.attention.values():
+            processor.joint = RepeatedTailAttnProcessor(repeats) if repeats > 1 else JointAttnProcessor2_0()
 
     def call_embeds(self, features: torch.Tensor) -> torch.Tensor:
         """Meta features [B, K, d_mllm] as the SD3 pipeline's `ip_adapter_image_embeds`."""

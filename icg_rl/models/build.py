@@ -52,8 +52,10 @@ class PhaseTimer:
 
 
 def models_key(world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> str:
-    """Cache key of the zoo: the zoo budgets and the world's catalog (users and clicks do not change the models)."""
-    return section_hash(world_cfg.catalog(), zoo_cfg)
+    """Cache key of the zoo: the zoo budgets and the world's catalog (users and clicks do not change the models).
+    The `flow_*` budgets are left out: they shape only the flow base (models/flow_base.py), cached on its own."""
+    flow_fields = {name for name in ZooConfig.model_fields if name.startswith("flow_")}
+    return section_hash(world_cfg.catalog(), zoo_cfg.model_dump(mode="json", exclude=flow_fields))
 
 
 def models_are_current(models_dir: Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> bool:

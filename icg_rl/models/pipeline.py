@@ -115,9 +115,11 @@ def load_checkpoint(checkpoint: str | Path, base: str | None = None, mllm: str |
 
 
 def model_paths(cfg) -> tuple[str, str]:
-    """`model.base` and `model.mllm` as loadable paths: 'coverworld' names the world build's tiny models."""
+    """`model.base` and `model.mllm` as loadable paths: 'coverworld' names the world build's tiny models,
+    'coverworld_flow' its tiny flow-matching base (`models/flow_base.py`)."""
     models = Path(cfg.world.dir) / "models"
-    base = str(models / "sd") if cfg.model.base == "coverworld" else cfg.model.base
+    base = {"coverworld": str(models / "sd"), "coverworld_flow": str(models / "sd3")}.get(cfg.model.base,
+                                                                                           cfg.model.base)
     mllm = str(models / "mllm") if cfg.model.mllm == "coverworld" else cfg.model.mllm
     return base, mllm
 

@@ -19,6 +19,8 @@ from icg_rl.models.adapter_sd3 import ICGJointAdapter
 from icg_rl.models.mllm import MetaTokenEncoder
 from icg_rl.models.pipeline_mixin import ICGModules, ICGPipelineMixin
 
+T5_TOKENS = 256  # StableDiffusion3Pipeline's default max_sequence_length: the zero T5 tokens it adds without T5
+
 
 class ICGSD3Pipeline(ICGPipelineMixin, StableDiffusion3Pipeline):
     denoiser_name = "transformer"
@@ -31,13 +33,20 @@ class ICGSD3Pipeline(ICGPipelineMixin, StableDiffusion3Pipeline):
         super().__init__(transformer, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
                          text_encoder_3, tokenizer_3, image_encoder, feature_extractor)
         self._install_icg(mllm, icg)
+        # Without T5 the stock pipeline appends T5_TOKENS zero tokens; we pass one and attend to it as to that many
+        self.t5_tokens = T5_TOKENS if text_encoder_3 is None else None
+        icg.adapter.compact_t5_tail(T5_TOKENS if text_encoder_3 is None else 1)
+
+    def _text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        kwargs = {"max_sequence_length": 1} if self.t5_tokens else {}
+        embeds, _, pooled, _ = self.encode_prompt(prompts, None, None, self._execution_device, 1, False, **kwargs)
+        return embeds, pooled
 
     # --------------------------------------------------------------------------------------------- family hooks
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen (prompt_embeds [B, L, D], pooled [B, P]): both CLIPs (+ T5 or its zeros), no CFG."""
         with torch.no_grad():
-            embeds, _, pooled, _ = self.encode_prompt(prompts, None, None, self._execution_device, 1, False)
-        return embeds, pooled
+            return self._text(prompts)
 
     def denoiser_output(self, latents, t, prompt_embeds, pooled, features) -> torch.Tensor:
         """Velocity prediction of one branch: latents [B, C, h, w], text [B, L, D] + pooled [B, P], ICG [B, K, d]."""
@@ -57,7 +66,12 @@ class ICGSD3Pipeline(ICGPipelineMixin, StableDiffusion3Pipeline):
         kwargs.pop("eta", None)  # a DDIM argument: flow-matching sampling has none
         prompts, embeds = self.icg_call_inputs(titles, reference_images, users, num_images_per_prompt,
                                                guidance_scale)
-        return super().__call__(prompt=prompts, ip_adapter_image_embeds=embeds, num_images_per_prompt=1,
+        embeds_text, pooled = self.encode_text(prompts)  # the compact text tokens (see __init__)
+        if guidance_scale > 1.0:
+            negative, negative_pooled = (x.expand(len(prompts), *x.shape[1:]) for x in self.uncond_text())
+            kwargs |= {"negative_prompt_embeds": negative, "negative_pooled_prompt_embeds": negative_pooled}
+        return super().__call__(prompt_embeds=embeds_text, pooled_prompt_embeds=pooled, ip_adapter_image_embeds=embeds,
+                                num_images_per_prompt=1,
                                 generator=generator, num_inference_steps=num_inference_steps,
                                 guidance_scale=guidance_scale, output_type=output_type, **kwargs)
 

@@ -4,6 +4,7 @@
   plus one-attribute prompts on a curriculum (`clip_step_plan`), cosine learning rate.
 - VAE: reconstruction (MSE) + a small KL to N(0, I); afterwards `scaling_factor` = 1 / std(latents), as SD sets it.
 - UNet: epsilon prediction under the SD noise schedule, 10% of prompts dropped to "" so CFG works.
+- SD3 transformer (the flow base): rectified flow with logit-normal times, as SD3 trains; the same 10% dropout.
 - Aesthetic head: MSE to the public ratings, on frozen CLIP image embeddings.
 
 Inputs are in-memory tensors: images float [N, 3, H, W] in [0, 1]. Each loop shows a progress bar and returns a
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from icg_rl.models.zoo import IMAGE_MEAN, IMAGE_STD, train_noise_scheduler
+from icg_rl.models.zoo import IMAGE_MEAN, IMAGE_STD, RepeatedTailAttnProcessor, train_noise_scheduler
 
 CONDITION_DROPOUT = 0.1
 
@@ -177,6 +178,48 @@ def train_unet(unet, latent_mean, latent_std, text_states, uncond_state, steps, 
         losses.append(float(loss.detach()))
     unet.eval()
     return {"final_loss": sum(losses[-50:]) / len(losses[-50:])}
+
+
+def train_flow_transformer(transformer, latent_mean, latent_std, prompt_embeds, pooled_embeds, uncond_embeds,
+                           uncond_pooled, steps, batch_size, lr, generator, progress=True, tail_repeats=256) -> dict:
+    """Rectified flow (SD3, Esser et al. 2024): x_t = (1 − t)·x_0 + t·ε, the transformer predicts v = ε − x_0 at
+    timestep 1000·t (FlowMatchEulerDiscreteScheduler's), t = sigmoid(n), n ~ N(0, 1) (logit-normal).
+
+    latent_mean/std [N, 4, h, w] (scaled, as the pipeline decodes them); prompt_embeds [N, L, D] and pooled_embeds
+    [N, P] per latent, as StableDiffusion3Pipeline.encode_prompt gives them with max_sequence_length=1: the last
+    token is T5's zero token, which stands for `tail_repeats` of them (zoo.RepeatedTailAttnProcessor); uncond_* [1, ...]
+    the "" prompt, swapped in for 10% of the rows so CFG works. Returns the mean loss of the first and the last 50
+    steps (a quarter of the steps in short runs).
+    """
+    stock = transformer.attn_processors
+    transformer.set_attn_processor(RepeatedTailAttnProcessor(tail_repeats))
+    transformer.train()
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=1e-4, fused=True)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    losses = []
+    for _ in _bar(steps, "flow", progress):
+        idx = torch.randint(len(latent_mean), (batch_size,), generator=generator)
+        x0 = latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.sigmoid(torch.randn(batch_size, generator=generator))  # (B,) logit-normal in (0, 1)
+        x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
+        drop = torch.rand(batch_size, generator=generator) < CONDITION_DROPOUT
+        states = torch.where(drop[:, None, None], uncond_embeds, prompt_embeds[idx])  # (B, L, D)
+        pooled = torch.where(drop[:, None], uncond_pooled, pooled_embeds[idx])  # (B, P)
+        pred = transformer(x_t, states, pooled, t * 1000).sample
+        loss = F.mse_loss(pred, noise - x0)  # mean over batch and latent dims
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    transformer.eval()
+    transformer.set_attn_processor(stock)
+    window = max(1, min(50, steps // 4))
+    return {"initial_loss": sum(losses[:window]) / window, "final_loss": sum(losses[-window:]) / window}
 
 
 def train_aesthetic_head(head, embeddings, ratings, steps, batch_size, lr, generator, progress=True) -> dict:

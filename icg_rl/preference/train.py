@@ -187,8 +187,8 @@ def default_preference_dir(cfg) -> Path:
 def uses_coverworld_models(cfg) -> bool:
     """Whether the run needs the CoverWorld build: its data, or any of its tiny models (base, MLLM, CLIP, aesthetic
     head) — a MovieLens or PixelRec run on one CPU uses them too."""
-    return cfg.data.kind == "coverworld" or "coverworld" in (cfg.model.base, cfg.model.mllm, cfg.reward.clip,
-                                                             cfg.reward.aesthetic_head)
+    return cfg.data.kind == "coverworld" or cfg.model.base == "coverworld_flow" or "coverworld" in (
+        cfg.model.base, cfg.model.mllm, cfg.reward.clip, cfg.reward.aesthetic_head)
 
 
 def resolve_preference(cfg):

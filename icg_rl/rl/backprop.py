@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.checkpoint import checkpoint
 
 from icg_rl.rl.sampling import decode, encode_text, pipeline_inputs, predict_noise, uncond_text
-from icg_rl.rl.steps import sampling_step
+from icg_rl.rl.steps import initial_sigma, sampling_step
 
 
 def check_differentiable(rewards: dict, weights: dict[str, float]) -> None:
@@ -68,7 +68,7 @@ def denoise_prefix(pipe, batch: dict, algo, noise_generators, k: int) -> dict:
     scheduler = pipe.scheduler
     scheduler.set_timesteps(algo.num_inference_steps, device=features.device)
     latents = randn_tensor(pipe.latent_shape(len(titles)), generator=noise_generators, device=features.device,
-                           dtype=features.dtype) * scheduler.init_noise_sigma
+                           dtype=features.dtype) * initial_sigma(scheduler)
     for t in scheduler.timesteps[: len(scheduler.timesteps) - k]:
         noise = predict_noise(pipe, latents, t, text, features, algo.guidance_scale, uncond)
         latents = sampling_step(scheduler, noise, t, latents, algo.eta, noise_generators)

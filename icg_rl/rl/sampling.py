@@ -14,7 +14,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from icg_rl.models.user import ICGUser
-from icg_rl.rl.steps import deterministic_step, step_with_logprob
+from icg_rl.rl.steps import deterministic_step, initial_sigma, step_with_logprob
 from icg_rl.rl.trajectory import Trajectory
 
 # What reward models may read beside the images, shipped with every rollout (in process and to reward actors)
@@ -97,7 +97,7 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
     # CPU generators draw on the CPU, then the noise moves to the model's device (same noise on every device)
     latents = randn_tensor(pipe.latent_shape(len(titles)),
                            generator=generator if start_generator is None else start_generator,
-                           device=features.device, dtype=text[0].dtype) * scheduler.init_noise_sigma
+                           device=features.device, dtype=text[0].dtype) * initial_sigma(scheduler)
     chain, log_probs, stochastic = [latents], [], stochastic_steps(num_steps, sde_window)
     for i, t in enumerate(scheduler.timesteps):
         noise = predict_noise(pipe, latents, t, text, features, guidance_scale, uncond)

@@ -22,6 +22,11 @@ def is_flow(scheduler) -> bool:
     return "FlowMatch" in type(scheduler).__name__
 
 
+def initial_sigma(scheduler) -> float:
+    """The scale of x_T: the scheduler's `init_noise_sigma` (flow-matching schedulers start at σ = 1 and have none)."""
+    return getattr(scheduler, "init_noise_sigma", 1.0)
+
+
 def step_distribution(scheduler, model_output, timestep, sample, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
     if is_flow(scheduler):
         return sde_step_distribution(scheduler, model_output, timestep, sample, eta)
