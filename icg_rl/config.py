@@ -75,16 +75,14 @@ class ZooConfig(Section):
     vae_batch_size: int = Field(32, ge=2, description="training batch of the VAE, images")
     vae_steps: int = Field(700, ge=1, description="AutoencoderKL training steps")
     unet_steps: int = Field(1800, ge=1, description="UNet denoising-objective training steps")
-    clip_steps: int = Field(1500, ge=1, description="tiny CLIP contrastive training steps (caption batches and the "
-                            "attribute-prompt curriculum)")
+    clip_steps: int = Field(1500, ge=1, description="tiny CLIP contrastive steps (captions + attribute curriculum)")
     aesthetic_steps: int = Field(3000, ge=1, description="aesthetic head regression steps")
     judge_steps: int = Field(300, ge=1, description="genre judge (evaluation CNN) training steps")
     eval_samples_per_genre: int = Field(8, ge=1, description="held-out titles sampled per genre to judge the base")
     eval_inference_steps: int = Field(20, ge=1, description="DDIM steps for the base-model samples that are judged")
     eval_guidance_scale: float = Field(3.0, ge=1.0, description="CFG scale for the judged base-model samples")
     threads: int = Field(2, ge=1, description="torch CPU threads while building")
-    flow_steps: int = Field(1100, ge=1, description="flow base (models/sd3, built on demand; not in the zoo's cache "
-                            "key): rectified-flow training steps")
+    flow_steps: int = Field(1100, ge=1, description="flow base (models/sd3, built on demand): rectified-flow steps")
     flow_width: int = Field(128, ge=32, multiple_of=32, description="flow base: transformer width (heads of 32)")
     flow_layers: int = Field(4, ge=2, description="flow base: joint transformer blocks")
     flow_shift: float = Field(1.0, gt=0.0, description="flow base: sampling-sigma shift of its flow-matching scheduler")
@@ -117,8 +115,7 @@ class LoraConfig(Section):
 class ModelConfig(Section):
     """The ICG model (docs/architecture.md §3): which base, MLLM and sizes."""
 
-    base: str = Field("coverworld", description="base folder (SD1.x/2.x, SDXL or SD3 layout), or 'coverworld' / "
-                      "'coverworld_flow' for the world's tiny UNet / flow-matching base")
+    base: str = Field("coverworld", description="SD1.x/2.x, SDXL or SD3 folder; 'coverworld'/'coverworld_flow': tiny")
     mllm: str = Field("coverworld", description="image-text model folder, or 'coverworld' for the tiny LLaVA")
     meta_tokens: int = Field(4, ge=1, le=256, description="learnable meta tokens appended to the MLLM prompt")
     user_dim: int = Field(64, ge=4, description="width of the user embedding")
@@ -180,24 +177,20 @@ class PreferenceConfig(Section):
 class AlgoConfig(Section):
     """RL algorithm (docs/architecture.md §7)."""
 
-    name: Literal["ddpo", "grpo", "backprop"] = Field("ddpo", description="DDPO (PPO-clip), GRPO (group-relative "
-                                                      "policy gradient) or reward backprop (DRaFT-K)")
+    name: Literal["ddpo", "grpo", "backprop"] = Field("ddpo", description="DDPO, GRPO or reward backprop (DRaFT-K)")
     lr: float = Field(3e-4, gt=0.0, description="learning rate of the ICG parameters")
     num_inference_steps: int = Field(10, ge=1, le=1000, description="DDIM steps per rollout")
-    eta: float = Field(1.0, ge=0.0, le=1.0, description="noise of a step: DDIM eta, or the flow SDE's noise level "
-                       "on flow-matching bases; > 0 makes steps stochastic (policy gradients need it)")
+    eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta, or the flow SDE's noise level; > 0: stochastic")
     guidance_scale: float = Field(1.0, ge=1.0, description="CFG scale during rollouts")
     clip_range: float = Field(1e-4, gt=0.0, description="PPO ratio clip")
     adv_clip: float = Field(5.0, gt=0.0, description="advantage clip, in std units")
     timestep_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of recorded steps trained per sample")
     kl_coef: float = Field(0.0, ge=0.0, description="weight of the KL to the adapter-off reference policy")
-    sde_window: tuple[int, int] | None = Field(None, description="policy gradient: [start, stop) denoising step "
-                                               "indices that sample with noise (eta) and are trained; the others "
-                                               "step deterministically (eta 0). None: every step")
+    sde_window: tuple[int, int] | None = Field(None, description="policy gradient: [start, stop) steps that draw "
+                                               "noise and are trained; the others are deterministic. None: all")
     shared_start: bool = Field(False, description="policy gradient: every sample of a (user, item) group starts "
                                "from the same initial noise, so its rewards differ only by the policy's own draws")
-    advantage_std: Literal["group", "batch"] = Field("group", description="policy gradient: standardise each "
-                                                     "group's centred rewards by its own std or by the batch's")
+    advantage_std: Literal["group", "batch"] = Field("group", description="policy gradient: std of the group/batch")
     backprop_steps: int = Field(1, ge=1, description="K of DRaFT-K: last steps carrying gradient")
     random_truncation: bool = Field(False, description="reward backprop: draw K uniformly in 1..backprop_steps")
     gradient_checkpointing: bool = Field(True, description="reward backprop: recompute UNet activations")
@@ -209,8 +202,7 @@ class AlgoConfig(Section):
             raise ValueError("algo.shared_start is for the policy-gradient algorithms (ddpo, grpo)")
         if self.sde_window is not None:
             if self.name == "backprop":
-                raise ValueError("algo.sde_window is for the policy-gradient algorithms (ddpo, grpo); reward "
-                                 "backprop samples every step with eta")
+                raise ValueError("algo.sde_window is for the policy-gradient algorithms (ddpo, grpo), not backprop")
             start, stop = self.sde_window
             if not 0 <= start < stop <= self.num_inference_steps:
                 raise ValueError(f"algo.sde_window {list(self.sde_window)} must satisfy 0 <= start < stop <= "

@@ -45,6 +45,8 @@ FAMILIES = {
 
 
 class ICGPipeline(ICGPipelineMixin, StableDiffusionPipeline):
+    base_pipeline = StableDiffusionPipeline
+
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, mllm: MetaTokenEncoder, icg: ICGModules,
                  safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False):
         super().__init__(vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
@@ -79,11 +81,8 @@ class ICGPipeline(ICGPipelineMixin, StableDiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------------- loading
     @classmethod
-    def base_class_name(cls) -> str:
-        return StableDiffusionPipeline.__name__
-
-    @classmethod
     def load_base(cls, base_path, torch_dtype):
+        """The stock pipeline without its safety checker (covers are scored by the reward models)."""
         return StableDiffusionPipeline.from_pretrained(str(base_path), safety_checker=None,
                                                        requires_safety_checker=False, torch_dtype=torch_dtype)
 

@@ -66,6 +66,8 @@ class ICGModules(nn.Module):
 
 
 class ICGPipelineMixin:
+    base_pipeline: type  # the diffusers pipeline the family subclasses (and loads its base with)
+    optional_base_components: tuple[str, ...] = ()  # may be missing from a base folder: loaded as None
     denoiser_name = "unet"
     adapter_class = ICGAdapter
     text_encoder_names: tuple[str, ...] = ("text_encoder",)
@@ -230,6 +232,19 @@ class ICGPipelineMixin:
                        unet_lora_rank=unet_lora_rank, unet_lora_alpha=unet_lora_alpha, mllm_lora_rank=mllm_lora_rank)
         base = family.load_base(base_path, torch_dtype)
         return family.build_icg(base, base_path, mllm_path, icg_path, options, torch_dtype)
+
+    @classmethod
+    def base_class_name(cls) -> str:
+        return cls.base_pipeline.__name__
+
+    @classmethod
+    def load_base(cls, base_path, torch_dtype):
+        """The stock pipeline. diffusers writes no entry (or [null, null]) for a component saved as None and then
+        refuses to load the folder unless told: the family's optional components that the folder lacks load as None
+        (SD3 without T5, SDXL without an image encoder)."""
+        index = json.loads((Path(base_path) / "model_index.json").read_text())
+        absent = {name: None for name in cls.optional_base_components if index.get(name) in (None, [None, None])}
+        return cls.base_pipeline.from_pretrained(str(base_path), torch_dtype=torch_dtype, **absent)
 
     @classmethod
     def build_icg(cls, base, base_path, mllm_path, icg_path, options: dict, torch_dtype=None):

@@ -9,9 +9,6 @@ gate zero its images equal the stock pipeline's. Load it with `ICGPipeline.from_
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from diffusers import StableDiffusion3Pipeline
 
@@ -23,6 +20,8 @@ T5_TOKENS = 256  # StableDiffusion3Pipeline's default max_sequence_length: the z
 
 
 class ICGSD3Pipeline(ICGPipelineMixin, StableDiffusion3Pipeline):
+    base_pipeline = StableDiffusion3Pipeline
+    optional_base_components = ("text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor")
     denoiser_name = "transformer"
     adapter_class = ICGJointAdapter
     text_encoder_names = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -74,17 +73,3 @@ class ICGSD3Pipeline(ICGPipelineMixin, StableDiffusion3Pipeline):
                                 num_images_per_prompt=1,
                                 generator=generator, num_inference_steps=num_inference_steps,
                                 guidance_scale=guidance_scale, output_type=output_type, **kwargs)
-
-    # ------------------------------------------------------------------------------------------------- loading
-    @classmethod
-    def base_class_name(cls) -> str:
-        return StableDiffusion3Pipeline.__name__
-
-    @classmethod
-    def load_base(cls, base_path, torch_dtype):
-        """The stock pipeline; a folder saved without T5 (diffusers writes no entry for a None component) loads
-        with `text_encoder_3=None`, as SD3 runs without it."""
-        index = json.loads((Path(base_path) / "model_index.json").read_text())
-        absent = {name: None for name in ("text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor")
-                  if index.get(name) in (None, [None, None])}
-        return StableDiffusion3Pipeline.from_pretrained(str(base_path), torch_dtype=torch_dtype, **absent)

@@ -11,9 +11,6 @@ zero pooled embeddings, not the encoding of "" (`uncond_text`). Load it with `IC
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from diffusers import StableDiffusionXLPipeline
 
@@ -23,6 +20,8 @@ from icg_rl.models.pipeline_mixin import ICGModules, ICGPipelineMixin
 
 
 class ICGXLPipeline(ICGPipelineMixin, StableDiffusionXLPipeline):
+    base_pipeline = StableDiffusionXLPipeline
+    optional_base_components = ("image_encoder", "feature_extractor")
     denoiser_name = "unet"
     adapter_class = ICGAdapter
     text_encoder_names = ("text_encoder", "text_encoder_2")
@@ -76,19 +75,6 @@ class ICGXLPipeline(ICGPipelineMixin, StableDiffusionXLPipeline):
         return super().__call__(prompt=prompts, ip_adapter_image_embeds=[embeds], num_images_per_prompt=1,
                                 generator=generator, num_inference_steps=num_inference_steps,
                                 guidance_scale=guidance_scale, output_type=output_type, **kwargs)
-
-    # ------------------------------------------------------------------------------------------------- loading
-    @classmethod
-    def base_class_name(cls) -> str:
-        return StableDiffusionXLPipeline.__name__
-
-    @classmethod
-    def load_base(cls, base_path, torch_dtype):
-        """The stock pipeline; components saved as None (SDXL 1.0 has no image encoder) load as None."""
-        index = json.loads((Path(base_path) / "model_index.json").read_text())
-        absent = {name: None for name in ("image_encoder", "feature_extractor")
-                  if index.get(name) in (None, [None, None])}
-        return StableDiffusionXLPipeline.from_pretrained(str(base_path), torch_dtype=torch_dtype, **absent)
 
     @classmethod
     def build_icg(cls, base, *args, **kwargs):
