@@ -2,7 +2,7 @@
 trl 0.23.1's DDPOTrainer (the `bench` extra: `pip install -e '.[bench]'`).
 
     python benchmarks/throughput.py [--config FILE] [--pairs 4] [--samples 4] [--steps 10] [--warmup 3]
-        [--iterations 10] [--ray-threads 2,1] [--systems in-process,trl,ray-sync,ray-async] [--json PATH]
+        [--iterations 10] [--ray-threads fitted] [--systems in-process,trl,ray-sync,ray-async] [--json PATH]
         [KEY=VALUE ...]
 
 Every system runs DDPO (PPO-clip, eta from `algo.eta`, CFG `algo.guidance_scale`) on P pairs × K samples per
@@ -18,7 +18,9 @@ during the previous iteration, timed from their submission, so its phases overla
 - in-process: `LocalTrainer(cfg).step()`, `--threads` torch threads; rewards are the config's mix.
 - Ray sync / async: `icg_rl.train.RayTrainer(cfg).step()` as `python -m icg_rl.train` builds it, each on a new
   local Ray cluster (started here, shut down after), the driver on 1 torch thread, actors on
-  `ray.threads_per_worker` = each value of `--ray-threads`; async is `rollout.async=true` (one step off-policy).
+  threads per role from each value of `--ray-threads`: `fitted` (the default: `ray.*_threads` unset, fitted to
+  the machine by `distributed/placement.role_threads`) or N (`ray.threads_per_worker=N` for every role); async is
+  `rollout.async=true` (one step off-policy).
 - trl: `DDPOTrainer.step()` with `DefaultDDPOStableDiffusionPipeline` loaded from `world.dir`/models/sd (LoRA r=4
   on the UNet attention, trl's default; `--trl-full-unet` trains the whole UNet), `--threads` torch threads, CPU,
   mixed precision off; one trl "epoch" = one sampling batch of P·K images (P CoverWorld titles × K) and one
@@ -43,18 +45,17 @@ not spent by them, per second of the run (other users' processes), and a warning
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
+from peak_memory import PeakMemory, release_memory  # noqa: E402, F401 - PeakMemory: tests
 from trl_peer import (  # noqa: E402, F401 - TRL_NOT_INSTALLED and the shim are re-exported for the tests
     TRL_NOT_INSTALLED,
     TrlUnavailable,
@@ -94,6 +95,18 @@ def add_ratios(rows: list[dict], baseline: str = BASELINE, trl: str = TRL_ROW) -
     return rows
 
 
+def headline_ratios(rows: list[dict]) -> dict[str, float | None]:
+    """The issue's three numbers: the first Ray sync and async rows (the fitted threads when they ran) over the
+    in-process loop, and the fastest Ray row over trl's DDPOTrainer (with the shim); None where a row is missing."""
+    def first(prefix: str) -> dict:
+        return next((r for r in rows if r["system"].startswith(prefix) and r.get("samples_per_s")), {})
+
+    ours = [r for r in rows if r["system"].startswith("Ray") and r.get("ratio_trl") is not None]
+    return {"ray_sync_over_inprocess": first("Ray sync").get("ratio_in_process"),
+            "ray_async_over_inprocess": first("Ray async").get("ratio_in_process"),
+            "ours_over_trl": max((r["ratio_trl"] for r in ours), default=None)}
+
+
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"
 
@@ -119,7 +132,7 @@ def settings_line(settings: dict) -> str:
             "(eta {eta:g}, CFG {guidance:g}), {resolution} px ({latent} latents), {warmup} warm-up + {iterations} "
             "timed iterations per system, {threads} torch threads in-process, rewards {rewards}").format(**settings)
     if settings.get("ray_threads"):
-        line += ("; Ray: new local cluster of {cpus} CPUs, driver 1 thread, actors ray.threads_per_worker ∈ "
+        line += ("; Ray: new local cluster of {cpus} CPUs, driver 1 thread, actor threads ∈ "
                  "{{{ray_threads}}}").format(**settings)
     if settings.get("trl"):
         line += f"; trl {settings['trl']}, {settings['threads']} torch threads, reward aesthetic only"
@@ -134,88 +147,6 @@ def disturbance_notes(rows: list[dict], threshold: float = 0.2) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ measurement
-class PeakMemory:
-    """Background sampler of this process and all its descendants: the largest memory sums, and the CPU time they
-    used, so that CPU used by *other* processes during a run (a disturbed timing) can be told apart."""
-
-    def __init__(self, interval: float = 0.25, refresh: float = 2.0):
-        import psutil
-
-        self.psutil, self.interval, self.refresh = psutil, interval, refresh
-        self.root = psutil.Process()
-        self.peak_pss = self.peak_rss = 0
-        self.max_processes = 0
-        self.cpu_seen: dict[int, float] = {}  # pid -> its largest user+system CPU seconds seen during the run
-        self.other_cpu_cores: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
-
-    def sample(self, procs) -> tuple[int, int]:
-        pss = rss = 0
-        for proc in procs:
-            try:
-                info = proc.memory_full_info()  # /proc/PID/smaps_rollup: cheap
-                times = proc.cpu_times()
-            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied, self.psutil.ZombieProcess):
-                continue
-            pss += info.pss
-            rss += info.rss
-            self.cpu_seen[proc.pid] = max(self.cpu_seen.get(proc.pid, 0.0), times.user + times.system)
-        return pss, rss
-
-    def _processes(self):
-        try:
-            return [self.root, *self.root.children(recursive=True)]
-        except self.psutil.Error:
-            return [self.root]
-
-    def _busy_seconds(self) -> float:
-        t = self.psutil.cpu_times()
-        return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-
-    def _run(self) -> None:
-        procs, listed = self._processes(), time.monotonic()
-        while True:
-            if time.monotonic() - listed > self.refresh:
-                procs, listed = self._processes(), time.monotonic()
-            pss, rss = self.sample(procs)
-            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
-            self.max_processes = max(self.max_processes, len(procs))
-            if self._stop.wait(self.interval):
-                break
-
-    def __enter__(self) -> PeakMemory:
-        self._start = (time.monotonic(), self._busy_seconds())
-        self._own_before = {p.pid: v for p in self._processes() for v in [self._cpu(p)] if v is not None}
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        pss, rss = self.sample(self._processes())  # one last look, after the final iteration
-        self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
-        wall, busy = time.monotonic() - self._start[0], self._busy_seconds() - self._start[1]
-        own = sum(v - self._own_before.get(pid, 0.0) for pid, v in self.cpu_seen.items())
-        self.other_cpu_cores = max(0.0, busy - own) / wall if wall > 0 else None
-
-    def _cpu(self, proc) -> float | None:
-        try:
-            times = proc.cpu_times()
-        except self.psutil.Error:
-            return None
-        return times.user + times.system
-
-
-def release_memory() -> None:
-    """Between systems: collect garbage and hand freed heap back to the OS, so the next one starts lean."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def time_iterations(step: Callable[[], object], warmup: int, iterations: int, label: str) -> dict:
     """Untimed warm-up, then timed iterations -> {'times': [s, ...], 'phases': mean seconds per phase}: the
     `time/*` entries (and `sync/ms`) of the metrics each step returns, averaged over the timed iterations."""
@@ -269,10 +200,14 @@ def run_ray(cfg, args) -> dict:
         trainer = RayTrainer(cfg)
         setup = time.perf_counter() - start
         try:
-            label = f"ray {'async' if cfg.rollout.async_ else 'sync'} t={cfg.ray.threads_per_worker}"
-            result = time_iterations(trainer.step, args.warmup, args.iterations, label)
+            label = f"ray {'async' if cfg.rollout.async_ else 'sync'} threads {trainer.threads}"
+            result = time_iterations(trainer.step, args.warmup, args.iterations, label) | {"threads": trainer.threads}
         finally:
             trainer.shutdown()
+            # drop every ObjectRef and Ray Data iterator while Ray is up: one collected after `ray.shutdown` makes
+            # the core worker exit this whole process (and the systems still to run)
+            del trainer
+            gc.collect()
     finally:
         ray.shutdown()
     return result | {"setup_s": setup}
@@ -313,8 +248,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per system")
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations per system")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the in-process and trl runs")
-    parser.add_argument("--ray-threads", default="2,1",
-                        help="comma list of ray.threads_per_worker values; each adds a sync and an async row")
+    parser.add_argument("--ray-threads", default="fitted",
+                        help="comma list of 'fitted' (threads per role fitted to the machine) and/or numbers "
+                             "(ray.threads_per_worker for every role); each adds a sync and an async row")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list from {', '.join(SYSTEMS)}")
     parser.add_argument("--trl-full-unet", action="store_true", help="trl trains the whole UNet instead of LoRA")
     parser.add_argument("--mem-interval", type=float, default=0.25, help="seconds between memory samples")
@@ -325,7 +261,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.systems) - set(SYSTEMS))
     if unknown:
         parser.error(f"--systems: unknown {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
-    args.ray_threads = [int(t) for t in str(args.ray_threads).split(",") if t.strip()]
+    args.ray_threads = [t.strip() for t in str(args.ray_threads).split(",") if t.strip()]
+    if any(t != "fitted" and not (t.isdigit() and int(t) >= 1) for t in args.ray_threads):
+        parser.error(f"--ray-threads: {','.join(args.ray_threads)!r}; give 'fitted' and/or numbers >= 1")
     if min(args.pairs, args.samples, args.steps, args.iterations) < 1 or args.warmup < 0:
         parser.error("--pairs, --samples, --steps and --iterations must be >= 1, --warmup >= 0")
     return args
@@ -359,12 +297,16 @@ def main(argv: list[str] | None = None) -> int:
     for threads in args.ray_threads:
         for mode in ("sync", "async"):
             if f"ray-{mode}" in args.systems:
-                ray_cfg = config(f"rollout.async={str(mode == 'async').lower()}",
-                                 f"ray.threads_per_worker={threads}")
-                plan.append((f"Ray {mode}, {threads} thread{'s' if threads > 1 else ''}/actor",
-                             lambda c=ray_cfg: run_ray(c, args)))
+                fixed = [] if threads == "fitted" else [f"ray.threads_per_worker={threads}",
+                                                        "ray.rollout_threads=null", "ray.learner_threads=null",
+                                                        "ray.reward_threads=null"]
+                ray_cfg = config(f"rollout.async={str(mode == 'async').lower()}", *fixed)
+                label = "threads fitted" if threads == "fitted" else \
+                    f"{threads} thread{'s' if int(threads) > 1 else ''}/actor"
+                plan.append((f"Ray {mode}, {label}", lambda c=ray_cfg: run_ray(c, args)))
     rows = [measure(name, run, rows_per_iteration, args.mem_interval) for name, run in plan]
     add_ratios(rows)
+    headline = headline_ratios(rows)
     import psutil
 
     weights = {n: w for n, w in cfg.reward.weights.items() if w != 0}
@@ -378,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                 "trl": _trl_setting(rows)}
     print("\n" + settings_line(settings) + "\n")
     print(markdown_table(rows))
+    print("\nheadline: " + ", ".join(f"{k} {_fmt(v, '.2f', '×')}" for k, v in headline.items()))
     lines = [line for line in map(phases_line, rows) if line]
     if lines:
         print("\nwhere the time goes (mean per timed iteration):\n  " + "\n  ".join(lines))
@@ -385,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"settings": settings, "overrides": args.overrides, "rows": rows},
-                                              indent=2, default=str))
+        Path(args.json).write_text(json.dumps(headline | {"settings": settings, "overrides": args.overrides,
+                                                          "rows": rows}, indent=2, default=str))
         print(f"\n(rows written to {args.json})")
     return 1 if any(r["status"].startswith("failed") for r in rows) else 0
 

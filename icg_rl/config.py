@@ -13,15 +13,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from icg_rl.config_files import ConfigError, apply_override, read_tree  # noqa: F401 - re-exported
+from icg_rl.config_files import ConfigError, Section, apply_override, read_tree  # noqa: F401 - re-exported
+from icg_rl.config_runtime import LearnerConfig, RayConfig, RolloutConfig  # noqa: F401 - re-exported
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "coverworld.yaml"
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
 CATALOG_FIELDS = {"seed", "num_genres", "items_per_genre", "variants_per_item", "image_size", "ratings_per_image"}
@@ -210,49 +209,6 @@ class AlgoConfig(Section):
         return self
 
 
-class RayConfig(Section):
-    """Cluster placement (docs/architecture.md §8). Per-role `*_cpus` / `*_gpus` override the per-worker defaults."""
-
-    address: str | None = Field(None, description="cluster address; None = RAY_ADDRESS or a new local cluster")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local cluster; None = all")
-    rollout_workers: int | Literal["auto"] = Field(1, description="rollout actors, or 'auto': as many as the "
-                                                   "cluster holds beside the other actors, growing when nodes join "
-                                                   "and shrinking when they leave")
-    max_rollout_workers: int = Field(8, ge=1, description="upper bound of an 'auto' rollout pool")
-    reward_workers: int = Field(1, ge=1, description="actors per reward pool")
-    learner_workers: int = Field(1, ge=1, description="learner ranks (DeepSpeed world size)")
-    cpus_per_worker: float = Field(0.5, gt=0.0, description="CPUs requested per actor")
-    gpus_per_worker: float = Field(0.0, ge=0.0, description="GPUs requested per actor (fractions allowed)")
-    rollout_cpus: float | None = Field(None, gt=0.0, description="CPUs per rollout actor; None = cpus_per_worker")
-    rollout_gpus: float | None = Field(None, ge=0.0, description="GPUs per rollout actor; None = gpus_per_worker")
-    reward_cpus: float | None = Field(None, gt=0.0, description="CPUs per reward actor; None = cpus_per_worker")
-    reward_gpus: float | None = Field(None, ge=0.0, description="GPUs per reward actor; None = gpus_per_worker")
-    learner_cpus: float | None = Field(None, gt=0.0, description="CPUs per learner rank; None = cpus_per_worker")
-    learner_gpus: float | None = Field(None, ge=0.0, description="GPUs per learner rank; None = gpus_per_worker")
-    data_cpus: float = Field(1.0, ge=0.0, description="CPUs left free for Ray Data's tasks (the pair stream); "
-                             "counted in the fit check, since a packed cluster would stall the stream")
-    threads_per_worker: int | None = Field(None, ge=1, description="torch CPU threads per actor; None = its CPUs "
-                                           "rounded up (sync phases do not overlap, so a CPU-only run may use more)")
-    resource_wait_s: float = Field(0.0, ge=0.0, description="seconds to wait for an autoscaler to add what the "
-                                   "actors need before failing; 0 = check the cluster as it is")
-    max_restarts: int = Field(3, ge=0, description="restarts of a rollout or reward actor (its work is retried)")
-    deepspeed_config: str = Field("configs/deepspeed/zero2.json", description="DeepSpeed JSON (ZeRO stage, "
-                                  "precision); optimizer, clipping and batch sizes are filled from algo/data")
-
-    def role(self, name: str) -> tuple[float, float]:
-        """(CPUs, GPUs) per actor of a role: 'rollout', 'reward' or 'learner'."""
-        cpus, gpus = getattr(self, f"{name}_cpus"), getattr(self, f"{name}_gpus")
-        return (self.cpus_per_worker if cpus is None else cpus, self.gpus_per_worker if gpus is None else gpus)
-
-
-class RolloutConfig(Section):
-    """How rollouts are scheduled against learner updates (docs/architecture.md §8)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
-    async_: bool = Field(False, alias="async", description="sample iteration t+1 while the learner updates t (one "
-                         "step off-policy; PPO ratios use the recorded log-probs); DDPO only")
-
-
 class TrainConfig(Section):
     """The training run."""
 
@@ -322,6 +278,7 @@ class Config(Section):
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 

@@ -15,6 +15,7 @@ columns = arms). OUT defaults to the checkpoint's run folder + /evaluation.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ def evaluate(cfg, checkpoint: Path, out: Path, progress: bool = True) -> dict:
     from icg_rl.preference.train import resolve_preference
 
     start = time.perf_counter()
-    torch.set_num_threads(max(1, cfg.ray.threads_per_worker))
+    torch.set_num_threads(cfg.ray.threads("rollout") or os.cpu_count() or 1)  # one process does all the work
     cfg = resolve_preference(cfg)  # MovieLens / PixelRec: the preference model `python -m icg_rl.preference` wrote
     e = cfg.evaluation
     data = load_from_config(cfg)

@@ -30,7 +30,7 @@ class RayTrainer:
         from icg_rl.data import load_from_config
         from icg_rl.data.stream import stream_from_config
         from icg_rl.distributed.learner import LearnerGroup
-        from icg_rl.distributed.placement import check_fits, rollout_capacity, run_requests
+        from icg_rl.distributed.placement import check_fits, role_threads, rollout_capacity, run_requests
         from icg_rl.distributed.reward import RewardPool
         from icg_rl.distributed.rollout import RolloutPool
         from icg_rl.evaluation.heldout import heldout_batch
@@ -55,13 +55,17 @@ class RayTrainer:
         log.info("starting %d rollout%s, %d learner and %d×%d reward actors", rollouts,
                  " (auto)" if self.elastic else "", r.learner_workers, len(pools), r.reward_workers)
         # an elastic pool drops actors whose node left instead of restarting them (they would wait for resources)
+        threads = {"rollout": role_threads(cfg, "rollout", rollouts), "reward": role_threads(cfg, "reward", 1),
+                   "learner": role_threads(cfg, "learner", r.learner_workers)}
+        log.info("torch threads per actor: %s", ", ".join(f"{k} {v}" for k, v in threads.items()))
+        self.threads = threads
         self.rollout = RolloutPool(cfg, user_ids, item_features, rollouts, *r.role("rollout"),
-                                   threads=r.threads_per_worker, max_restarts=0 if self.elastic else r.max_restarts)
+                                   threads=threads["rollout"], max_restarts=0 if self.elastic else r.max_restarts)
         self.rewards = {n: RewardPool(n, cfg.reward, cfg.world.dir, r.reward_workers, *r.role("reward"),
-                                      max_restarts=r.max_restarts, threads=r.threads_per_worker, task_retries=0)
+                                      max_restarts=r.max_restarts, threads=threads["reward"], task_retries=0)
                         for n in pools}  # failures surface here, to be retried and logged by `finish`
         self.learner = LearnerGroup(cfg, user_ids, item_features, r.learner_workers, *r.role("learner"),
-                                    threads=r.threads_per_worker)
+                                    threads=threads["learner"])
         self.rollout.ready()
         for pool in self.rewards.values():
             pool.ready()
@@ -69,6 +73,7 @@ class RayTrainer:
         self.tracker = PerKeyStatTracker()
         self.iteration, self.epoch, self.batch_in_epoch, self.version = 0, 0, 0, 0
         self.pending, self.position = None, None  # async: the next iteration's rollouts in flight
+        self.weight_group_formed = False  # ray.weight_sync collective / cuda_ipc: formed at the first sync
         self._batches = self._batch_stream()
         self.sync_weights()  # version 0: the rollouts sample exactly the learner's initial policy
 
@@ -233,14 +238,29 @@ class RayTrainer:
                 self.rollout.grow(1)
                 while not self.rollout.admit():
                     time.sleep(0.5)
-        until_answering(self.rollout.resync, "rollout pool")
+        if self.cfg.ray.weight_sync == "object_store":
+            until_answering(self.rollout.resync, "rollout pool")
+        else:  # a restarted actor left the weight group: remake it and give everyone the current weights again
+            until_answering(self.rollout.ready, "rollout pool")
+            self.weight_group_formed = False
+            self.sync_weights()
 
     def sync_weights(self) -> dict[str, float]:
-        """Learner rank 0's trainable weights → every rollout actor, as version `self.iteration`."""
+        """Learner rank 0's trainable weights → every rollout actor, as version `self.iteration`: through the
+        object store, or a weight group on the device (`ray.weight_sync`, distributed/weight_sync.py)."""
+        from icg_rl.distributed.weight_sync import form_weight_group, push_weights
+
         start = time.perf_counter()
-        self.version = self.iteration
-        weights_ref, size = self.learner.weights()
-        self.rollout.set_weights(self.version, weights_ref)
+        self.version, mode = self.iteration, self.cfg.ray.weight_sync
+        if mode == "object_store":
+            weights_ref, size = self.learner.weights()
+            self.rollout.set_weights(self.version, weights_ref)
+        else:
+            if not self.weight_group_formed:
+                form_weight_group(mode, self.learner.source, self.rollout.actors)
+                self.weight_group_formed = True
+            size = push_weights(mode, self.learner.source, self.rollout.actors, self.version)
+            self.rollout.version = self.version
         return {"sync/ms": (time.perf_counter() - start) * 1e3, "sync/bytes": float(size),
                 "sync/version": float(self.version)}
 

@@ -31,14 +31,16 @@ def test_help_runs_without_heavy_imports():
 def test_parse_args_defaults_and_validation(bench):
     args = bench.parse_args([])
     assert (args.pairs, args.samples, args.steps, args.warmup, args.iterations) == (4, 4, 10, 3, 10)
-    assert args.systems == list(bench.SYSTEMS) and args.ray_threads == [2, 1]
-    args = bench.parse_args(["--systems", "in-process,ray-async", "--ray-threads", "1", "ray.num_cpus=2"])
-    assert args.systems == ["in-process", "ray-async"] and args.ray_threads == [1]
+    assert args.systems == list(bench.SYSTEMS) and args.ray_threads == ["fitted"]
+    args = bench.parse_args(["--systems", "in-process,ray-async", "--ray-threads", "fitted,1", "ray.num_cpus=2"])
+    assert args.systems == ["in-process", "ray-async"] and args.ray_threads == ["fitted", "1"]
     assert args.overrides == ["ray.num_cpus=2"]
     with pytest.raises(SystemExit):
         bench.parse_args(["--systems", "in-process,deepspeed"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--iterations", "0"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--ray-threads", "fitted,0"])
 
 
 def test_summarize_and_ratios(bench):
@@ -62,6 +64,15 @@ def test_summarize_and_ratios(bench):
     # no trl row at all (trl not installed): the column stays empty instead of failing
     alone = bench.add_ratios([{"system": bench.BASELINE, "samples_per_s": 40.0}])
     assert alone[0]["ratio_trl"] is None
+    # the JSON's headline: first sync / async Ray rows over in-process, the fastest Ray row over trl
+    rows += bench.add_ratios([{"system": bench.BASELINE, "samples_per_s": 40.0},
+                              {"system": "Ray sync, threads fitted", "samples_per_s": 36.0},
+                              {"system": "Ray sync, 1 thread/actor", "samples_per_s": 30.0}])[1:]
+    bench.add_ratios(rows)
+    assert bench.headline_ratios(rows) == pytest.approx({"ray_sync_over_inprocess": 0.9,
+                                                         "ray_async_over_inprocess": 1.25, "ours_over_trl": 2.5})
+    assert bench.headline_ratios(alone) == {"ray_sync_over_inprocess": None, "ray_async_over_inprocess": None,
+                                            "ours_over_trl": None}
 
 
 def test_markdown_table(bench):

@@ -81,3 +81,44 @@ def test_weight_sync_roundtrip_is_bitwise_on_cuda(pipe):
     after = trainable_arrays(pipe)
     assert all(np.array_equal(before[k], after[k]) for k in before)
     assert all(p.is_cuda for p in pipe.trainable_parameters())
+
+
+def _ipc_receiver(handle, version, queue):
+    """Another process on the same GPU (as a rollout actor sharing the learner's card): open the learner's buffer
+    once, copy from it as a weight-sync receiver, send back what it holds."""
+    import torch
+
+    from icg_rl.distributed.weight_sync import WeightGroupMember
+    from icg_rl.distributed.weights import VersionedWeights
+
+    params = {"a": torch.nn.Parameter(torch.zeros(1000, device="cuda")),
+              "b": torch.nn.Parameter(torch.zeros(3, 7, device="cuda"))}
+    member = WeightGroupMember()
+    member.pipe = type("Holder", (), {"device": torch.device("cuda"), "trainable_named_parameters": lambda s: params})()
+    member.weights = VersionedWeights()
+    member.join_weight_group("cuda_ipc", "", 0, 1, 2)
+    member.open_ipc(handle)
+    member.receive_weights(version)
+    queue.put({k: p.detach().cpu().numpy() for k, p in params.items()})
+
+
+def test_cuda_ipc_weight_sync_between_processes_on_one_gpu():
+    import torch.multiprocessing as mp
+
+    from icg_rl.distributed.weight_sync import WeightGroupMember
+
+    params = {"a": torch.nn.Parameter(torch.randn(1000, device="cuda")),
+              "b": torch.nn.Parameter(torch.randn(3, 7, device="cuda"))}
+    source = WeightGroupMember()
+    source.pipe = type("Holder", (), {"device": torch.device("cuda"), "trainable_named_parameters": lambda s: params})()
+    source.join_weight_group("cuda_ipc", "", 0, 0, 2)
+    assert source.send_weights() == (1000 + 21) * 4  # packed and synchronized before the receiver copies
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_ipc_receiver, args=(source.ipc_handle(), 1, queue))
+    child.start()
+    got = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    for name, param in params.items():
+        assert np.array_equal(got[name], param.detach().cpu().numpy())  # bit for bit

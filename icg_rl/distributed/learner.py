@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +29,19 @@ import torch
 from torch import nn
 
 from icg_rl.distributed.placement import torch_threads
+from icg_rl.distributed.weight_sync import WeightGroupMember
 from icg_rl.distributed.weights import load_trainable_arrays, nbytes, trainable_arrays, weights_loaded
 from icg_rl.rl.seeding import update_generator
+from icg_rl.rl.speed import autocast, prepare_denoiser
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OWNED_KEYS = ("optimizer", "gradient_clipping", "train_batch_size", "train_micro_batch_size_per_gpu",
               "gradient_accumulation_steps")
 
 
-def deepspeed_config(cfg, rows_per_rank: int, world_size: int) -> dict:
-    """The JSON file's settings plus what our config owns (optimizer = the in-process trainer's AdamW)."""
+def deepspeed_config(cfg, rows_per_rank: int, world_size: int, cuda: bool = False) -> dict:
+    """The JSON file's settings plus what our config owns (optimizer = the in-process trainer's AdamW; torch's
+    fused kernel on CUDA learners when `learner.fused_optimizer`)."""
     path = Path(cfg.ray.deepspeed_config)
     if not path.is_absolute() and not path.exists():
         path = REPO_ROOT / path
@@ -57,7 +61,8 @@ def deepspeed_config(cfg, rows_per_rank: int, world_size: int) -> dict:
         "train_micro_batch_size_per_gpu": rows_per_rank, "gradient_accumulation_steps": 1,
         "train_batch_size": rows_per_rank * world_size, "gradient_clipping": algo.max_grad_norm,
         "optimizer": {"type": "AdamW", "params": {"lr": algo.lr, "betas": [0.9, 0.999], "eps": 1e-8,
-                                                  "weight_decay": 0.01, "torch_adam": True}},
+                                                  "weight_decay": 0.01, "torch_adam": True}
+                      | ({"fused": True} if cuda and cfg.learner.fused_optimizer else {})},
     }
 
 
@@ -71,7 +76,7 @@ class TrainableParameters(nn.Module):
             self.register_parameter(name.replace(".", "__"), param)
 
 
-class LearnerWorker:
+class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight group (ray.weight_sync)
     def __init__(self, cfg, rank: int, world_size: int, user_ids: list[str], item_features: dict,
                  threads: int | None = 1, device: str | None = None, initial_weights: dict | None = None):
         from icg_rl.models.pipeline import pipeline_from_config
@@ -85,6 +90,7 @@ class LearnerWorker:
             load_trainable_arrays(self.pipe, initial_weights)
         self.pipe.to(device or "cpu")
         self.pipe.set_progress_bar_config(disable=True)
+        prepare_denoiser(self.pipe, cfg.learner.compile, cfg.learner.gradient_checkpointing)
         self.engine, self.average = None, None
 
     def node_address(self) -> tuple[str, int]:
@@ -105,7 +111,8 @@ class LearnerWorker:
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
         module = TrainableParameters(self.pipe.trainable_named_parameters())
         self.engine, *_ = deepspeed.initialize(model=module, model_parameters=list(module.parameters()),
-                                               config=deepspeed_config(self.cfg, rows_per_rank, self.world_size))
+                                               config=deepspeed_config(self.cfg, rows_per_rank, self.world_size,
+                                                                       cuda=self.pipe.device.type == "cuda"))
         if self.cfg.algo.name == "backprop":
             self._build_rewards()
         if self.cfg.train.average_last > 0:
@@ -137,12 +144,17 @@ class LearnerWorker:
         from icg_rl.rl.ddpo import ddpo_gradients, gradient_surrogate
         from icg_rl.rl.trajectory import Trajectory
 
+        start = time.perf_counter()
         trajectory = Trajectory.from_wire(wire).to(self.pipe.device)
         params = self.pipe.trainable_parameters()
-        grads, metrics = ddpo_gradients(self.pipe, trajectory, torch.as_tensor(advantages).to(self.pipe.device),
-                                        self.cfg.algo, update_generator(self.cfg.train.seed, iteration))
+        with autocast(self.pipe.device, self.cfg.learner.precision):
+            grads, metrics = ddpo_gradients(self.pipe, trajectory, torch.as_tensor(advantages).to(self.pipe.device),
+                                            self.cfg.algo, update_generator(self.cfg.train.seed, iteration))
+        gradients_done = time.perf_counter()
         metrics["stats/grad_norm"] = self._step(gradient_surrogate(params, grads), iteration)
-        return metrics
+        # inside the actor: what the learn phase costs beyond these is transport and the driver's wait
+        return metrics | {"perf/learner_gradients_s": gradients_done - start,
+                          "perf/learner_optimizer_s": time.perf_counter() - gradients_done}
 
     def backprop_step(self, batch: dict, prefix_wire: dict, iteration: int) -> tuple[dict[str, float], np.ndarray]:
         """The last K steps from the rollout actors' x_{T−K}, the rewards, one step -> (metrics, uint8 covers)."""
@@ -150,9 +162,10 @@ class LearnerWorker:
         from icg_rl.rl.sampling import to_uint8
 
         prefix, noise = prefix_from_wire(prefix_wire)
-        loss, metrics, images = backprop_loss(self.pipe, batch, self.rewards, self.mixer, self.cfg.algo,
-                                              update_generator(self.cfg.train.seed, iteration), noise,
-                                              self._gather_scores, prefix=prefix)
+        with autocast(self.pipe.device, self.cfg.learner.precision):
+            loss, metrics, images = backprop_loss(self.pipe, batch, self.rewards, self.mixer, self.cfg.algo,
+                                                  update_generator(self.cfg.train.seed, iteration), noise,
+                                                  self._gather_scores, prefix=prefix)
         metrics["stats/grad_norm"] = self._step(loss, iteration)
         return metrics, to_uint8(images)
 
@@ -283,6 +296,11 @@ class LearnerGroup:
         import ray
 
         return ray.get(self.actors[0].export.remote())
+
+    @property
+    def source(self):
+        """Rank 0: where rollout actors' weights come from (every rank holds the same weights after a step)."""
+        return self.actors[0]
 
     def save_state(self) -> dict[str, bytes]:
         """Every rank's checkpoint files, merged (names are distinct per rank; rank 0 writes the shared ones)."""

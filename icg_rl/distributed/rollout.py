@@ -22,15 +22,18 @@ import torch
 
 from icg_rl.distributed.placement import torch_threads
 from icg_rl.distributed.reward import slice_batch
+from icg_rl.distributed.weight_sync import WeightGroupMember
 from icg_rl.distributed.weights import VersionedWeights, weights_loaded
 from icg_rl.rl.sampling import REWARD_INPUTS, sample_trajectory
 from icg_rl.rl.seeding import ROLLOUT, group_generators, row_generators
+from icg_rl.rl.speed import autocast, prepare_denoiser
 
 log = logging.getLogger(__name__)
 
 
-class RolloutWorker:
-    """One policy copy for sampling. Runs without Ray too (tests, the in-process comparison)."""
+class RolloutWorker(WeightGroupMember):
+    """One policy copy for sampling. Runs without Ray too (tests, the in-process comparison). Weights arrive
+    through the object store (`set_weights`) or a weight group (`receive_weights`, `weight_sync.py`)."""
 
     def __init__(self, cfg, user_ids: list[str], item_features: dict, threads: int | None = 1,
                  device: str | None = None):
@@ -42,6 +45,7 @@ class RolloutWorker:
         self.pipe = pipeline_from_config(cfg, user_ids=user_ids, item_features=item_features)
         self.pipe.to(device or "cpu")
         self.pipe.set_progress_bar_config(disable=True)
+        prepare_denoiser(self.pipe, cfg.rollout.compile)
         self.weights = VersionedWeights()
 
     def ready(self) -> dict:
@@ -55,6 +59,12 @@ class RolloutWorker:
 
     def version(self) -> int:
         return self.weights.version
+
+    def held_weights(self) -> tuple[int, dict]:
+        """(version, trainable arrays) this actor samples with: what a sync delivered, for checks and debugging."""
+        from icg_rl.distributed.weights import trainable_arrays
+
+        return self.weights.version, trainable_arrays(self.pipe)
 
     def sample(self, batch: dict, first_row: int, iteration: int, version: int, stream: int = ROLLOUT,
                zero_user: bool = False, weights: dict | None = None) -> tuple[dict, np.ndarray, dict]:
@@ -70,7 +80,7 @@ class RolloutWorker:
         noise = row_generators(self.cfg.train.seed, iteration, rows, stream)
         start = group_generators(self.cfg.train.seed, iteration, batch["group_key"]) \
             if algo.shared_start and stream == ROLLOUT else None
-        with weights_loaded(self.pipe, weights) as pipe:
+        with weights_loaded(self.pipe, weights) as pipe, autocast(pipe.device, self.cfg.rollout.precision):
             trajectory, _ = sample_trajectory(pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
                                               noise, policy_version=version, zero_user=zero_user,
                                               sde_window=algo.sde_window, start_generator=start)
@@ -85,7 +95,9 @@ class RolloutWorker:
         self.weights.check(version)
         rows = range(first_row, first_row + len(batch["group_key"]))
         noise = row_generators(self.cfg.train.seed, iteration, rows)  # the learner's own streams (rl/local.py)
-        return prefix_to_wire(denoise_prefix(self.pipe, batch, self.cfg.algo, noise, k), noise)
+        with autocast(self.pipe.device, self.cfg.rollout.precision):
+            prefix = denoise_prefix(self.pipe, batch, self.cfg.algo, noise, k)
+        return prefix_to_wire(prefix, noise)
 
 
 class RolloutPool:

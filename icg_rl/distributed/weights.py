@@ -73,6 +73,16 @@ class VersionedWeights:
         load_trainable_arrays(pipe, arrays)
         self.version = version
 
+    def accept(self, version: int) -> bool:
+        """A group sync (`weight_sync.py`) of `version`: True = load it (newer, or the first sync); False = this
+        actor holds it already (a resync after another actor restarted); older: StaleWeightsError."""
+        if version < self.version:
+            raise StaleWeightsError(f"weights version {version} is older than the held version {self.version}")
+        if version == self.version != 0:
+            return False
+        self.version = version
+        return True
+
     def check(self, wanted: int) -> None:
         if wanted != self.version:
             raise StaleWeightsError(f"rollout asked for weights version {wanted}, this actor holds {self.version}; "

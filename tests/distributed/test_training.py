@@ -10,7 +10,7 @@ import torch
 
 from icg_rl.config import load_config
 from tests.conftest import MICRO_CONFIG
-from tests.float_noise import assert_within_floor
+from tests.float_noise import assert_within_floor, spread
 
 FAST = ["algo.num_inference_steps=4", "data.pairs_per_batch=2", "data.samples_per_pair=4", "model.meta_tokens=2",
         "reward.weights={aesthetic: 1.0, clip_t: 0.5}", "algo.lr=0.05", "algo.clip_range=0.5", "train.tracker=none"]
@@ -114,8 +114,18 @@ def test_two_learner_ranks_take_the_one_rank_step(micro_world, ray_cluster):
     moved = [n for n in start if not np.allclose(after["one rank"][n], start[n])]
     assert len(moved) > len(start) // 2, "the update barely moved anything: the comparison would be vacuous"
     references = [after[label] for label in orders if label != "two ranks"]
+    # Adam's first step is lr·g/(|g| + eps) per element: where a gradient element cancels to about eps or less, the
+    # all-reduce's other rounding of g moves that element's step by a sizeable part of lr (seen: 1.8e-3 at lr 0.05
+    # on one machine whose three single-rank orders happened to agree there). A wrong reduction (a shard dropped or
+    # counted twice) changes g's sign or size in most elements, moving them by ~lr; so the bulk must sit within the
+    # floor and at most 1 % of elements (the ill-conditioned ones) may leave it.
+    lr = cfg.algo.lr
     for name in start:
-        assert_within_floor(after["two ranks"][name], [r[name] for r in references], name)
+        refs = [r[name] for r in references]
+        error = np.abs(after["two ranks"][name] - np.mean(refs, axis=0))
+        outside = float(np.mean(error > 1e-3 * lr + 10 * spread(refs)))
+        assert outside <= 0.01, f"{name}: {outside:.1%} of elements off (largest {error.max():.3g})"
+        assert np.median(error) <= 10 * spread(refs) + 1e-6 * lr, f"{name}: median error {np.median(error):.3g}"
 
 
 def test_rollout_actor_refuses_stale_weights(micro_world):
