@@ -101,13 +101,16 @@ class RayTrainer:
             # iteration's start now, with the current weights, and run while the learner updates
             pending = self.pending or self.submit(batch, self.iteration)
             trajectory, scores = self.finish(pending, t)
+            # the floored rewards' reference scores before the next batch's scoring is queued: a reward actor runs
+            # its tasks in order, and that scoring waits for the next rollouts (it serialized the overlap)
+            reference = pool_reference_scores(self.rewards, self.mixer.floors, pending["batch"])
             self.position = (self.epoch, self.batch_in_epoch)  # what a checkpoint records: next batch unsampled
             self.pending = self.submit(next(self._batches), self.iteration + 1)
         elif policy_gradient:
             pending = self.submit(batch, self.iteration)
             trajectory, scores = self.finish(pending, t)
-        if policy_gradient:
             reference = pool_reference_scores(self.rewards, self.mixer.floors, pending["batch"])  # floored rewards
+        if policy_gradient:
             total, metrics = self.mixer(scores, reference_scores=reference)
             metrics["stats/policy_lag"] = float(self.version - trajectory.policy_version)
             advantages, adv_stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker,

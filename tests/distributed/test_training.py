@@ -3,6 +3,7 @@ in-process reference trainer's first step, 2 learner ranks take the 1-rank step,
 promises, and a run that cannot fit fails at once instead of hanging."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -266,6 +267,27 @@ def test_async_rollouts_overlap_the_update_one_step_off_policy(micro_world, ray_
         trainer.shutdown()
     assert lags == [0.0, 1.0, 1.0]  # the first batch has no earlier update to overlap; then one version behind
     assert (state["epoch"], state["batch_in_epoch"]) == (0, 3)  # the drawn-ahead 4th batch is not counted
+
+
+def test_async_update_starts_while_the_next_rollouts_run(micro_world, ray_cluster):
+    """With a floored reward the driver scores the reference covers each iteration; queued behind the next batch's
+    scoring (a reward actor runs tasks in order) it used to wait for the next rollouts, serializing the overlap."""
+    from icg_rl.train import RayTrainer
+
+    trainer = RayTrainer(micro(micro_world, "rollout.async=true", "reward.floors={clip_t: 0.9}"))
+    try:
+        started_us = time.time() * 1e6  # the session's timeline holds every earlier test's tasks too
+        for _ in range(3):
+            trainer.step()
+        events = [e for e in ray_cluster.timeline() if e.get("ph") == "X" and e["ts"] >= started_us]
+    finally:
+        trainer.shutdown()
+    samples = sorted((e for e in events if e["name"].endswith("sample")), key=lambda e: e["ts"])
+    updates = sorted((e for e in events if e["name"].endswith("ddpo_step")), key=lambda e: e["ts"])
+    assert len(updates) == 3 and len(samples) >= 4
+    for k, update in enumerate(updates):  # update k trains on rollouts k; rollouts k + 1 run meanwhile
+        following = samples[k + 1]
+        assert update["ts"] < following["ts"] + following["dur"], f"update {k} waited for rollouts {k + 1}"
 
 
 def test_the_averaged_policy_is_evaluated_and_exported_while_rollouts_keep_the_live_weights(micro_world, ray_cluster,
