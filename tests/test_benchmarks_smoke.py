@@ -174,3 +174,18 @@ def test_trl_missing_gives_an_unavailable_row(bench, monkeypatch, capsys):
     assert row.get("samples_per_s") is None
     table = bench.markdown_table(bench.add_ratios([row]))
     assert "| unavailable: trl not installed (pip install -e '.[bench]') |" in table
+
+
+def test_serve_benchmarks_answer_help_and_split_latency():
+    """benchmarks/serve_load.py and serve_fuzz.py (issue 22): --help without Ray, and the latency table's arithmetic."""
+    for script in ("serve_load.py", "serve_fuzz.py"):
+        out = subprocess.run([sys.executable, str(SCRIPT.parent / script), "--help"], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0 and "--policy" in out.stdout, out.stderr
+    load = load_benchmark("serve_load")
+    header = 'ingress;dur=0.10, generator;dur=15.00, swap;dur=0.00, pipeline;dur=10.00, encode;dur=1.00, batch;desc="1"'
+    timing = load.server_timing(header)
+    assert timing == {"ingress": 0.1, "generator": 15.0, "swap": 0.0, "pipeline": 10.0, "encode": 1.0}
+    lines = load.latency_table(bare=[0.010, 0.010], http=[0.020, 0.020], timings=[timing, timing])
+    assert "|   HTTP proxy, JSON, client (end to end − the above) | 3.9 |" in lines
+    assert "**p50 ratio, HTTP / bare pipeline: 2.00×**" in lines[-1]

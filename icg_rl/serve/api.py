@@ -1,23 +1,38 @@
 """The HTTP API (FastAPI), built per ingress replica from its settings and a handle to the generator.
 
-Routes: `POST /v1/covers`, `GET /v1/model`, `GET /healthz`; the OpenAPI schema at `/openapi.json` comes from the
-pydantic models in schema.py. Order of checks on a cover request: body size (middleware) → auth → schema (422) →
-limits and reference image (400) → generation. Every refusal is JSON `{"error": "<field>: <what is wrong>"}`.
+Routes: `POST /v1/covers`, `GET /v1/models` (policies and experiments), `GET /v1/model` (the default policy in
+detail), `GET /v1/stats` (a generator replica's counters), `GET /healthz`; the OpenAPI schema at `/openapi.json`
+comes from the pydantic models in schema.py. Order of checks on a cover request: body size (middleware) → auth →
+schema (422) → limits, policy or experiment, reference image (400) → generation, on the generator handle for the
+request's policy (Serve's `multiplexed_model_id`: routed to a replica holding that policy). Every refusal is JSON
+`{"error": "<field>: <what is wrong>"}`; every cover response names its policy and model version and carries a
+`Server-Timing` header (where its time went: ingress work, generator round trip, weight swap, pipeline, encoding).
 """
 
 from __future__ import annotations
 
 import hmac
+import time
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from icg_rl.serve.generator import CoverJob, random_seed
+from icg_rl.serve.experiments import choose_arm, split_key
+from icg_rl.serve.generator import CoverJob, CoverResult, random_seed
 from icg_rl.serve.images import BadImage, decode_reference_image, encode_image
 from icg_rl.serve.limits import BodyLimit
-from icg_rl.serve.schema import CoverRequest, CoverResponse, ErrorBody, ModelInfo, ServeSettings
+from icg_rl.serve.metrics import PolicyMetrics
+from icg_rl.serve.schema import (
+    CoverRequest,
+    CoverResponse,
+    ErrorBody,
+    ModelInfo,
+    ModelsList,
+    ReplicaStats,
+    ServeSettings,
+)
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 413, 422)}
 
@@ -34,10 +49,14 @@ def refusal(status: int, message: str, detail: list | None = None, headers: dict
 
 
 def create_api(settings: ServeSettings, generator, token: str | None) -> FastAPI:
-    """`generator`: a DeploymentHandle to CoverGenerator (its `generate` and `info` methods)."""
+    """`generator`: a DeploymentHandle to CoverGenerator (its `generate`, `info` and `stats` methods)."""
     api = FastAPI(title="icg_rl covers", version="1",
-                  description="Personalized cover images from a trained ICG policy (title + reference image + user).")
-    api.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
+                  description="Personalized cover images from trained ICG policies (title + reference image + user).")
+    limits = settings.limits
+    api.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, linger_bytes=limits.linger_max_bytes,
+                       linger_s=limits.linger_timeout_s)
+    handles = {name: generator.options(multiplexed_model_id=name) for name in settings.policy_checkpoints()}
+    metrics = PolicyMetrics()
 
     @api.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -76,17 +95,65 @@ def create_api(settings: ServeSettings, generator, token: str | None) -> FastAPI
                          versions=info["versions"], limits=settings.limits, batching=info["batching"],
                          image_size=info["image_size"])
 
+    @api.get("/v1/models", response_model=ModelsList, responses=ERRORS, dependencies=[Depends(authorized)])
+    async def models() -> ModelsList:
+        info = await generator.info.remote()
+        return ModelsList(default_policy=info["default_policy"], policies=info["policies"],
+                          experiments=settings.experiments, max_policies_per_replica=settings.max_policies_per_replica)
+
+    @api.get("/v1/stats", response_model=ReplicaStats, responses=ERRORS, dependencies=[Depends(authorized)])
+    async def stats() -> ReplicaStats:
+        return ReplicaStats.model_validate(await generator.stats.remote())
+
     @api.post("/v1/covers", response_model=CoverResponse, responses=ERRORS, dependencies=[Depends(authorized)])
-    async def covers(body: CoverRequest) -> CoverResponse:
+    async def covers(body: CoverRequest, response: Response) -> CoverResponse:
+        started = time.perf_counter()
         job = cover_job(body, settings)
-        result = await generator.generate.remote(job)
+        policy, experiment = choose_policy(body, job.seed, settings)
+        sent = time.perf_counter()
+        try:
+            result = await handles[policy].generate.remote(job)
+        except Exception:
+            metrics.record(policy, experiment, ok=False, seconds=time.perf_counter() - sent)
+            raise
+        returned = time.perf_counter()
+        images = [encode_image(image) for image in result.images]
+        metrics.record(policy, experiment, ok=True, seconds=time.perf_counter() - sent)
+        response.headers["Server-Timing"] = server_timing(result, started, sent, returned, time.perf_counter())
         height, width = result.images[0].shape[:2]
-        return CoverResponse(images=[encode_image(image) for image in result.images],
-                             model_version=result.model_version, user_mode=result.user_mode, seed=job.seed,
-                             width=width, height=height, num_inference_steps=job.steps,
-                             guidance_scale=job.guidance_scale, ignored_history_items=result.ignored_history_items)
+        return CoverResponse(images=images, model_version=result.model_version, policy=result.policy,
+                             experiment=experiment, user_mode=result.user_mode, seed=job.seed, width=width,
+                             height=height, num_inference_steps=job.steps, guidance_scale=job.guidance_scale,
+                             ignored_history_items=result.ignored_history_items)
 
     return api
+
+
+def choose_policy(body: CoverRequest, seed: int, settings: ServeSettings) -> tuple[str, str | None]:
+    """-> (policy, experiment): the named policy, an experiment's arm for this user (or seed), or the default."""
+    if body.policy is not None and body.experiment is not None:
+        raise Refused(400, "policy, experiment: give one or neither; an experiment chooses the policy itself")
+    if body.experiment is not None:
+        arms = settings.experiments.get(body.experiment)
+        if arms is None:
+            raise Refused(400, f"experiment: {body.experiment!r} is not configured here; experiments are "
+                               f"{list(settings.experiments)}")
+        return choose_arm(body.experiment, arms, split_key(body.user_id, seed)), body.experiment
+    known = list(settings.policy_checkpoints())
+    if body.policy is not None and body.policy not in known:
+        raise Refused(400, f"policy: {body.policy!r} is not served here; policies are {known}")
+    return body.policy or known[0], None
+
+
+def server_timing(result: CoverResult, started: float, sent: float, returned: float, encoded: float) -> str:
+    """The W3C Server-Timing header (ms): `ingress` (validation, image decoding), `generator` (the handle's round
+    trip: routing, batch wait, weight swap, pipeline), `swap` and `pipeline` (inside it, for the whole batch of
+    `batch` requests), `encode` (PNG + base64)."""
+    timings = result.timings
+    parts = [("ingress", sent - started), ("generator", returned - sent), ("swap", timings.get("swap", 0.0)),
+             ("pipeline", timings.get("pipeline", 0.0)), ("encode", encoded - returned)]
+    return ", ".join([f"{name};dur={seconds * 1000.0:.2f}" for name, seconds in parts]
+                     + [f'batch;desc="{int(timings.get("batch_size", 1))}"'])
 
 
 def field_name(error: dict) -> str:

@@ -1,7 +1,8 @@
 """The Serve application: a FastAPI ingress in front of the generator deployment.
 
-    client ──HTTP──▶ CoverAPI (api.py: size limit, auth, validation, image decoding)
-                        └──handle──▶ CoverGenerator (generator.py: @serve.batch → ICGPipeline)
+    client ──HTTP──▶ CoverAPI (api.py: size limit, auth, validation, image decoding, policy or experiment arm)
+                        └──handle, multiplexed_model_id=policy──▶ CoverGenerator (generator.py: one base + MLLM,
+                                                                  policies' ICG weights LRU, @serve.batch)
 
 `build_app(args)` is the application builder `configs/serve/*.yaml` names (`import_path:
 icg_rl.serve.app:build_app`), so `serve run`, `serve deploy` and a KubeRay RayService start the same thing.
@@ -48,8 +49,14 @@ def application(args: ServeSettings | dict, deployment_options: dict[str, dict] 
     """The bound application. `deployment_options` (name → `.options()` keywords: the YAML's `deployments:`
     entries) is for callers outside `serve run`/`serve deploy`, which apply that section themselves."""
     settings = ServeSettings.model_validate(args if isinstance(args, dict) else args.model_dump())
-    settings.checkpoint = str(Path(settings.checkpoint).expanduser().resolve())  # relative to where it is built
+    if settings.checkpoint is not None:  # paths relative to where the app is built, not to a replica's directory
+        settings.checkpoint = resolved(settings.checkpoint)
+    settings.policies = {name: resolved(path) for name, path in settings.policies.items()}
     payload, options = settings.model_dump(), deployment_options or {}
     generator = CoverGenerator.options(**({"user_config": settings.batching.model_dump()}
                                           | options.get("CoverGenerator", {}))).bind(payload)
     return CoverAPI.options(**options.get("CoverAPI", {})).bind(generator, payload)
+
+
+def resolved(path: str) -> str:
+    return str(Path(path).expanduser().resolve())

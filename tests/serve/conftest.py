@@ -1,7 +1,9 @@
-"""One Serve instance for the serving tests: the micro world's policy behind the real HTTP proxy on 127.0.0.1.
+"""One Serve instance for the serving tests: the micro world's policies behind the real HTTP proxy on 127.0.0.1.
 
-Two applications share it: `/` (no auth) and `/secure` (bearer token from the replica's environment, a small body
-limit). The checkpoint is tests/conftest.py's `micro_checkpoint` (adapter gate open, so users change the images).
+Two applications share it: `/` serves two policies over one base — `default` (tests/conftest.py's `micro_checkpoint`,
+adapter gate open, so users change the images) and `seed1` (the same recipe from another seed) — and the A/B
+experiment `cover_ab` (3:1); `/secure` serves the default checkpoint alone (plain `checkpoint:` args) behind a bearer
+token from the replica's environment, with a small lingering-close bound.
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.serve.malformed import EXPERIMENT, LIMITS, POLICIES
+
 TOKEN = "test-token-7f3a"
 IMAGE_SIZE = 32
+ARMS = {POLICIES[0]: 3.0, POLICIES[1]: 1.0}  # the experiment's weights
+LINGER_BYTES = 32 * 2**20  # `/`: a refused body up to this size is read to its end (16 MiB tests pass)
+SECURE_LINGER_BYTES = 2**20  # `/secure`: larger refused bodies are not read at all
 
 
 def free_port() -> int:
@@ -23,11 +30,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def settings(checkpoint: Path, **extra) -> dict:
-    return {"checkpoint": str(checkpoint), "image_size": IMAGE_SIZE, "default_steps": 4,
-            "default_guidance_scale": 2.0, "torch_threads": 1,
-            "limits": {"max_body_bytes": 256 * 1024, "max_image_pixels": 512 * 512, "max_num_images": 4,
-                       "max_steps": 20, "max_history": 16}} | extra
+def settings(checkpoint: Path | None, linger_bytes: int = LINGER_BYTES, **extra) -> dict:
+    """The test apps' args: one `checkpoint`, or (None) `policies` in `extra`."""
+    source = {"checkpoint": str(checkpoint)} if checkpoint is not None else {}
+    return source | {"image_size": IMAGE_SIZE, "default_steps": 4, "default_guidance_scale": 2.0, "torch_threads": 1,
+                     "limits": LIMITS | {"linger_max_bytes": linger_bytes}} | extra
+
+
+def save_policy(cfg, folder: Path, seed: int) -> Path:
+    """A micro-world policy as tests/conftest.py's `micro_checkpoint` makes it, from `seed`: fresh ICG weights, the
+    adapter gate open and the refiner perturbed (users and titles change the images)."""
+    import torch
+
+    from icg_rl.data import load_from_config
+    from icg_rl.models.item_features import policy_context
+    from icg_rl.models.pipeline import pipeline_from_config
+
+    users, features = policy_context(cfg, load_from_config(cfg))
+    torch.manual_seed(seed)
+    pipe = pipeline_from_config(cfg, user_ids=users, item_features=features)
+    with torch.no_grad():
+        pipe.icg.adapter.projection.gate.fill_(3.0)
+        for p in pipe.icg.refiner.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    pipe.save_pretrained(folder)
+    return folder
 
 
 def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
@@ -43,26 +70,31 @@ def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
 
 
 @pytest.fixture(scope="package")
-def served(ray_cluster, micro_checkpoint):
-    """{"url", "secure_url", "checkpoint", "users", "items"} for a running Serve instance; shut down afterwards."""
+def served(ray_cluster, micro_world, micro_checkpoint, tmp_path_factory):
+    """{"url", "secure_url", "checkpoint", "policies", "users", "items"} for a running Serve instance; shut down
+    afterwards."""
     from ray import serve
 
     from icg_rl.serve.app import application
 
     checkpoint, users, items = micro_checkpoint
+    second = save_policy(micro_world[0], tmp_path_factory.mktemp("policy_seed1") / "checkpoint", seed=1)
+    policies = {POLICIES[0]: str(checkpoint), POLICIES[1]: str(second)}
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     small = {"ray_actor_options": {"num_cpus": 0.1}}
     generator = {"ray_actor_options": {"num_cpus": 0.2}, "user_config": {"max_batch_size": 8,
                                                                          "batch_wait_timeout_s": 0.05}}
-    serve.run(application(settings(checkpoint), {"CoverAPI": small, "CoverGenerator": generator}),
+    serve.run(application(settings(None, policies=policies, experiments={EXPERIMENT: ARMS},
+                                   max_policies_per_replica=2), {"CoverAPI": small, "CoverGenerator": generator}),
               name="icg", route_prefix="/")
     secure_api = {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"ICG_TEST_TOKEN": TOKEN}}}}
-    serve.run(application(settings(checkpoint, auth_token_env="ICG_TEST_TOKEN"),
+    serve.run(application(settings(checkpoint, SECURE_LINGER_BYTES, auth_token_env="ICG_TEST_TOKEN"),
                           {"CoverAPI": secure_api, "CoverGenerator": {"ray_actor_options": {"num_cpus": 0.1}}}),
               name="icg_secure", route_prefix="/secure")
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url)
     wait_healthy(f"{url}/secure")
-    yield {"url": url, "secure_url": f"{url}/secure", "checkpoint": checkpoint, "users": users, "items": items}
+    yield {"url": url, "secure_url": f"{url}/secure", "checkpoint": checkpoint, "policies": policies, "users": users,
+           "items": items}
     serve.shutdown()

@@ -166,7 +166,8 @@ def test_openapi_schema_comes_from_the_models(served):
     assert {"200", "400", "401", "413", "422"} <= set(operation["responses"])
     request_fields = schema["components"]["schemas"]["CoverRequest"]["properties"]
     assert {"title", "reference_image", "user_id", "history", "num_images", "seed", "num_inference_steps",
-            "guidance_scale"} == set(request_fields)
+            "guidance_scale", "policy", "experiment"} == set(request_fields)
+    assert {"/v1/models", "/v1/model", "/v1/stats", "/healthz"} <= set(schema["paths"])
 
 
 def test_concurrent_requests_are_batched_and_keep_their_own_images(served):

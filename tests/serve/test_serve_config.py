@@ -84,3 +84,38 @@ def test_reference_image_guards():
         decode_reference_image(base64.b64encode(buffer.getvalue()).decode(), 1000)
     with pytest.raises(BadImage, match="empty image"):
         decode_reference_image("", 1000)
+
+
+def test_policies_and_experiments_are_validated_naming_the_field():
+    one = ServeSettings.model_validate({"checkpoint": "ckpt"})
+    assert one.policy_checkpoints() == {"default": "ckpt"} and one.default_policy == "default"
+    many = ServeSettings.model_validate({"policies": {"b": "x", "a": "y"}, "experiments": {"t": {"a": 1, "b": 3}}})
+    assert list(many.policy_checkpoints()) == ["b", "a"] and many.default_policy == "b"  # the first, as written
+    cases = [({"checkpoint": "x", "policies": {"a": "y"}}, "checkpoint, policies: give exactly one"),
+             ({}, "checkpoint, policies: give exactly one"),
+             ({"policies": {"bad name": "x"}}, "policies: 'bad name' is not a valid name"),
+             ({"policies": {"a": "x"}, "experiments": {"t": {"z": 1.0}}},
+              r"experiments\.t\.z: no such policy; policies are \['a'\]"),
+             ({"policies": {"a": "x"}, "experiments": {"t": {"a": 0.0}}}, r"experiments\.t\.a: weight 0\.0"),
+             ({"policies": {"a": "x"}, "experiments": {"t": {}}}, r"experiments\.t: no arms"),
+             ({"policies": {"a": "x"}, "max_policies_per_replica": 0}, "max_policies_per_replica")]
+    for args, message in cases:
+        with pytest.raises(pydantic.ValidationError, match=message):
+            ServeSettings.model_validate(args)
+
+
+def test_cli_policy_flags():
+    from icg_rl.config import ConfigError
+    from icg_rl.serve.cli import app_args, policy_flags
+
+    assert policy_flags(["a=/x", "b=/y"]) == {"a": "/x", "b": "/y"}
+    for bad, message in ((["a"], "is not NAME=PATH"), (["a=/x", "a=/y"], "given twice")):
+        with pytest.raises(ConfigError, match=message):
+            policy_flags(bad)
+    config = {"args": {"policies": {"p": "/a"}, "experiments": {"t": {"p": 1.0}}, "default_steps": 5}}
+    assert app_args(config, checkpoint="/c") == {"checkpoint": "/c", "default_steps": 5}  # one policy: no A/B
+    assert app_args(config, policies={"q": "/b"})["policies"] == {"q": "/b"}
+    assert app_args(config) == config["args"]
+    both = subprocess.run([sys.executable, "-m", "icg_rl.serve", "--checkpoint", "/a", "--policy", "p=/b"],
+                          capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
