@@ -60,6 +60,14 @@ def read_image(path: str | Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
+def resize_images(images: np.ndarray, side: int) -> np.ndarray:
+    """uint8 images (N, H, W, 3) -> (N, side, side, 3); a no-op when they already have that size (reference covers are
+    loaded at `data.reference_size`, which need not be the generated images' size)."""
+    if images.shape[1:3] == (side, side):
+        return images
+    return np.stack([np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR)) for image in images])
+
+
 def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
     """uint8 images (N, H, W, 3) -> one (rows·H, columns·W, 3) grid, empty cells black."""
     n, h, w, c = images.shape

@@ -110,7 +110,7 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
 
     from icg_rl.checkpoint import CheckpointStore, checkpoint_name
     from icg_rl.distributed.placement import connect
-    from icg_rl.io import atomic_write_png, image_grid
+    from icg_rl.io import atomic_write_png, image_grid, resize_images
     from icg_rl.model_card import write_model_card
     from icg_rl.tracking import Tracker, plot_curves
 
@@ -166,7 +166,9 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
         checkpoint = trainer.export(out / "checkpoint")
         rows = cfg.data.pairs_per_batch * cfg.data.samples_per_pair
         n = min(8, len(images["icg"]))
-        columns = np.stack([images[k][:n] for k in ("reference", "icg", "user_zeroed")], axis=1)  # (n, 3, H, W, 3)
+        side = images["icg"].shape[1]
+        columns = np.stack([resize_images(np.asarray(images[k][:n], dtype=np.uint8), side)
+                            for k in ("reference", "icg", "user_zeroed")], axis=1)  # (n, 3, H, W, 3)
         grid = image_grid(_upscale(columns.reshape(-1, *columns.shape[2:])), columns=3)
         atomic_write_png(out / "samples.png", grid)
         tracker.log_image("samples", grid, step=trainer.iteration)

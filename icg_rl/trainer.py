@@ -34,7 +34,7 @@ class RayTrainer:
         from icg_rl.distributed.reward import RewardPool
         from icg_rl.distributed.rollout import RolloutPool
         from icg_rl.evaluation.heldout import heldout_batch
-        from icg_rl.models.item_features import policy_context
+        from icg_rl.models.item_features import policy_context, policy_context_on_cluster
         from icg_rl.rewards.mix import RewardMixer
         from icg_rl.rl.advantages import PerKeyStatTracker
 
@@ -47,7 +47,10 @@ class RayTrainer:
         pools = list(self.weights) + ([] if "clip_t" in self.weights else ["clip_t"])  # clip_t: eval relevance
         check_fits(run_requests(cfg, pools), r.resource_wait_s)  # before any actor exists: fail, never hang
         self.data = load_from_config(cfg)
-        user_ids, item_features = policy_context(cfg, self.data)
+        if r.role("reward")[1] > 0:  # a GPU cluster: embed the catalogue there, not on the (CPU) driver
+            user_ids, item_features = policy_context_on_cluster(cfg, self.data, *r.role("reward"))
+        else:
+            user_ids, item_features = policy_context(cfg, self.data)
         self.stream = stream_from_config(cfg, self.data, "train")
         self.heldout = heldout_batch(cfg, self.data)
         self.pools, self.elastic = pools, r.rollout_workers == "auto"

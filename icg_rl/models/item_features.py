@@ -27,7 +27,7 @@ def embed_image_files(embedder: CLIPEmbedder, paths: list[Path], batch_size: int
         size = embedder.image_size
         batch = torch.cat([F.interpolate(uint8_to_float(img[None]), size=(size, size), mode="bicubic",
                                          antialias=True) for img in images]).clamp(0, 1)
-        out.append(F.normalize(embedder.image_embeds(batch), dim=-1))
+        out.append(F.normalize(embedder.image_embeds(batch.to(embedder.mean.device)), dim=-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, embedder.clip.config.projection_dim)
 
 
@@ -44,7 +44,7 @@ def compute_item_features(embedder: CLIPEmbedder, data: RecDataset) -> tuple[lis
     text_only = [i for i, p in enumerate(data.items["image_path"]) if optional_str(p) is None]
     if text_only:
         titles = data.items["title"].iloc[text_only].tolist()
-        features[text_only] = F.normalize(embedder.text_embeds(titles), dim=-1)
+        features[text_only] = F.normalize(embedder.text_embeds(titles), dim=-1).cpu()
     if data.variants is None or data.variants.empty:
         return ids, features
     keys = [cover_key(i, v) for i, v in zip(data.variants["item_id"], data.variants["variant_id"])]
@@ -68,13 +68,26 @@ def load_item_features(folder: str | Path) -> dict[str, np.ndarray]:
     return dict(zip(ids, features))
 
 
-def policy_context(cfg, data: RecDataset) -> tuple[list[str], dict[str, np.ndarray]]:
+def policy_context(cfg, data: RecDataset, device: str = "cpu") -> tuple[list[str], dict[str, np.ndarray]]:
     """What an ICG policy is built with besides its weights: the known (training) user ids and the item features
-    histories are made of. Computed once (by the driver) and shipped to every actor that builds the policy."""
+    histories are made of. Computed once (by the driver, or on_cluster) and shipped to every actor that builds the
+    policy."""
     from icg_rl.rewards.aesthetic import resolve_clip
 
-    embedder = CLIPEmbedder.from_pretrained(resolve_clip(cfg.reward, cfg.world.dir))
+    embedder = CLIPEmbedder.from_pretrained(resolve_clip(cfg.reward, cfg.world.dir)).to(device)
     ids, features = compute_item_features(embedder, data)
     log = data.interactions
     users = sorted(set(log.loc[log["split"] == "train", "user_id"] if "split" in log else log["user_id"]))
     return [str(u) for u in users], {i: f.numpy() for i, f in zip(ids, features)}
+
+
+def policy_context_on_cluster(cfg, data: RecDataset, cpus: float, gpus: float) -> tuple[list[str], dict]:
+    """policy_context as a Ray task with the reward role's resources (the CLIP models live there): on a GPU cluster a
+    real catalogue's CLIP-L embeddings take minutes on a GPU instead of an hour on a CPU-only head node. The task
+    reads the data folder itself, as the rollout and reward actors do."""
+    import ray
+
+    def run(cfg, data):
+        return policy_context(cfg, data, "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+
+    return ray.get(ray.remote(run).options(num_cpus=cpus, num_gpus=gpus, max_retries=0).remote(cfg, data))

@@ -65,3 +65,19 @@ def test_oracle_ctr_of_hand_made_images(micro_world):
     stored = read_image(f"{cfg.world.dir}/images/{item}/v1.png")[None]
     assert oracle.click_prob([user], [item], stored) == pytest.approx(
         oracle.variant_click_prob([user], [item], ["v1"]), rel=1e-6)
+
+
+def test_sample_grid_columns_are_resized_to_the_generated_side():
+    """Reference covers come at data.reference_size, generated ones at the model's size (the real layouts: 224 vs
+    512): the grid's columns are brought to one side instead of failing to stack."""
+    from icg_rl.io import image_grid, resize_images
+
+    reference = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    reference[:, :, 4:] = 255
+    resized = resize_images(reference, 16)
+    assert resized.shape == (2, 16, 16, 3) and resized.dtype == np.uint8
+    assert resized[:, :, :6].max() == 0 and resized[:, :, 10:].min() == 255  # the left/right halves stay put
+    generated = np.full((2, 16, 16, 3), 7, dtype=np.uint8)
+    assert resize_images(generated, 16) is generated
+    grid = image_grid(np.stack([resized, generated], axis=1).reshape(-1, 16, 16, 3), columns=2)
+    assert grid.shape == (32, 32, 3)
