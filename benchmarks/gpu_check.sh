@@ -2,8 +2,10 @@
 # Everything that needs a GPU, in one call (the lent machine: 15 minutes of device time in all, 10 per command).
 # Parts, in this order (PARTS="tests bench real trl" by default; "sd3" adds the SD3.5-Medium layout's run):
 #   tests  the test suite's `gpu` tests (tests/test_gpu.py) on the CoverWorld models;
-#   bench  benchmarks/gpu_bench.py: an SD1.5-sized UNet at 512 px — rollout vs bare diffusers images/s, learner DDPO
-#          step time and bf16 MFU, weight-sync ms — one table (extra arguments of this script go to it);
+#   bench  benchmarks/gpu_bench.py: an SD1.5-sized UNet at 512 px — rollout vs bare diffusers images/s, eager and
+#          compiled with CUDA graphs; learner DDPO step time and bf16 MFU, eager and regionally compiled; weight-sync
+#          ms (object store path, cuda_ipc) — one table (extra arguments of this script go to it: e.g.
+#          --rollout-compile off --learner-compile off to skip the ~1-3 minutes of compilation);
 #   real   the real layouts, whole: benchmarks/real_layouts.py builds random-weight SD1.5 + Qwen2-VL-2B + CLIP-L
 #          (+ aesthetic head, preference model, PixelRec-layout data) folders from configs, no hub; then
 #          `python -m icg_rl.train` runs them (configs/gpu/sd15_qwen2vl_1gpu.yaml: DDPO, 8 images/iteration, 20 steps,
@@ -13,9 +15,9 @@
 #          prints the one table of the real layouts (rollout / reward / learn / sync / other per iteration,
 #          images/GPU/s, peak GPU memory, ours / trl images/s — goal ≥ 2×);
 #   sd3    the same for the SD3.5-Medium layout (Flow-GRPO, no T5), ours only.
-# Settings: TRAIN_OVERRIDES="ray.weight_sync=cuda_ipc ..." go into the generated training config; LAYOUTS (default
+# Settings: TRAIN_OVERRIDES="ray.weight_sync=object_store ..." go into the generated training config; LAYOUTS (default
 # /tmp/real_layouts) holds the ~10 GiB of folders. Time: each part runs under `timeout` with its own cap (seconds:
-# TESTS_S 80, BENCH_S 150, BUILD_S 90, TRAIN_S 170, TRL_S 80; they add up to the 10-minute command with the
+# TESTS_S 80, BENCH_S 200, BUILD_S 90, TRAIN_S 170, TRL_S 80; they add up to more than the 10-minute command with the
 # unpacking) or what is left of GPU_CHECK_SECONDS (590), whichever is smaller. DRY_RUN=1 runs the real/trl/sd3 parts
 # with tiny layouts on CPU (PY=.venv/bin/python PARTS="real trl" DRY_RUN=1 bash benchmarks/gpu_check.sh, here).
 #
@@ -76,7 +78,7 @@ if wants tests; then
 fi
 if wants bench; then
   echo "== gpu benchmark"
-  timeout "$(cap "${BENCH_S:-150}")" "$PY" benchmarks/gpu_bench.py "$@" 2>&1 | grep -v "Loading\|Writing model" \
+  timeout "$(cap "${BENCH_S:-200}")" "$PY" benchmarks/gpu_bench.py "$@" 2>&1 | grep -v "Loading\|Writing model" \
     | tee "$OUT/gpu_bench.log"
   rc[bench]=${PIPESTATUS[0]}
 fi

@@ -50,7 +50,7 @@ TINY_OVERRIDES = {
     "model": {"meta_tokens": 4, "user_dim": 16},
     "algo": {"num_inference_steps": 3},  # SD3.5-M's Flow-GRPO trains steps [0, 3): the fewest that keep it
     "ray": {"num_cpus": 2, "rollout_gpus": 0, "learner_gpus": 0, "reward_gpus": 0, "rollout_cpus": 0.25,
-            "learner_cpus": 0.25, "reward_cpus": 0.125, "data_cpus": 1},
+            "learner_cpus": 0.25, "reward_cpus": 0.125, "data_cpus": 1, "weight_sync": "collective"},  # no cuda_ipc
     "train": {"iterations": 2, "eval_pairs": 2},
 }
 GPU_SPEED = {"rollout": {"precision": "bf16"}, "learner": {"precision": "bf16"}}  # where the schema has them

@@ -189,3 +189,19 @@ def test_serve_benchmarks_answer_help_and_split_latency():
     lines = load.latency_table(bare=[0.010, 0.010], http=[0.020, 0.020], timings=[timing, timing])
     assert "|   HTTP proxy, JSON, client (end to end − the above) | 3.9 |" in lines
     assert "**p50 ratio, HTTP / bare pipeline: 2.00×**" in lines[-1]
+
+
+def test_gpu_bench_dry_run_on_cpu_prints_its_table(micro_world):
+    """benchmarks/gpu_bench.py runs its whole code path with tiny dimensions on CPU (compilation off: the compiled
+    paths' equivalence is tests/rl/test_speed.py's), so a lent GPU's minutes are not spent finding a broken script."""
+    cfg, _ = micro_world
+    script = SCRIPT.parent / "gpu_bench.py"
+    out = subprocess.run([sys.executable, str(script), "--device", "cpu", "--tiny", "--steps", "2", "--batch", "2",
+                          "--repeats", "1", "--models", f"{cfg.world.dir}/models", "--rollout-compile", "off",
+                          "--learner-compile", "off"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = dict([cell.strip() for cell in line.strip().strip("|").split("|", 1)] for line in out.stdout.splitlines()
+                if line.startswith("| ") and not line.startswith("| measurement"))
+    assert float(rows["rollout / bare"].rstrip("×")) > 0
+    assert float(rows["learner DDPO step (2 timesteps × batch 2, fwd+bwd)"].split()[0]) > 0
+    assert rows["weight sync: GPU → numpy → GPU"].endswith(" ms")
