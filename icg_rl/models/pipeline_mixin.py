@@ -47,6 +47,11 @@ class ICGModules(nn.Module):
         self.item_ids: list[str] = list(config.get("item_ids", []))
         self.register_buffer("item_features", torch.zeros(len(self.item_ids), config["item_feature_dim"]))
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_feature_table", None)  # a cache (feature_table): rebuilt on demand, never shipped
+        return state
+
     @property
     def device(self) -> torch.device:
         return self.item_features.device
@@ -58,11 +63,24 @@ class ICGModules(nn.Module):
     def feature_table(self) -> dict[str, torch.Tensor]:
         """Item key -> the feature its history entries carry. With `standardize_history` each dimension is
         standardised over the catalogue: CLIP embeddings of covers share a large mean and differ in looks by ~0.1,
-        so raw, every user's pooled history is nearly the same vector and taste is a small ripple on it."""
+        so raw, every user's pooled history is nearly the same vector and taste is a small ripple on it.
+
+        Built once and reused while the buffer is the same tensor at the same version (torch bumps a tensor's
+        version on every in-place write: load_state_dict, a served policy's swap): a real catalogue has 10⁵ items,
+        and every pipeline call and rollout needs the table. Built outside inference mode, so a table first made
+        under `torch.inference_mode` (Serve, evaluation) can still feed a training step's autograd graph."""
         features = self.item_features
-        if self.config.get("standardize_history", False) and len(features) > 1:
-            features = (features - features.mean(0)) / features.std(0).clamp_min(1e-3)
-        return dict(zip(self.item_ids, features))
+        cached = self.__dict__.get("_feature_table")
+        fresh = not features.is_inference()  # inference tensors have no version counter: never cached
+        if fresh and cached is not None and cached[0] is features and cached[1] == features._version:
+            return cached[2]
+        with torch.inference_mode(False), torch.no_grad():
+            if self.config.get("standardize_history", False) and len(features) > 1:
+                features = (features - features.mean(0)) / features.std(0).clamp_min(1e-3)
+            table = dict(zip(self.item_ids, features))
+        if fresh:
+            self.__dict__["_feature_table"] = (self.item_features, self.item_features._version, table)
+        return table
 
 
 class ICGPipelineMixin:

@@ -208,3 +208,33 @@ def test_pipeline_from_config_and_package_export(micro_world):
     names = {n for n, p in pipe.unet.named_parameters() if p.requires_grad}
     assert names and all("lora_" in n or "processor" in n or "encoder_hid_proj" in n for n in names)
     assert any("lora" in k for k in pipe.mllm.trainable_state_dict())
+
+
+def test_feature_table_is_reused_until_the_features_change(micro_world):
+    """The item-feature table (the standardized catalogue histories are made of) is built once per buffer version:
+    an in-place write (a served policy's swap, load_state_dict) or a device move rebuilds it; one first built under
+    inference mode still feeds a gradient step (history_proj gets a gradient through it)."""
+    import copy
+    import pickle
+
+    cfg, _ = micro_world
+    pipe = load(cfg, standardize_history=True)
+    icg = pipe.icg
+    with torch.inference_mode():
+        first = icg.feature_table()
+    assert icg.feature_table() is first and not any(t.is_inference() for t in first.values())
+    raw = icg.item_features.clone()
+    expected = (raw - raw.mean(0)) / raw.std(0).clamp_min(1e-3)
+    assert torch.allclose(first["i00003"], expected[3])
+    with torch.no_grad():
+        icg.item_features.mul_(2.0).add_(1.0)  # in place: same tensor, new version
+    second = icg.feature_table()
+    assert second is not first and torch.allclose(second["i00003"], expected[3], atol=1e-5)  # standardized: same
+    with torch.no_grad():
+        icg.item_features[0].zero_()
+    assert not torch.equal(icg.feature_table()["i00000"], second["i00000"])
+    assert "_feature_table" not in pickle.loads(pickle.dumps(icg)).__dict__
+    assert copy.deepcopy(icg).feature_table()["i00001"].data_ptr() != icg.feature_table()["i00001"].data_ptr()
+    inputs = pipe.prepare_condition_inputs([TITLE], [None], [ICGUser(history=["i00002", "i00004"])])
+    pipe.encode_condition_inputs(inputs).square().sum().backward()
+    assert pipe.icg.user_encoder.history_proj.weight.grad.abs().sum() > 0
