@@ -11,7 +11,8 @@ resolution (`world.image_size`; the tiny SD of `world.dir`/models/sd). They run 
 `--warmup` untimed iterations, then `--iterations` timed ones; s / iteration is the mean of the timed ones and
 samples/s = P·K / that. Setup (model loading, starting Ray and its actors) is not timed. Everything runs on CPU.
 Below the table, "where the time goes": each system's phases, mean seconds per timed iteration (in-process and Ray:
-the `time/*` metrics their `step()` returns; trl: its `_generate_samples`, `compute_rewards` and
+the `time/*` metrics their `step()` returns, for Ray also `learner_gradients` / `learner_optimizer` timed inside
+the learner actor, so `learn` minus them is transport and waiting; trl: its `_generate_samples`, `compute_rewards` and
 `_train_batched_samples`, timed by wrapping those methods). Async Ray's rollout is the wait for rollouts submitted
 during the previous iteration, timed from their submission, so its phases overlap and do not add up.
 
@@ -158,8 +159,9 @@ def time_iterations(step: Callable[[], object], warmup: int, iterations: int, la
         metrics = step()
         times.append(time.perf_counter() - start)
         for key, value in (metrics or {}).items():
-            if key.startswith("time/") or key == "sync/ms":
-                name, seconds = (("sync", value / 1e3) if key == "sync/ms" else (key.removeprefix("time/"), value))
+            if key.startswith(("time/", "perf/learner_")) or key == "sync/ms":  # perf/learner_: inside the actor
+                name, seconds = (("sync", value / 1e3) if key == "sync/ms" else
+                                 (key.removeprefix("time/").removeprefix("perf/").removesuffix("_s"), value))
                 phases[name] = phases.get(name, 0.0) + float(seconds) / iterations
         print(f"  {label}: iteration {i + 1}/{iterations} {times[-1]:.3f} s", flush=True)
     return {"times": times, "phases": phases}
