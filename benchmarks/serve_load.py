@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests/fresh_policy.py (benchmarks/ is not a package)
 
 POLICY_NAMES = ("default", "seed1")
 EXPERIMENT = "cover_ab"
@@ -42,27 +46,17 @@ def free_port() -> int:
 
 
 def make_policies(config: str, folder: Path, seeds=(0, 1)) -> dict[str, str]:
-    """Fresh policies on the world's base, one per seed (named POLICY_NAMES), with the adapter gate open."""
-    import torch
-
+    """Fresh policies on the world's base, one per seed (named POLICY_NAMES): tests/fresh_policy.py's recipe, so
+    users and titles change the covers."""
     from icg_rl.config import load_config
     from icg_rl.data import load_from_config
     from icg_rl.models.item_features import policy_context
-    from icg_rl.models.pipeline import pipeline_from_config
+    from tests.fresh_policy import save_fresh_policy
 
     cfg = load_config(config)
-    users, features = policy_context(cfg, load_from_config(cfg))
-    policies = {}
-    for name, seed in zip(POLICY_NAMES, seeds):
-        torch.manual_seed(seed)
-        pipe = pipeline_from_config(cfg, user_ids=users, item_features=features)
-        with torch.no_grad():
-            pipe.icg.adapter.projection.gate.fill_(3.0)
-            for p in pipe.icg.refiner.parameters():
-                p.add_(torch.randn_like(p) * 0.5)
-        pipe.save_pretrained(folder / name)
-        policies[name] = str(folder / name)
-    return policies
+    context = policy_context(cfg, load_from_config(cfg))  # the catalogue's CLIP embeddings, once for every policy
+    return {name: str(save_fresh_policy(cfg, folder / name, seed, context)[0])
+            for name, seed in zip(POLICY_NAMES, seeds)}
 
 
 def app_settings(policies: dict[str, str], steps: int, threads: int) -> dict:

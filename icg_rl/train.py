@@ -167,7 +167,7 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
         rows = cfg.data.pairs_per_batch * cfg.data.samples_per_pair
         n = min(8, len(images["icg"]))
         side = images["icg"].shape[1]
-        columns = np.stack([resize_images(np.asarray(images[k][:n], dtype=np.uint8), side)
+        columns = np.stack([resize_images(images[k][:n], side)
                             for k in ("reference", "icg", "user_zeroed")], axis=1)  # (n, 3, H, W, 3)
         grid = image_grid(_upscale(columns.reshape(-1, *columns.shape[2:])), columns=3)
         atomic_write_png(out / "samples.png", grid)

@@ -92,20 +92,7 @@ def micro_preference(micro_world, ray_cluster):
 def micro_checkpoint(micro_world, tmp_path_factory):
     """(checkpoint folder, known user ids, item ids): an ICGPipeline.save_pretrained folder of the micro world — a
     fresh policy with its adapter gate opened and a perturbed refiner, so users and titles change the images."""
-    import torch
-
-    from icg_rl.data import load_from_config
-    from icg_rl.models.item_features import policy_context
-    from icg_rl.models.pipeline import pipeline_from_config
+    from tests.fresh_policy import save_fresh_policy
 
     cfg, _ = micro_world
-    users, features = policy_context(cfg, load_from_config(cfg))
-    pipe = pipeline_from_config(cfg, user_ids=users, item_features=features)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        pipe.icg.adapter.projection.gate.fill_(3.0)  # open the adapter: ICG tokens (and so the user) reach the UNet
-        for p in pipe.icg.refiner.parameters():
-            p.add_(torch.randn_like(p) * 0.5)  # a user-dependent refinement, as training would leave
-    folder = Path(tmp_path_factory.mktemp("checkpoint")) / "checkpoint"
-    pipe.save_pretrained(folder)
-    return folder, users, list(features)
+    return save_fresh_policy(cfg, Path(tmp_path_factory.mktemp("checkpoint")) / "checkpoint", seed=0)

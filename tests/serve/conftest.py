@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.fresh_policy import save_fresh_policy
 from tests.serve.malformed import EXPERIMENT, LIMITS, POLICIES
 
 TOKEN = "test-token-7f3a"
@@ -35,26 +36,6 @@ def settings(checkpoint: Path | None, linger_bytes: int = LINGER_BYTES, **extra)
     source = {"checkpoint": str(checkpoint)} if checkpoint is not None else {}
     return source | {"image_size": IMAGE_SIZE, "default_steps": 4, "default_guidance_scale": 2.0, "torch_threads": 1,
                      "limits": LIMITS | {"linger_max_bytes": linger_bytes}} | extra
-
-
-def save_policy(cfg, folder: Path, seed: int) -> Path:
-    """A micro-world policy as tests/conftest.py's `micro_checkpoint` makes it, from `seed`: fresh ICG weights, the
-    adapter gate open and the refiner perturbed (users and titles change the images)."""
-    import torch
-
-    from icg_rl.data import load_from_config
-    from icg_rl.models.item_features import policy_context
-    from icg_rl.models.pipeline import pipeline_from_config
-
-    users, features = policy_context(cfg, load_from_config(cfg))
-    torch.manual_seed(seed)
-    pipe = pipeline_from_config(cfg, user_ids=users, item_features=features)
-    with torch.no_grad():
-        pipe.icg.adapter.projection.gate.fill_(3.0)
-        for p in pipe.icg.refiner.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    pipe.save_pretrained(folder)
-    return folder
 
 
 def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
@@ -78,7 +59,7 @@ def served(ray_cluster, micro_world, micro_checkpoint, tmp_path_factory):
     from icg_rl.serve.app import application
 
     checkpoint, users, items = micro_checkpoint
-    second = save_policy(micro_world[0], tmp_path_factory.mktemp("policy_seed1") / "checkpoint", seed=1)
+    second, _, _ = save_fresh_policy(micro_world[0], tmp_path_factory.mktemp("policy_seed1") / "checkpoint", seed=1)
     policies = {POLICIES[0]: str(checkpoint), POLICIES[1]: str(second)}
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from icg_rl.config import ZooConfig
+from tests.fresh_policy import save_fresh_policy
 from tests.models.test_flow_base import TINY
 from tests.serve.conftest import IMAGE_SIZE, settings, wait_healthy
 from tests.serve.test_endpoint import decode, post
@@ -17,23 +17,12 @@ from tests.serve.test_endpoint import decode, post
 
 @pytest.fixture(scope="module")
 def flow_checkpoint(micro_world, tmp_path_factory) -> tuple[Path, list[str]]:
-    from icg_rl.data import load_from_config
     from icg_rl.models.flow_base import build_flow_base
-    from icg_rl.models.item_features import policy_context
-    from icg_rl.models.pipeline import pipeline_from_config
 
     cfg, _ = micro_world
     build_flow_base(cfg.world.dir, cfg.world, ZooConfig.model_validate(cfg.zoo.model_dump() | TINY), progress=False)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"base": "coverworld_flow"})})
-    users, features = policy_context(cfg, load_from_config(cfg))
-    pipe = pipeline_from_config(cfg, user_ids=users, item_features=features)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        pipe.icg.adapter.projection.gate.fill_(3.0)  # open: the user reaches the transformer
-        for p in pipe.icg.refiner.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    folder = Path(tmp_path_factory.mktemp("flow_checkpoint")) / "checkpoint"
-    pipe.save_pretrained(folder)
+    folder, users, _ = save_fresh_policy(cfg, Path(tmp_path_factory.mktemp("flow_checkpoint")) / "checkpoint", seed=0)
     return folder, users
 
 
