@@ -30,7 +30,7 @@ import personalization_gap  # noqa: E402  (benchmarks/ is not a package)
 from icg_rl.config import load_config  # noqa: E402
 from icg_rl.evaluation.heldout import heldout_batch  # noqa: E402
 from icg_rl.io import atomic_write_json  # noqa: E402
-from icg_rl.rewards.base import build_reward  # noqa: E402
+from icg_rl.rewards.registry import build_reward  # noqa: E402
 from icg_rl.rl.local import LocalTrainer  # noqa: E402
 
 WEIGHTS = Path("icg") / "icg.safetensors"

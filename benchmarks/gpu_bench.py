@@ -130,8 +130,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from icg_rl.config import AlgoConfig
-    from icg_rl.distributed.weights import load_trainable_arrays, nbytes, trainable_arrays
     from icg_rl.models.pipeline import ICGPipeline
+    from icg_rl.models.trainable import load_trainable_arrays, nbytes, trainable_arrays
     from icg_rl.rl.ddpo import ddpo_gradients
     from icg_rl.rl.sampling import predict_noise, sample_trajectory
     from icg_rl.rl.speed import prepare_denoiser

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from icg_rl.config import load_config
-from icg_rl.distributed.reward import to_float_images
 from icg_rl.evaluation.gold import GoldLiftReward, GoldReward
 from icg_rl.evaluation.heldout import heldout_batch
 from icg_rl.evaluation.world_reference import oracle_ctr, taste_correlation
 from icg_rl.io import atomic_write_bytes, atomic_write_json
-from icg_rl.rewards.base import build_reward
+from icg_rl.models.images import to_float_images
+from icg_rl.rewards.registry import build_reward
 from icg_rl.rl.local import LocalTrainer
 from icg_rl.rl.sampling import sample_trajectory
 from icg_rl.rl.seeding import EVALUATION, row_generators

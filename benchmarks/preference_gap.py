@@ -34,8 +34,8 @@ from torch import nn
 from icg_rl.config import PreferenceConfig, load_config
 from icg_rl.data.history import cover_key, histories_before
 from icg_rl.metrics import roc_auc
+from icg_rl.models.clip_embedder import CLIPEmbedder
 from icg_rl.preference.model import PreferenceModel
-from icg_rl.rewards.clip_embedder import CLIPEmbedder
 from icg_rl.world.features import FEATURE_NAMES
 from icg_rl.world.generate import generate_world
 

@@ -208,9 +208,9 @@ def build_rewards(out: Path, clip_dir: Path, width: int, data: dict, cfg) -> Non
     """The LAION-layout aesthetic head and a two-tower preference model (random weights) on that CLIP."""
     import torch
 
+    from icg_rl.models.aesthetic_head import AestheticHead
     from icg_rl.preference.model import PreferenceModel
     from icg_rl.preference.train import save_preference_model
-    from icg_rl.rewards.aesthetic_head import AestheticHead
 
     AestheticHead(width).save(out / "aesthetic.pth")
     p = cfg.preference

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from icg_rl.config import load_config
-from icg_rl.rewards.base import build_reward
+from icg_rl.rewards.registry import build_reward
 
 
 def batch_for(size: int, image_size: int, users: list[str], items: list[str]) -> dict:

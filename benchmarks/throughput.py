@@ -192,8 +192,8 @@ def run_ray(cfg, args) -> dict:
     import ray
     import torch
 
+    from icg_rl.commands.train import RayTrainer
     from icg_rl.distributed.placement import connect
-    from icg_rl.train import RayTrainer
 
     torch.set_num_threads(1)  # as `python -m icg_rl.train`: the driver mixes rewards and computes advantages only
     start = time.perf_counter()
@@ -278,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.pop("RAY_ADDRESS", None)  # always a new local cluster: its processes descend from this one
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from icg_rl.commands.train import prepare
     from icg_rl.config import load_config
-    from icg_rl.train import prepare
 
     base = ["algo.name=ddpo", f"data.pairs_per_batch={args.pairs}", f"data.samples_per_pair={args.samples}",
             f"algo.num_inference_steps={args.steps}", *args.overrides]

@@ -50,7 +50,7 @@ def run_trl(cfg, args, time_iterations, shim: bool) -> dict:
     import torch
 
     from icg_rl.data import load_from_config
-    from icg_rl.rewards.base import build_reward
+    from icg_rl.rewards.registry import build_reward
 
     torch.set_num_threads(args.threads)
     logdir = tempfile.mkdtemp(prefix="trl-ddpo-")  # accelerate's project folder; nothing is saved there

@@ -1,10 +1,8 @@
-"""`--check-paths`: every model and data location a config names, checked before a long job starts.
+"""Where things are: the one resolver of model folders, and where a run's outputs go.
 
-A value is checked as a local path when it exists, or looks like one (absolute, `./`, `../`, `~`, a file suffix). A
-value of the form `org/name` that does not exist here is taken as a Hugging Face hub id (downloaded at run time, so
-not checked); write `./org/name` to force a local check. `coverworld` values name the embedded world's models.
-A local `model.base` is also checked as the pipeline folder its family loads: a model_index.json naming a family
-ICG supports (SD1.x/2.x, SDXL, SD3), and a subfolder for every component it lists.
+Model folders: a config names each model by a folder (or a hub id), or by the keyword `coverworld`, which means the
+embedded world's tiny model of that kind under `WORLD/models/` (`coverworld_flow` for the flow-matching base). Every
+part that loads a model asks here, so the keyword's meaning lives in one place.
 
 `resolve_output`: where a run's outputs go, so that a `ray job submit` run's results outlive Ray's temporary copy
 of the working directory.
@@ -14,59 +12,92 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-LOCAL_HINT = re.compile(r"^(/|\./|\.\./|~)|\.(pth|pt|bin|safetensors|json|yaml|csv|parquet)$")
-NOT_LOADED = {"safety_checker"}  # components the ICG pipelines load as None whatever model_index.json lists
+from icg_rl.config import section_hash
+
+COVERWORLD = "coverworld"
+COVERWORLD_FLOW = "coverworld_flow"
+COVERWORLD_KEYWORDS = (COVERWORLD, COVERWORLD_FLOW)
+BASE_FOLDERS = {COVERWORLD: "sd", COVERWORLD_FLOW: "sd3"}  # under WORLD/models/
 
 
-def named_paths(cfg) -> dict[str, str | None]:
-    """Every config key that names a model, weight file or dataset, with its value."""
-    e = cfg.evaluation
-    return {"model.base": cfg.model.base, "model.mllm": cfg.model.mllm, "reward.clip": cfg.reward.clip,
-            "reward.aesthetic_head": cfg.reward.aesthetic_head, "reward.pickscore": cfg.reward.pickscore,
-            "reward.preference": cfg.reward.preference, "data.path": cfg.data.path,
-            "ray.deepspeed_config": cfg.ray.deepspeed_config,
-            "evaluation.lpips.backbone_weights": e.lpips.backbone_weights,
-            "evaluation.lpips.linear_weights": e.lpips.linear_weights, "evaluation.judge.model": e.judge.model}
+# ------------------------------------------------------------------------------------------------ model folders
+def world_models(world_dir: str | Path) -> Path:
+    """The world build's model folder: base models, CLIP, aesthetic head, MLLM, preference models."""
+    return Path(world_dir) / "models"
 
 
-def check_paths(cfg) -> tuple[list[str], list[str]]:
-    """-> (problems: one line per missing local path, notes: what was not checked and why)."""
-    problems, notes = [], []
-    for key, value in named_paths(cfg).items():
-        if value is None or value in ("coverworld", "coverworld_flow"):
-            continue
-        path = Path(value).expanduser()
-        if path.exists():
-            problems += base_layout_problems(path) if key == "model.base" else []
-            continue
-        if HUB_ID.match(value) and not LOCAL_HINT.search(value):
-            notes.append(f"{key}: {value!r} is not a local path here; taken as a hub id (not checked)")
-        else:
-            problems.append(f"{key}: {value} does not exist")
-    return problems, notes
+def base_folder(cfg) -> str:
+    """`model.base` as a loadable path or hub id ('coverworld' → models/sd, 'coverworld_flow' → models/sd3)."""
+    if cfg.model.base in BASE_FOLDERS:
+        return str(world_models(cfg.world.dir) / BASE_FOLDERS[cfg.model.base])
+    return cfg.model.base
 
 
-def base_layout_problems(folder: Path) -> list[str]:
-    """What keeps a base folder from loading: no model_index.json (diffusers' pipeline folders all have one), a
-    family ICG does not support, or a component the index lists (`[library, class]`) without its subfolder."""
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        return [f"model.base: {folder} has no model_index.json; expected a diffusers pipeline folder as "
-                f"save_pretrained writes it (or a hub id)"]
-    from icg_rl.models.pipeline import FAMILIES
+def mllm_folder(cfg) -> str:
+    """`model.mllm` as a loadable path or hub id."""
+    return str(world_models(cfg.world.dir) / "mllm") if cfg.model.mllm == COVERWORLD else cfg.model.mllm
 
-    index = json.loads(index_path.read_text())
-    kind = index.get("_class_name", "")
-    if kind not in FAMILIES:
-        return [f"model.base: {folder} is a {kind or 'unnamed'} folder; ICG supports {', '.join(FAMILIES)}"]
-    return [f"model.base: {folder} lists {name} ({value[1]}) in model_index.json but has no {name}/ subfolder"
-            for name, value in index.items()
-            if not name.startswith("_") and name not in NOT_LOADED and isinstance(value, list)
-            and None not in value and not (folder / name).is_dir()]
+
+def clip_folder(reward_cfg, world_dir) -> Path:
+    """`reward.clip`: the CLIP folder of the relevance rewards, item features and the preference model."""
+    return world_models(world_dir) / "clip" if reward_cfg.clip == COVERWORLD else Path(reward_cfg.clip)
+
+
+def aesthetic_files(reward_cfg, world_dir) -> tuple[Path, Path]:
+    """`reward.aesthetic_head` -> (head weights file, CLIP folder the head was trained on). The world's head names
+    its CLIP in its config.json; a real head (LAION's .pth) goes with `reward.clip`."""
+    if reward_cfg.aesthetic_head != COVERWORLD:
+        return Path(reward_cfg.aesthetic_head), clip_folder(reward_cfg, world_dir)
+    folder = world_models(world_dir) / "aesthetic"
+    return folder / "head.pth", (folder / json.loads((folder / "config.json").read_text())["clip"]).resolve()
+
+
+def judge_folder(cfg) -> Path | None:
+    """`evaluation.judge.model` (None: no judge configured)."""
+    model = cfg.evaluation.judge.model
+    if model is None:
+        return None
+    return world_models(cfg.world.dir) / "mllm" if model == COVERWORLD else Path(model)
+
+
+def default_preference_dir(cfg) -> Path:
+    """Where `python -m icg_rl.preference` writes by default and `reward.preference: coverworld` looks: the world's
+    `models/preference` for CoverWorld, else a folder of its own per data source (kind, path, click rule, split), so
+    a model of one source is never taken for another's."""
+    models = world_models(cfg.world.dir)
+    if cfg.data.kind == COVERWORLD:
+        return models / "preference"
+    d = cfg.data
+    source = {"kind": d.kind, "path": str(Path(d.path).resolve()) if d.path else None, "rating": d.positive_rating,
+              "posters": d.posters_dir, "split": [d.valid_fraction, d.test_fraction, d.heldout_user_fraction,
+                                                  d.split_seed]}
+    return models / f"preference-{d.kind}-{section_hash(source)[:10]}"
+
+
+def preference_folder(reward_cfg, world_dir) -> Path:
+    """`reward.preference` as a model folder ('coverworld': the world's own model; other sources get theirs through
+    `resolve_preference`)."""
+    if reward_cfg.preference == COVERWORLD:
+        return world_models(world_dir) / "preference" / "model"
+    return Path(reward_cfg.preference)
+
+
+def resolve_preference(cfg):
+    """`cfg` with `reward.preference` a folder: the keyword 'coverworld' (the default) means this data source's
+    default preference model (`default_preference_dir`/model)."""
+    if cfg.reward.preference != COVERWORLD or cfg.data.kind == COVERWORLD:
+        return cfg
+    folder = str(default_preference_dir(cfg) / "model")
+    return cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"preference": folder})})
+
+
+def uses_coverworld_models(cfg) -> bool:
+    """Whether the run needs the CoverWorld build: its data, or any of its tiny models (base, MLLM, CLIP, aesthetic
+    head) — a MovieLens or PixelRec run on one CPU uses them too."""
+    return cfg.data.kind == COVERWORLD or cfg.model.base in COVERWORLD_KEYWORDS or COVERWORLD in (
+        cfg.model.mllm, cfg.reward.clip, cfg.reward.aesthetic_head)
 
 
 # ------------------------------------------------------------------------------------------ outputs of a Ray job

@@ -60,7 +60,7 @@ def micro_cfg(tmp_path_factory):
 @pytest.fixture(scope="session")
 def micro_world(micro_cfg):
     """The micro world and its models, built once: returns (config, summary)."""
-    from icg_rl.world.cli import build
+    from icg_rl.commands.world import build
 
     summary = build(micro_cfg, Path(micro_cfg.world.dir), progress=False)
     return micro_cfg, summary
@@ -81,7 +81,7 @@ def ray_cluster():
 def micro_preference(micro_world, ray_cluster):
     """The micro world's preference model, trained once where `reward.preference: coverworld` finds it (the
     training tests' reward): returns (config, folder, summary)."""
-    from icg_rl.preference.cli import train_and_evaluate
+    from icg_rl.commands.preference import train_and_evaluate
 
     cfg, _ = micro_world
     out = Path(cfg.world.dir) / "models" / "preference"

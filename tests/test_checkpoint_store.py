@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from icg_rl.checkpoint import CheckpointError, CheckpointStore, checkpoint_name
+from icg_rl.distributed.checkpoint import CheckpointError, CheckpointStore, checkpoint_name
 
 
 def test_write_read_latest_and_prune(tmp_path):

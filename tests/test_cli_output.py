@@ -30,8 +30,8 @@ def screen_lines(output: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- --verbose
-@pytest.mark.parametrize("module", ["icg_rl.train", "icg_rl.preference.cli", "icg_rl.evaluate", "icg_rl.world.cli",
-                                    "icg_rl.serve.cli"])
+@pytest.mark.parametrize("module", ["icg_rl.train", "icg_rl.commands.preference", "icg_rl.evaluate",
+                                    "icg_rl.commands.world", "icg_rl.commands.serve"])
 def test_every_command_takes_verbose(module, capsys):
     import importlib
 
@@ -43,7 +43,7 @@ def test_every_command_takes_verbose(module, capsys):
 PROBE = """
 import sys, time
 import ray
-from icg_rl.cli import base_parser, parse_config
+from icg_rl.commands.common import base_parser, parse_config
 from icg_rl.distributed.placement import connect
 
 parse_config(base_parser("probe", "").parse_intermixed_args(sys.argv[1:]))  # what every command does first

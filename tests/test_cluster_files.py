@@ -120,7 +120,7 @@ def test_real_model_placements_fit_their_clusters():
 
 
 def test_check_paths_reports_every_missing_path_at_once(tmp_path):
-    from icg_rl.paths import check_paths
+    from icg_rl.commands.check_paths import check_paths
 
     cfg = load_config(ROOT / "configs" / "real" / "sd15_qwen2vl.yaml",
                       ["model.mllm=Qwen/Qwen2-VL-2B-Instruct", f"reward.clip={tmp_path}"])
@@ -139,7 +139,7 @@ def test_check_paths_reports_every_missing_path_at_once(tmp_path):
 
 def test_check_paths_checks_the_base_folder_its_family_loads(tmp_path):
     """A local model.base is checked against its model_index.json: a supported family, every listed component."""
-    from icg_rl.paths import check_paths
+    from icg_rl.commands.check_paths import check_paths
 
     def problems_for(index: dict | None, subfolders: tuple[str, ...]) -> list[str]:
         folder = tmp_path / f"base{len(list(tmp_path.iterdir()))}"

@@ -88,10 +88,10 @@ def test_cli_bad_config_exits_2_before_any_work(tmp_path):
 
 
 def test_configuration_reference_is_current():
-    from icg_rl.config_reference import TARGET, reference
+    from icg_rl.config.reference import TARGET, reference
 
     assert TARGET.read_text(encoding="utf-8") == reference(), (
-        "docs/configuration.md is stale: run `python -m icg_rl.config_reference --write`")
+        "docs/configuration.md is stale: run `python -m icg_rl.config.reference --write`")
     for section in ("world", "ray", "evaluation", "limits"):
         assert f"`{section}" in reference() or f"**`{section}`**" in reference()
 
@@ -99,7 +99,7 @@ def test_configuration_reference_is_current():
 def test_commands_keep_the_builtin_print_when_ray_draws_progress_bars():
     """Ray's driver-side bars would swap builtins.print for a bar-redrawing print (seen deadlocking after Ray
     Train); importing our CLI module turns that off unless the user asked for it."""
-    probe = ("import builtins, icg_rl.cli; from ray.experimental import tqdm_ray; before = builtins.print; "
+    probe = ("import builtins, icg_rl.commands.common; from ray.experimental import tqdm_ray; before = builtins.print; "
              "tqdm_ray.instance(); print(builtins.print is before)")
     kept = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert kept.stdout.strip().splitlines()[-1] == "True", kept.stderr

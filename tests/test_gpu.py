@@ -74,7 +74,7 @@ def test_ddpo_gradients_on_cuda(pipe):
 
 
 def test_weight_sync_roundtrip_is_bitwise_on_cuda(pipe):
-    from icg_rl.distributed.weights import load_trainable_arrays, trainable_arrays
+    from icg_rl.models.trainable import load_trainable_arrays, trainable_arrays
 
     before = {k: v.copy() for k, v in trainable_arrays(pipe).items()}
     load_trainable_arrays(pipe, before)

@@ -1,11 +1,11 @@
-"""The checkpoint's model card (icg_rl/model_card.py): front matter a hub reads, sections a person reads, written
+"""The checkpoint's model card (icg_rl/distributed/model_card.py): front matter a hub reads, sections a person reads, written
 atomically beside the weights with the run's sample grid. The end-to-end check (a real run's checkpoint holds both
 and still loads) is in tests/test_cli_output.py."""
 
 import yaml
 
 from icg_rl.config import load_config
-from icg_rl.model_card import render_model_card, write_model_card
+from icg_rl.distributed.model_card import render_model_card, write_model_card
 from tests.conftest import MICRO_CONFIG
 
 SUMMARY = {"iterations": 3, "checkpoint": "/runs/x/checkpoint", "samples": "/runs/x/samples.png",

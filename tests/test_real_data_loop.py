@@ -94,12 +94,12 @@ SMALL = ["train.iterations=2", "train.eval_every=100", "train.eval_pairs=4", "ev
 def test_preference_train_evaluate_serve_on_real_data_layouts(micro_world, ray_cluster, tmp_path, source):
     from ray import serve
 
+    from icg_rl.commands.evaluate import main as evaluate
+    from icg_rl.commands.preference import main as preference
+    from icg_rl.commands.train import main as train
     from icg_rl.config import load_config
-    from icg_rl.evaluate import main as evaluate
-    from icg_rl.preference.cli import main as preference
-    from icg_rl.preference.train import default_preference_dir
+    from icg_rl.paths import default_preference_dir
     from icg_rl.serve.app import application
-    from icg_rl.train import main as train
     from tests.serve.conftest import free_port, settings, wait_healthy
 
     cfg, _ = micro_world

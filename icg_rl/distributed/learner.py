@@ -26,11 +26,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from icg_rl.distributed.placement import torch_threads
 from icg_rl.distributed.weight_sync import WeightGroupMember
-from icg_rl.distributed.weights import load_trainable_arrays, nbytes, trainable_arrays, weights_loaded
+from icg_rl.models.trainable import (
+    TrainableParameters,
+    load_trainable_arrays,
+    nbytes,
+    trainable_arrays,
+    weights_loaded,
+)
 from icg_rl.rl.seeding import update_generator
 from icg_rl.rl.speed import autocast, prepare_denoiser
 
@@ -64,16 +69,6 @@ def deepspeed_config(cfg, rows_per_rank: int, world_size: int, cuda: bool = Fals
                                                   "weight_decay": 0.01, "torch_adam": True}
                       | ({"fused": True} if cuda and cfg.learner.fused_optimizer else {})},
     }
-
-
-class TrainableParameters(nn.Module):
-    """The engine's module: the pipeline's trainable parameters, shared (not copied), under sanitised names —
-    DeepSpeed broadcasts and partitions these, never the frozen base."""
-
-    def __init__(self, named: dict[str, nn.Parameter]):
-        super().__init__()
-        for name, param in named.items():
-            self.register_parameter(name.replace(".", "__"), param)
 
 
 class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight group (ray.weight_sync)
@@ -123,8 +118,8 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
                 "parameters": sum(p.numel() for p in module.parameters())}
 
     def _build_rewards(self) -> None:
-        from icg_rl.rewards.base import build_reward
         from icg_rl.rewards.mix import RewardMixer
+        from icg_rl.rewards.registry import build_reward
         from icg_rl.rl.backprop import check_differentiable
 
         weights = {k: v for k, v in self.cfg.reward.weights.items() if v != 0}
@@ -158,8 +153,8 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
 
     def backprop_step(self, batch: dict, prefix_wire: dict, iteration: int) -> tuple[dict[str, float], np.ndarray]:
         """The last K steps from the rollout actors' x_{T−K}, the rewards, one step -> (metrics, uint8 covers)."""
+        from icg_rl.models.images import to_uint8
         from icg_rl.rl.backprop import backprop_loss, prefix_from_wire
-        from icg_rl.rl.sampling import to_uint8
 
         prefix, noise = prefix_from_wire(prefix_wire)
         with autocast(self.pipe.device, self.cfg.learner.precision):

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from icg_rl.distributed.placement import check_fits, torch_threads
-from icg_rl.rewards.base import RewardModel, build_reward
+from icg_rl.models.images import to_float_images
+from icg_rl.rewards.base import RewardModel
+from icg_rl.rewards.registry import build_reward
 
 
 class RewardWorker:
@@ -49,25 +51,10 @@ class RewardWorker:
 
     def score(self, images, batch: dict | None = None) -> np.ndarray:
         """images uint8 ndarray [B, H, W, 3] or float Tensor [B, 3, H, W] in [0, 1] -> scores float32 [B]."""
-        x = to_float_images(images, self.name).to(self.device)
+        x = to_float_images(images, f"reward {self.name!r}").to(self.device)
         with torch.no_grad():
             scores = self.model.score(x, batch or {})  # (B,)
         return scores.detach().to(torch.float32).cpu().numpy()
-
-
-def to_float_images(images, name: str) -> torch.Tensor:
-    """uint8 [B, H, W, 3] (what rollout actors ship) -> float [B, 3, H, W] in [0, 1]; float tensors pass as is."""
-    if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise TypeError(f"reward {name!r}: numpy images must be uint8 [B, H, W, 3], got {images.dtype} "
-                            f"{images.shape}")
-        # a new float array: arrays from Ray's object store are read-only, which torch.from_numpy warns about
-        return torch.from_numpy(np.divide(images, 255.0, dtype=np.float32)).permute(0, 3, 1, 2)  # (B, 3, H, W)
-    if isinstance(images, torch.Tensor) and images.is_floating_point():
-        return images  # shape and range are checked by RewardModel.score
-    got = f"{type(images).__name__} {getattr(images, 'dtype', '')}".strip()
-    raise TypeError(f"reward {name!r}: images must be a uint8 numpy array [B, H, W, 3] or a float torch tensor "
-                    f"[B, 3, H, W] in [0, 1], got {got}")
 
 
 class RewardPool:

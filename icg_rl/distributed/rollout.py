@@ -23,7 +23,8 @@ import torch
 from icg_rl.distributed.placement import torch_threads
 from icg_rl.distributed.reward import slice_batch
 from icg_rl.distributed.weight_sync import WeightGroupMember
-from icg_rl.distributed.weights import VersionedWeights, weights_loaded
+from icg_rl.distributed.weights import VersionedWeights
+from icg_rl.models.trainable import weights_loaded
 from icg_rl.rl.sampling import REWARD_INPUTS, sample_trajectory
 from icg_rl.rl.seeding import ROLLOUT, group_generators, row_generators
 from icg_rl.rl.speed import autocast, prepare_denoiser
@@ -62,7 +63,7 @@ class RolloutWorker(WeightGroupMember):
 
     def held_weights(self) -> tuple[int, dict]:
         """(version, trainable arrays) this actor samples with: what a sync delivered, for checks and debugging."""
-        from icg_rl.distributed.weights import trainable_arrays
+        from icg_rl.models.trainable import trainable_arrays
 
         return self.weights.version, trainable_arrays(self.pipe)
 

@@ -10,55 +10,13 @@ rollout that asks for another version than the actor holds fails instead of samp
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
-import torch
+
+from icg_rl.models.trainable import load_trainable_arrays
 
 
 class StaleWeightsError(RuntimeError):
     """A rollout actor was asked to sample with, or load, weights older than (or other than) what it holds."""
-
-
-def trainable_arrays(pipe) -> dict[str, np.ndarray]:
-    """The pipeline's trainable parameters as contiguous CPU numpy arrays (what crosses the object store)."""
-    return {name: p.detach().to("cpu").contiguous().numpy().copy()
-            for name, p in pipe.trainable_named_parameters().items()}
-
-
-def nbytes(arrays: dict[str, np.ndarray]) -> int:
-    return int(sum(a.nbytes for a in arrays.values()))
-
-
-def load_trainable_arrays(pipe, arrays: dict[str, np.ndarray]) -> None:
-    """Copy arrays into the pipeline's trainable parameters; names and shapes must match exactly."""
-    params = pipe.trainable_named_parameters()
-    missing, unexpected = sorted(set(params) - set(arrays)), sorted(set(arrays) - set(params))
-    if missing or unexpected:
-        raise ValueError(f"weight sync: parameter names differ from this model (missing {missing[:4]}, unexpected "
-                         f"{unexpected[:4]}); rollout and learner must be built from the same config")
-    with torch.no_grad():
-        for name, param in params.items():
-            value = torch.from_numpy(np.array(arrays[name]))  # a copy: Ray hands out read-only arrays
-            if value.shape != param.shape:
-                raise ValueError(f"weight sync: {name} has shape {tuple(value.shape)}, the model's is "
-                                 f"{tuple(param.shape)}")
-            param.copy_(value.to(param.device, param.dtype))
-
-
-@contextmanager
-def weights_loaded(pipe, arrays: dict[str, np.ndarray] | None):
-    """The pipeline with `arrays` as its trainable weights inside the block and its own put back after (the
-    averaged policy on a learner or rollout actor, `rl/averaging.py`); None: the pipeline as it is."""
-    if arrays is None:
-        yield pipe
-        return
-    held = trainable_arrays(pipe)
-    load_trainable_arrays(pipe, arrays)
-    try:
-        yield pipe
-    finally:
-        load_trainable_arrays(pipe, held)
 
 
 class VersionedWeights:

@@ -12,21 +12,17 @@ import math
 import numpy as np
 import torch
 
+from icg_rl.models.images import to_float_images
+
 Z95 = 1.959964
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [0, 1]."""
-    return torch.as_tensor(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-
-
-@torch.no_grad()
 def reward_scores(reward, images: np.ndarray, batch: dict, chunk: int = 256) -> np.ndarray:
     """A reward model's raw score per image -> float [N]."""
     out = []
     for start in range(0, len(images), chunk):
         rows = slice(start, start + chunk)
-        out.append(reward.score(to_tensor(images[rows]), {k: v[rows] for k, v in batch.items()}).double().numpy())
+        out.append(reward.score(to_float_images(images[rows]), {k: v[rows] for k, v in batch.items()}).double().numpy())
     return np.concatenate(out)
 
 
@@ -47,7 +43,7 @@ def diversity(embedder, images_by_item: list[np.ndarray]) -> float:
     the same item, averaged over items: 0 when every user sees the same cover."""
     distances = []
     for covers in images_by_item:  # (U, H, W, 3) each
-        embeds = torch.nn.functional.normalize(embedder.image_embeds(to_tensor(covers)), dim=-1)
+        embeds = torch.nn.functional.normalize(embedder.image_embeds(to_float_images(covers)), dim=-1)
         similarity = embeds @ embeds.T  # (U, U)
         upper = torch.triu_indices(len(covers), len(covers), offset=1)
         distances.append(max(0.0, float((1.0 - similarity[upper[0], upper[1]]).mean())))  # rounding: never -0

@@ -1,5 +1,5 @@
 """The evaluation suite's steps, one function per metric family, each returning {arm: value} (or "unavailable:
-<reason>" strings). `icg_rl/evaluate.py` calls them in order; they share the arms' images and the pairs' batch."""
+<reason>" strings). `icg_rl/commands/evaluate.py` calls them in order; they share the arms' images and the pairs' batch."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from icg_rl.data.schema import optional_str
 from icg_rl.data.stream import build_pairs
 from icg_rl.evaluation.arms import ARMS, GENERATED, generate
 from icg_rl.evaluation.heldout import pairs_to_batch
-from icg_rl.evaluation.scores import diversity, mean_ci, personal_win_rate, reward_scores, simulated_ab_test, to_tensor
+from icg_rl.evaluation.scores import diversity, mean_ci, personal_win_rate, reward_scores, simulated_ab_test
+from icg_rl.models.images import to_float_images
 
 log = logging.getLogger("icg_rl.evaluate")
 
@@ -40,7 +41,7 @@ def unavailable(reason: str, arms=ARMS) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------------ the pairs
 def build_rewards(cfg) -> dict:
-    from icg_rl.rewards.base import build_reward
+    from icg_rl.rewards.registry import build_reward
 
     names = list(cfg.reward.weights)
     return {name: build_reward(name, cfg.reward, cfg.world.dir) for name in names}
@@ -55,10 +56,10 @@ def clip_embedder(cfg, rewards: dict):
     for reward in rewards.values():
         if hasattr(reward, "embedder"):
             return reward.embedder
-    from icg_rl.rewards.aesthetic import resolve_clip
-    from icg_rl.rewards.clip_embedder import CLIPEmbedder
+    from icg_rl.models.clip_embedder import CLIPEmbedder
+    from icg_rl.paths import clip_folder
 
-    return CLIPEmbedder.from_pretrained(resolve_clip(cfg.reward, cfg.world.dir))
+    return CLIPEmbedder.from_pretrained(clip_folder(cfg.reward, cfg.world.dir))
 
 
 # ---------------------------------------------------------------------------------------------------- the metrics
@@ -99,11 +100,11 @@ def lpips_by_arm(lpips_cfg, arms: dict) -> dict:
     import torch
 
     metric = LPIPS.from_files(lpips_cfg.backbone_weights, lpips_cfg.linear_weights, backbone=lpips_cfg.backbone)
-    reference = to_tensor(arms["reference"])
+    reference = to_float_images(arms["reference"])
     out = {}
     with torch.no_grad():
         for arm, images in arms.items():
-            generated = to_tensor(images)
+            generated = to_float_images(images)
             ref = reference if reference.shape[-2:] == generated.shape[-2:] else torch.nn.functional.interpolate(
                 reference, size=generated.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
             out[arm] = float(metric(generated, ref).mean())
@@ -111,12 +112,11 @@ def lpips_by_arm(lpips_cfg, arms: dict) -> dict:
 
 
 def judge_by_arm(cfg, arms: dict, batch: dict) -> tuple[dict, dict]:
-    from pathlib import Path
+    from icg_rl.paths import judge_folder
 
-    j = cfg.evaluation.judge
-    if j.model is None:
+    j, folder = cfg.evaluation.judge, judge_folder(cfg)
+    if folder is None:
         return unavailable("no judge model configured (evaluation.judge.model)"), {}
-    folder = Path(cfg.world.dir) / "models" / "mllm" if j.model == "coverworld" else Path(j.model)
     if not folder.exists():
         return unavailable(f"judge model folder {folder} does not exist"), {}
     from icg_rl.evaluation.judge import DEFAULT_JUDGE_PROMPT, MLLMJudge
@@ -225,7 +225,7 @@ def downstream_by_arm(cfg, data, pipe, rewards: dict, sampling: dict) -> dict:
     rows = np.asarray([row_of[(u, i)] for u, i in zip(test["user_id"], test["item_id"])])
     for arm in GENERATED:
         with torch.no_grad():
-            embeds = embedder.image_embeds(to_tensor(generate(pipe, batch, arm, **sampling)))
+            embeds = embedder.image_embeds(to_float_images(generate(pipe, batch, arm, **sampling)))
         covers[arm] = torch.nn.functional.normalize(embeds, dim=-1).numpy()[rows]
     users, items = index_of(test["user_id"], user_index), index_of(test["item_id"], item_index)
     labels, groups = test["clicked"].to_numpy().astype(np.float64), test["user_id"].to_numpy()

@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from icg_rl.data.history import cover_key
 from icg_rl.data.schema import RecDataset, optional_str
 from icg_rl.io import atomic_write_json, read_image
-from icg_rl.rewards.clip_embedder import CLIPEmbedder, uint8_to_float
+from icg_rl.models.clip_embedder import CLIPEmbedder
+from icg_rl.models.images import to_float_images
 
 
 @torch.no_grad()
@@ -25,8 +26,9 @@ def embed_image_files(embedder: CLIPEmbedder, paths: list[Path], batch_size: int
     for start in range(0, len(paths), batch_size):
         images = [read_image(p) for p in paths[start:start + batch_size]]
         size = embedder.image_size
-        batch = torch.cat([F.interpolate(uint8_to_float(img[None]), size=(size, size), mode="bicubic",
-                                         antialias=True) for img in images]).clamp(0, 1)
+        pixels = [to_float_images(img[None], str(path)) for img, path in zip(images, paths[start:start + batch_size])]
+        batch = torch.cat([F.interpolate(x, size=(size, size), mode="bicubic", antialias=True)
+                           for x in pixels]).clamp(0, 1)
         out.append(F.normalize(embedder.image_embeds(batch.to(embedder.mean.device)), dim=-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, embedder.clip.config.projection_dim)
 
@@ -72,9 +74,9 @@ def policy_context(cfg, data: RecDataset, device: str = "cpu") -> tuple[list[str
     """What an ICG policy is built with besides its weights: the known (training) user ids and the item features
     histories are made of. Computed once (by the driver, or on_cluster) and shipped to every actor that builds the
     policy."""
-    from icg_rl.rewards.aesthetic import resolve_clip
+    from icg_rl.paths import clip_folder
 
-    embedder = CLIPEmbedder.from_pretrained(resolve_clip(cfg.reward, cfg.world.dir)).to(device)
+    embedder = CLIPEmbedder.from_pretrained(clip_folder(cfg.reward, cfg.world.dir)).to(device)
     ids, features = compute_item_features(embedder, data)
     log = data.interactions
     users = sorted(set(log.loc[log["split"] == "train", "user_id"] if "split" in log else log["user_id"]))

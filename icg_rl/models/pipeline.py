@@ -18,12 +18,12 @@ the output equals the base pipeline's.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
 
+from icg_rl.models.families import FAMILIES, family_class  # noqa: F401 - re-exported
 from icg_rl.models.mllm import MetaTokenEncoder
 from icg_rl.models.pipeline_mixin import (  # noqa: F401  (re-exported: the names users import from here)
     CONFIG_NAME,
@@ -35,13 +35,6 @@ from icg_rl.models.pipeline_mixin import (  # noqa: F401  (re-exported: the name
     ICGPipelineMixin,
     saved_config,
 )
-
-# model_index.json `_class_name` -> the ICG family class (module, name); imported on demand
-FAMILIES = {
-    "StableDiffusionPipeline": ("icg_rl.models.pipeline", "ICGPipeline"),
-    "StableDiffusionXLPipeline": ("icg_rl.models.pipeline_xl", "ICGXLPipeline"),
-    "StableDiffusion3Pipeline": ("icg_rl.models.pipeline_sd3", "ICGSD3Pipeline"),
-}
 
 
 class ICGPipeline(ICGPipelineMixin, StableDiffusionPipeline):
@@ -87,19 +80,6 @@ class ICGPipeline(ICGPipelineMixin, StableDiffusionPipeline):
                                                        requires_safety_checker=False, torch_dtype=torch_dtype)
 
 
-def family_class(base_path) -> type:
-    """The ICG pipeline class for a base folder, by its model_index.json (a folder without one: the SD1.5 class)."""
-    import importlib
-
-    index = Path(base_path) / "model_index.json"
-    kind = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else "StableDiffusionPipeline"
-    if kind not in FAMILIES:
-        raise NotImplementedError(f"model.base: {base_path} is a {kind} folder; ICG supports "
-                                  f"{', '.join(FAMILIES)} layouts")
-    module, name = FAMILIES[kind]
-    return getattr(importlib.import_module(module), name)
-
-
 def load_checkpoint(checkpoint: str | Path, base: str | None = None, mllm: str | None = None,
                     torch_dtype: torch.dtype | None = None) -> ICGPipeline:
     """A trained policy from its ICG folder (a run's OUT/checkpoint or any save_pretrained folder), on the base
@@ -113,20 +93,12 @@ def load_checkpoint(checkpoint: str | Path, base: str | None = None, mllm: str |
     return ICGPipeline.from_pretrained(base, mllm_path=mllm, icg_path=checkpoint, torch_dtype=torch_dtype)
 
 
-def model_paths(cfg) -> tuple[str, str]:
-    """`model.base` and `model.mllm` as loadable paths: 'coverworld' names the world build's tiny models,
-    'coverworld_flow' its tiny flow-matching base (`models/flow_base.py`)."""
-    models = Path(cfg.world.dir) / "models"
-    base = {"coverworld": str(models / "sd"), "coverworld_flow": str(models / "sd3")}.get(cfg.model.base,
-                                                                                           cfg.model.base)
-    mllm = str(models / "mllm") if cfg.model.mllm == "coverworld" else cfg.model.mllm
-    return base, mllm
-
-
 def pipeline_from_config(cfg, user_ids: list[str] | None = None, item_features: dict | None = None,
                          icg_path: str | Path | None = None) -> ICGPipeline:
     """The ICGPipeline a full Config describes (`model.*`, history length from `data.history_len`)."""
-    base, mllm = model_paths(cfg)
+    from icg_rl.paths import base_folder, mllm_folder
+
+    base, mllm = base_folder(cfg), mllm_folder(cfg)
     m = cfg.model
     return ICGPipeline.from_pretrained(
         base, mllm_path=mllm, icg_path=icg_path, meta_tokens=m.meta_tokens, user_dim=m.user_dim,

@@ -25,6 +25,7 @@ from torch import nn
 
 from icg_rl.io import atomic_write_json
 from icg_rl.models.adapter import ICGAdapter
+from icg_rl.models.families import dispatches_every_family, family_class
 from icg_rl.models.mllm import MetaTokenEncoder
 from icg_rl.models.user import FiLMRefiner, ICGUser, UserEncoder, history_tensors
 
@@ -238,10 +239,8 @@ class ICGPipelineMixin:
         """The ICG pipeline of the base folder's family (SD1.x/2.x, SDXL, SD3), the MLLM from its folder; ICG
         weights from `icg_path` (its config wins over the keyword arguments) or freshly initialised with the gate
         at zero. `unet_lora_*` is the LoRA of the denoiser, a UNet or a transformer."""
-        from icg_rl.models.pipeline import ICGPipeline, family_class
-
         family = family_class(base_path)
-        if cls is not ICGPipeline and not issubclass(family, cls) and not issubclass(cls, family):
+        if not dispatches_every_family(cls) and not issubclass(family, cls) and not issubclass(cls, family):
             raise ValueError(f"base_path: {base_path} is a {family.base_class_name()} folder; load it with "
                              f"ICGPipeline.from_pretrained (which picks {family.__name__}), not {cls.__name__}")
         options = dict(meta_tokens=meta_tokens, user_dim=user_dim, history_len=history_len,

@@ -18,11 +18,17 @@ Differentiable in the image embedding, so it is a reward for reward backprop too
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from icg_rl.data.history import lookup_key
+from icg_rl.io import atomic_write_json
+from icg_rl.models.item_features import save_item_features
 from icg_rl.models.user import UserEncoder
 
 
@@ -124,3 +130,32 @@ class PreferenceModel(nn.Module):
             known = [i for i in found if i is not None][-length:] if length else []
             out[row, : len(known)] = torch.tensor(known, dtype=torch.long)
         return out
+
+
+# ------------------------------------------------------------------------------------------------- save / load
+MODEL_FILE, CONFIG_FILE = "preference.safetensors", "config.json"
+NOT_MODEL_ARGS = ("clip", "history_len", "world_config_hash")  # config.json keys that describe, not build
+
+
+def save_preference_model(model: PreferenceModel, folder: Path, clip: str, history_len: int,
+                          world_config_hash: str | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / f".{MODEL_FILE}.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(folder / MODEL_FILE)
+    save_item_features(folder, model.config["item_ids"], model.item_features[1:])
+    extra = {"clip": clip, "history_len": history_len, "world_config_hash": world_config_hash}
+    atomic_write_json(folder / CONFIG_FILE, model.config | extra)
+
+
+def load_preference_model(folder: str | Path) -> tuple[PreferenceModel, dict]:
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"reward.preference: {folder} holds no {CONFIG_FILE}; train one with "
+                                f"`python -m icg_rl.preference --out {folder}`")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    # a model saved before the item bias existed has no such weights (and no key): it loads without one
+    model = PreferenceModel(**{k: v for k, v in config.items() if k not in NOT_MODEL_ARGS})
+    model.load_state_dict(load_file(str(folder / MODEL_FILE)))
+    return model.eval(), config

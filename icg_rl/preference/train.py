@@ -16,17 +16,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from icg_rl.config import section_hash
 from icg_rl.data.schema import optional_str
-from icg_rl.io import atomic_write_json
 from icg_rl.metrics import roc_auc
-from icg_rl.models.item_features import embed_image_files, save_item_features
-from icg_rl.preference.model import PreferenceModel
-
-MODEL_FILE, CONFIG_FILE = "preference.safetensors", "config.json"
-NOT_MODEL_ARGS = ("clip", "history_len", "world_config_hash")  # config.json keys that describe, not build
+from icg_rl.models.item_features import embed_image_files
+from icg_rl.preference.model import CONFIG_FILE, PreferenceModel, load_preference_model, save_preference_model  # noqa: F401 - re-exported
 
 
 def numeric_rows(rows: pd.DataFrame, model: PreferenceModel, cover_embeds: dict, item_embeds: dict,
@@ -158,48 +153,6 @@ def fit(model_args: dict, item_features: torch.Tensor, item_tags: dict[str, list
     return model.eval(), kept or [result.metrics]
 
 
-def save_preference_model(model: PreferenceModel, folder: Path, clip: str, history_len: int,
-                          world_config_hash: str | None = None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / f".{MODEL_FILE}.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(folder / MODEL_FILE)
-    save_item_features(folder, model.config["item_ids"], model.item_features[1:])
-    extra = {"clip": clip, "history_len": history_len, "world_config_hash": world_config_hash}
-    atomic_write_json(folder / CONFIG_FILE, model.config | extra)
-
-
-def default_preference_dir(cfg) -> Path:
-    """Where `python -m icg_rl.preference` writes by default and `reward.preference: coverworld` looks: the world's
-    `models/preference` for CoverWorld, else a folder of its own per data source (kind, path, click rule, split), so
-    a model of one source is never taken for another's."""
-    models = Path(cfg.world.dir) / "models"
-    if cfg.data.kind == "coverworld":
-        return models / "preference"
-    d = cfg.data
-    source = {"kind": d.kind, "path": str(Path(d.path).resolve()) if d.path else None, "rating": d.positive_rating,
-              "posters": d.posters_dir, "split": [d.valid_fraction, d.test_fraction, d.heldout_user_fraction,
-                                                  d.split_seed]}
-    return models / f"preference-{d.kind}-{section_hash(source)[:10]}"
-
-
-def uses_coverworld_models(cfg) -> bool:
-    """Whether the run needs the CoverWorld build: its data, or any of its tiny models (base, MLLM, CLIP, aesthetic
-    head) — a MovieLens or PixelRec run on one CPU uses them too."""
-    return cfg.data.kind == "coverworld" or cfg.model.base == "coverworld_flow" or "coverworld" in (
-        cfg.model.base, cfg.model.mllm, cfg.reward.clip, cfg.reward.aesthetic_head)
-
-
-def resolve_preference(cfg):
-    """`cfg` with `reward.preference` a folder: the keyword 'coverworld' (the default) means this data source's
-    default preference model (`default_preference_dir`/model)."""
-    if cfg.reward.preference != "coverworld" or cfg.data.kind == "coverworld":
-        return cfg
-    folder = str(default_preference_dir(cfg) / "model")
-    return cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"preference": folder})})
-
-
 def preference_is_current(folder: str | Path, world_cfg) -> bool:
     """FOLDER/model exists and learned this world's click log (user-side world fields change the log but not the
     base models, so the model must be retrained when they change). A model saved without the world's hash (trained
@@ -208,15 +161,3 @@ def preference_is_current(folder: str | Path, world_cfg) -> bool:
     if not config.is_file():
         return False
     return json.loads(config.read_text()).get("world_config_hash") in (None, section_hash(world_cfg.content()))
-
-
-def load_preference_model(folder: str | Path) -> tuple[PreferenceModel, dict]:
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"reward.preference: {folder} holds no {CONFIG_FILE}; train one with "
-                                f"`python -m icg_rl.preference --out {folder}`")
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    # a model saved before the item bias existed has no such weights (and no key): it loads without one
-    model = PreferenceModel(**{k: v for k, v in config.items() if k not in NOT_MODEL_ARGS})
-    model.load_state_dict(load_file(str(folder / MODEL_FILE)))
-    return model.eval(), config

@@ -7,14 +7,12 @@ trained on the world's public ratings, on the world's tiny CLIP (`models/aesthet
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
-from icg_rl.rewards.aesthetic_head import AestheticHead
-from icg_rl.rewards.base import RewardModel, register_reward
-from icg_rl.rewards.clip_embedder import CLIPEmbedder
+from icg_rl.models.aesthetic_head import AestheticHead
+from icg_rl.models.clip_embedder import CLIPEmbedder
+from icg_rl.paths import aesthetic_files
+from icg_rl.rewards.base import RewardModel
 
 
 class AestheticReward(RewardModel):
@@ -32,18 +30,8 @@ class AestheticReward(RewardModel):
         return self.head(self.embedder.image_embeds(images))
 
 
-def resolve_clip(reward_cfg, world_dir) -> Path:
-    return Path(world_dir) / "models" / "clip" if reward_cfg.clip == "coverworld" else Path(reward_cfg.clip)
-
-
-@register_reward("aesthetic")
 def build_aesthetic(reward_cfg, world_dir) -> AestheticReward:
-    if reward_cfg.aesthetic_head == "coverworld":
-        folder = Path(world_dir) / "models" / "aesthetic"
-        head_file = folder / "head.pth"
-        clip_dir = (folder / json.loads((folder / "config.json").read_text())["clip"]).resolve()
-    else:
-        head_file, clip_dir = Path(reward_cfg.aesthetic_head), resolve_clip(reward_cfg, world_dir)
+    head_file, clip_dir = aesthetic_files(reward_cfg, world_dir)
     if not head_file.is_file():
         raise FileNotFoundError(f"reward.aesthetic_head: {head_file} does not exist")
     return AestheticReward(CLIPEmbedder.from_pretrained(clip_dir), AestheticHead.load(head_file))

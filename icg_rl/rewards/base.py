@@ -1,4 +1,4 @@
-"""The reward interface (docs/architecture.md §6) and its registry.
+"""The reward interface (docs/architecture.md §6); the registry of built-in rewards is `rewards/registry.py`.
 
     reward.score(images, batch) -> Tensor[B]
 
@@ -9,8 +9,6 @@ Wrong shape, dtype or range fails with a clear error; a NaN/inf score fails with
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -57,30 +55,3 @@ def check_finite(scores: torch.Tensor, name: str) -> None:
         rows = bad.nonzero().flatten().tolist()[:5]
         raise FloatingPointError(f"reward {name!r} produced {int(bad.sum())} non-finite score(s) (rows {rows}): "
                                  f"{scores.detach()[bad][:5].tolist()}")
-
-
-# ---------------------------------------------------------------------------------------------------- registry
-
-REWARDS: dict[str, Callable[..., RewardModel]] = {}
-
-
-def register_reward(name: str):
-    """Decorator: `@register_reward("aesthetic")` on a factory `(reward_cfg, world_dir) -> RewardModel`."""
-
-    def wrap(factory):
-        if name in REWARDS:
-            raise ValueError(f"reward {name!r} is already registered")
-        REWARDS[name] = factory
-        return factory
-
-    return wrap
-
-
-def build_reward(name: str, reward_cfg, world_dir) -> RewardModel:
-    import icg_rl.rewards.aesthetic  # noqa: F401 - the modules register their rewards on import
-    import icg_rl.rewards.preference  # noqa: F401
-    import icg_rl.rewards.relevance  # noqa: F401
-
-    if name not in REWARDS:
-        raise ValueError(f"reward.weights: unknown reward {name!r}; registered rewards: {', '.join(sorted(REWARDS))}")
-    return REWARDS[name](reward_cfg, world_dir)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from icg_rl.preference.model import PreferenceModel
-from icg_rl.rewards.base import RewardModel, register_reward
-from icg_rl.rewards.clip_embedder import CLIPEmbedder
+from icg_rl.models.clip_embedder import CLIPEmbedder
+from icg_rl.paths import preference_folder
+from icg_rl.preference.model import PreferenceModel, load_preference_model
+from icg_rl.rewards.base import RewardModel
 
 
 class PreferenceReward(RewardModel):
@@ -68,17 +69,12 @@ class PreferenceLiftReward(PreferenceReward):
         return ((head - audience) * image).sum(-1)  # sum over hidden: (B,)
 
 
-@register_reward("preference")
 def build_preference(reward_cfg, world_dir, kind: type[PreferenceReward] = PreferenceReward) -> PreferenceReward:
-    from icg_rl.preference.train import load_preference_model
-
-    default = Path(world_dir) / "models" / "preference" / "model"
-    folder = default if reward_cfg.preference == "coverworld" else Path(reward_cfg.preference)
+    folder = preference_folder(reward_cfg, world_dir)
     model, config = load_preference_model(folder)
     clip = (folder / config["clip"]).resolve() if not Path(config["clip"]).is_absolute() else Path(config["clip"])
     return kind(model, CLIPEmbedder.from_pretrained(clip), int(config["history_len"]))
 
 
-@register_reward("preference_lift")
 def build_preference_lift(reward_cfg, world_dir) -> PreferenceLiftReward:
     return build_preference(reward_cfg, world_dir, PreferenceLiftReward)

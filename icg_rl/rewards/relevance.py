@@ -13,9 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icg_rl.rewards.aesthetic import resolve_clip
-from icg_rl.rewards.base import RewardModel, register_reward
-from icg_rl.rewards.clip_embedder import CLIPEmbedder, uint8_to_float
+from icg_rl.models.clip_embedder import CLIPEmbedder
+from icg_rl.models.images import to_float_images
+from icg_rl.paths import clip_folder
+from icg_rl.rewards.base import RewardModel
 
 
 def batch_titles(batch: dict, size: int) -> list[str]:
@@ -54,24 +55,22 @@ class ClipImageReward(RewardModel):
         scores = F.cosine_similarity(generated, self.embedder.text_embeds(batch_titles(batch, len(images))), dim=-1)
         if has.any():
             with torch.no_grad():
-                refs = uint8_to_float(np.asarray(batch["reference_image"])[has.numpy()]).to(images.device)
+                references = np.asarray(batch["reference_image"])[has.numpy()]
+                refs = to_float_images(references, "clip_i reference images").to(images.device)
                 ref_embeds = self.embedder.image_embeds(refs)
             by_image = F.cosine_similarity(generated[has], ref_embeds, dim=-1)
             scores = scores.masked_scatter(has.to(scores.device), by_image)
         return scores
 
 
-@register_reward("clip_t")
 def build_clip_t(reward_cfg, world_dir) -> ClipTextReward:
-    return ClipTextReward(CLIPEmbedder.from_pretrained(resolve_clip(reward_cfg, world_dir)))
+    return ClipTextReward(CLIPEmbedder.from_pretrained(clip_folder(reward_cfg, world_dir)))
 
 
-@register_reward("clip_i")
 def build_clip_i(reward_cfg, world_dir) -> ClipImageReward:
-    return ClipImageReward(CLIPEmbedder.from_pretrained(resolve_clip(reward_cfg, world_dir)))
+    return ClipImageReward(CLIPEmbedder.from_pretrained(clip_folder(reward_cfg, world_dir)))
 
 
-@register_reward("pickscore")
 def build_pickscore(reward_cfg, world_dir) -> ClipTextReward:
     if not reward_cfg.pickscore:
         raise ValueError("reward.pickscore: no folder configured; set reward.pickscore=/path/to/PickScore "

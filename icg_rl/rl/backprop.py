@@ -35,7 +35,7 @@ def reference_scores(rewards: dict, floors: dict, batch: dict) -> dict[str, torc
     cover must keep a share of (rewards/mix.py)."""
     if not floors:
         return {}
-    from icg_rl.distributed.reward import to_float_images
+    from icg_rl.models.images import to_float_images
 
     pixels = to_float_images(np.asarray(batch["reference_image"]), "reference covers")
     missing = without_reference(batch, len(pixels))

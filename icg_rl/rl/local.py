@@ -19,13 +19,12 @@ import torch
 
 from icg_rl.data import load_from_config
 from icg_rl.data.stream import LoadReferences, build_pairs, epoch_order, expand_groups, frame_to_batch
-from icg_rl.distributed.learner import TrainableParameters
-from icg_rl.distributed.reward import to_float_images
-from icg_rl.distributed.weights import weights_loaded
+from icg_rl.models.images import to_float_images
 from icg_rl.models.item_features import policy_context
 from icg_rl.models.pipeline import pipeline_from_config
-from icg_rl.rewards.base import build_reward
+from icg_rl.models.trainable import TrainableParameters, weights_loaded
 from icg_rl.rewards.mix import RewardMixer
+from icg_rl.rewards.registry import build_reward
 from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
 from icg_rl.rl.averaging import TailAverage
 from icg_rl.rl.backprop import backprop_update, check_differentiable, reference_scores

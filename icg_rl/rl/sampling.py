@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from icg_rl.models.images import to_uint8
 from icg_rl.models.user import ICGUser
 from icg_rl.rl.steps import deterministic_step, initial_sigma, step_with_logprob
 from icg_rl.rl.trajectory import Trajectory
@@ -62,11 +63,6 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     config = pipe.vae.config
     images = pipe.vae.decode(latents / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)).sample
     return (images / 2 + 0.5).clamp(0, 1)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Float images [B, 3, H, W] in [0, 1] (any dtype, any device) -> uint8 [B, H, W, 3], as rollouts record them."""
-    return (images.detach().permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def stochastic_steps(num_steps: int, sde_window: tuple[int, int] | None) -> range:

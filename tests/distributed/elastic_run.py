@@ -14,8 +14,8 @@ def main(world_dir: str, out: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    from icg_rl.commands.train import RayTrainer
     from icg_rl.config import load_config
-    from icg_rl.train import RayTrainer
     from tests.conftest import MICRO_CONFIG
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)

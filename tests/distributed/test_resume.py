@@ -22,7 +22,7 @@ ARGS = ["algo.num_inference_steps=4", "train.iterations=4", "train.checkpoint_ev
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume_auto_is_exact(micro_world, micro_preference, ray_cluster,
                                                              tmp_path):
-    from icg_rl.train import main
+    from icg_rl.commands.train import main
 
     cfg, _ = micro_world
     common = ["--config", str(MICRO_CONFIG), f"world.dir={cfg.world.dir}", *ARGS]

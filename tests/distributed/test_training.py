@@ -1,4 +1,4 @@
-"""The Ray trainer (icg_rl/train.py + distributed/) on the micro world and the shared local cluster: it takes the
+"""The Ray trainer (icg_rl/commands/train.py + distributed/) on the micro world and the shared local cluster: it takes the
 in-process reference trainer's first step, 2 learner ranks take the 1-rank step, the command writes what it
 promises, and a run that cannot fit fails at once instead of hanging."""
 
@@ -23,7 +23,7 @@ def micro(micro_world, *overrides):
 
 
 def trainable(pipe) -> dict[str, np.ndarray]:
-    from icg_rl.distributed.weights import trainable_arrays
+    from icg_rl.models.trainable import trainable_arrays
 
     return trainable_arrays(pipe)
 
@@ -51,7 +51,7 @@ ALGOS = {"ddpo": ([], ("loss/policy", "stats/clip_fraction")),
 @pytest.mark.float_sensitive
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_first_iteration_equals_the_local_trainer(micro_world, ray_cluster, tmp_path, algo):
-    from icg_rl.train import RayTrainer
+    from icg_rl.commands.train import RayTrainer
 
     overrides, loss_keys = ALGOS[algo]
     cfg = micro(micro_world, *overrides)
@@ -148,8 +148,8 @@ def test_rollout_actor_refuses_stale_weights(micro_world):
 
 
 def test_a_run_that_cannot_fit_fails_at_once(micro_world, ray_cluster, tmp_path):
+    from icg_rl.commands.train import RayTrainer
     from icg_rl.distributed.placement import ResourceShortfall
-    from icg_rl.train import RayTrainer
 
     cfg = micro(micro_world, "ray.rollout_workers=64", "ray.learner_gpus=1")
     with pytest.raises(ResourceShortfall, match=r"exceed the cluster by 15\.5 CPU and 1 GPU.*rollout: 64 ×"):
@@ -163,8 +163,8 @@ def test_train_command_writes_weights_grids_curves_and_summary(micro_world, micr
                                                                 tmp_path):
     from PIL import Image
 
+    from icg_rl.commands.train import main
     from icg_rl.models.pipeline import ICGPipeline
-    from icg_rl.train import main
 
     cfg, _ = micro_world
     out = tmp_path / "run"
@@ -195,7 +195,7 @@ def test_killed_rollout_and_reward_actors_restart_and_the_iteration_is_retried(m
                                                                               caplog):
     import logging
 
-    from icg_rl.train import RayTrainer
+    from icg_rl.commands.train import RayTrainer
 
     trainer = RayTrainer(micro(micro_world))
     try:
@@ -207,7 +207,7 @@ def test_killed_rollout_and_reward_actors_restart_and_the_iteration_is_retried(m
             after = trainer.step()
     finally:
         trainer.shutdown()
-    assert "an actor failed" in caplog.text and "retrying the iteration's rollouts and rewards" in caplog.text
+    assert "actor failed" in caplog.text and "retrying the iteration's rollouts and rewards" in caplog.text
     assert metrics["iteration"] == 2 and after["iteration"] == 3
     assert np.isfinite(metrics["reward/aesthetic"]) and after["sync/version"] == 3
 
@@ -215,7 +215,7 @@ def test_killed_rollout_and_reward_actors_restart_and_the_iteration_is_retried(m
 def test_reward_backprop_survives_killed_rollout_and_reward_actors(micro_world, ray_cluster, caplog):
     import logging
 
-    from icg_rl.train import RayTrainer
+    from icg_rl.commands.train import RayTrainer
 
     trainer = RayTrainer(micro(micro_world, "algo.name=backprop", "algo.backprop_steps=2", "train.pool_check_every=1"))
     try:
@@ -232,9 +232,9 @@ def test_reward_backprop_survives_killed_rollout_and_reward_actors(micro_world, 
 
 def test_a_lost_learner_rank_stops_the_run_with_the_checkpoint_and_how_to_resume(micro_world, ray_cluster,
                                                                                   tmp_path, monkeypatch):
-    from icg_rl.checkpoint import CheckpointStore
+    from icg_rl.commands.train import RunInterrupted, train
+    from icg_rl.distributed.checkpoint import CheckpointStore
     from icg_rl.distributed.learner import LearnerGroup
-    from icg_rl.train import RunInterrupted, train
 
     original, calls = LearnerGroup.update_ddpo, []
 
@@ -254,8 +254,8 @@ def test_a_lost_learner_rank_stops_the_run_with_the_checkpoint_and_how_to_resume
 
 
 def test_async_rollouts_overlap_the_update_one_step_off_policy(micro_world, ray_cluster, tmp_path):
+    from icg_rl.commands.train import RayTrainer
     from icg_rl.config import ConfigError
-    from icg_rl.train import RayTrainer
 
     with pytest.raises(ConfigError, match="rollout.async=true needs a policy-gradient algo.name"):
         RayTrainer(micro(micro_world, "rollout.async=true", "algo.name=backprop"))
@@ -272,7 +272,7 @@ def test_async_rollouts_overlap_the_update_one_step_off_policy(micro_world, ray_
 def test_async_update_starts_while_the_next_rollouts_run(micro_world, ray_cluster):
     """With a floored reward the driver scores the reference covers each iteration; queued behind the next batch's
     scoring (a reward actor runs tasks in order) it used to wait for the next rollouts, serializing the overlap."""
-    from icg_rl.train import RayTrainer
+    from icg_rl.commands.train import RayTrainer
 
     trainer = RayTrainer(micro(micro_world, "rollout.async=true", "reward.floors={clip_t: 0.9}"))
     try:
@@ -292,10 +292,10 @@ def test_async_update_starts_while_the_next_rollouts_run(micro_world, ray_cluste
 
 def test_the_averaged_policy_is_evaluated_and_exported_while_rollouts_keep_the_live_weights(micro_world, ray_cluster,
                                                                                            tmp_path):
-    from icg_rl.distributed.weights import trainable_arrays
+    from icg_rl.commands.train import RayTrainer
     from icg_rl.evaluation.heldout import evaluate_heldout
     from icg_rl.models.pipeline import ICGPipeline
-    from icg_rl.train import RayTrainer
+    from icg_rl.models.trainable import trainable_arrays
 
     cfg = micro(micro_world, "algo.name=backprop", "algo.backprop_steps=2", "train.iterations=4",
                 "train.average_last=0.5", "train.eval_pairs=4")

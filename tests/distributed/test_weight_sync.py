@@ -26,7 +26,7 @@ def test_flat_weights_pack_and_unpack_every_parameter():
 
 
 def test_collective_sync_is_bitwise_and_survives_a_rollout_restart(micro_world, ray_cluster):
-    from icg_rl.train import RayTrainer
+    from icg_rl.commands.train import RayTrainer
 
     trainer = RayTrainer(micro(micro_world, "ray.weight_sync=collective", "ray.rollout_workers=2"))
     try:

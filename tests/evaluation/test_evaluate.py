@@ -29,7 +29,7 @@ def small(cfg_world_dir: str, *extra: str) -> list[str]:
 
 
 def test_evaluate_writes_every_metric_and_the_ab_table(micro_preference, micro_checkpoint, lpips_files, tmp_path):
-    from icg_rl.evaluate import main
+    from icg_rl.commands.evaluate import main
 
     cfg, _, _ = micro_preference
     checkpoint, _, _ = micro_checkpoint
@@ -73,7 +73,7 @@ def test_evaluate_writes_every_metric_and_the_ab_table(micro_preference, micro_c
 
 
 def test_unconfigured_metrics_are_reported_unavailable(micro_preference, micro_checkpoint, tmp_path):
-    from icg_rl.evaluate import main
+    from icg_rl.commands.evaluate import main
 
     cfg, _, _ = micro_preference
     checkpoint, _, _ = micro_checkpoint

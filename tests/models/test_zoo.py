@@ -8,9 +8,9 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer, LlavaForConditionalGeneration, LlavaProcessor
 
 from icg_rl.models import zoo
+from icg_rl.models.aesthetic_head import AestheticHead
 from icg_rl.models.build import build_base_models
 from icg_rl.models.pretrain import vae_psnr
-from icg_rl.rewards.aesthetic_head import AestheticHead
 
 
 def test_sd_folder_loads_and_samples_with_stock_pipeline(micro_world):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
+from icg_rl.commands.preference import ndcg_per_user, popularity_scores, versus_popularity
 from icg_rl.data import load_dataset
 from icg_rl.data.schema import RecDataset
 from icg_rl.data.splits import SplitRule, split_dataset
-from icg_rl.preference.cli import ndcg_per_user, popularity_scores, versus_popularity
 from icg_rl.preference.data import cover_paths, impressions, sample_negatives
 from tests.data.test_splits import write_movielens, write_pixelrec
 
@@ -23,9 +23,9 @@ from tests.data.test_splits import write_movielens, write_pixelrec
 @pytest.fixture(scope="module")
 def embedder():
     """A randomly initialised tiny CLIP: the data preparation needs embeddings, not good ones."""
+    from icg_rl.models.clip_embedder import CLIPEmbedder
     from icg_rl.models.tokenizer import train_clip_tokenizer
     from icg_rl.models.zoo import image_processor
-    from icg_rl.rewards.clip_embedder import CLIPEmbedder
 
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig(

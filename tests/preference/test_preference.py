@@ -45,7 +45,7 @@ def test_ids_hidden_in_training_leave_users_to_their_history(trained):
 
 def test_checkpoint_folder_is_the_preference_reward(trained):
     from icg_rl.config import RewardConfig
-    from icg_rl.rewards.base import build_reward
+    from icg_rl.rewards.registry import build_reward
     from tests.rewards.test_rewards import batch_for
 
     cfg, out, _ = trained
@@ -63,7 +63,7 @@ def test_checkpoint_folder_is_the_preference_reward(trained):
 
 def test_lift_is_the_personal_part_of_the_click_logit(trained):
     from icg_rl.config import RewardConfig
-    from icg_rl.rewards.base import build_reward
+    from icg_rl.rewards.registry import build_reward
     from tests.rewards.test_rewards import batch_for
 
     cfg, out, _ = trained
@@ -121,7 +121,7 @@ def test_cli_help():
 @pytest.mark.slow
 def test_cli_builds_the_world_it_needs_and_writes_the_summary(micro_world, ray_cluster, tmp_path):
     """A fresh checkout has no world: the command builds it (as `icg_rl.train` does) instead of stopping."""
-    from icg_rl.preference.cli import main
+    from icg_rl.commands.preference import main
     from tests.conftest import MICRO_CONFIG
 
     world, out = tmp_path / "world", tmp_path / "preference"

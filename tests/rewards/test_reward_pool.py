@@ -8,7 +8,8 @@ import torch
 
 from icg_rl.config import RewardConfig
 from icg_rl.distributed.reward import RewardPool, RewardWorker, check_fits
-from icg_rl.rewards.base import REWARDS, RewardModel, register_reward
+from icg_rl.rewards.base import RewardModel
+from icg_rl.rewards.registry import REWARDS, register_reward
 
 TEST_REWARD = "test_brightness_plus_offset"
 
@@ -30,7 +31,7 @@ def brightness_factory(reward_cfg, world_dir) -> RewardModel:
 
 
 if TEST_REWARD not in REWARDS:
-    register_reward(TEST_REWARD)(brightness_factory)
+    register_reward(TEST_REWARD, brightness_factory)
 
 
 def _batch(n: int, seed: int = 0):

@@ -5,10 +5,11 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
+from icg_rl.models.aesthetic_head import AestheticHead
+from icg_rl.models.clip_embedder import CLIPEmbedder
 from icg_rl.rewards.aesthetic import AestheticReward
-from icg_rl.rewards.aesthetic_head import AestheticHead
-from icg_rl.rewards.base import build_reward, check_finite
-from icg_rl.rewards.clip_embedder import CLIPEmbedder
+from icg_rl.rewards.base import check_finite
+from icg_rl.rewards.registry import build_reward
 
 LAION_SHAPES = {"layers.0": (1024, 768), "layers.2": (128, 1024), "layers.4": (64, 128), "layers.6": (16, 64),
                 "layers.7": (1, 16)}

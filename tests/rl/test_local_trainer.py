@@ -108,7 +108,7 @@ def test_kl_to_the_adapter_off_policy_and_cfg_rollouts(micro_world):
 
 
 def test_the_shipped_policy_is_the_mean_of_the_last_updates_and_training_keeps_the_live_weights(micro_world):
-    from icg_rl.distributed.weights import trainable_arrays
+    from icg_rl.models.trainable import trainable_arrays
 
     trainer = trainer_for(micro_world, "algo.name=backprop", "algo.backprop_steps=2", "train.iterations=4",
                           "train.average_last=0.5")

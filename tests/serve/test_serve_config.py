@@ -24,8 +24,8 @@ SERVE_CONFIGS = sorted((ROOT / "configs" / "serve").glob("*.yaml"))
 def test_serve_configs_pass_rays_schema_and_ours(path):
     from ray.serve.schema import ServeDeploySchema
 
+    from icg_rl.commands.serve import load_serve_config
     from icg_rl.serve.app import build_app
-    from icg_rl.serve.cli import load_serve_config
 
     raw = yaml.safe_load(path.read_text())
     ServeDeploySchema.model_validate(raw)  # what `serve deploy` and KubeRay's serveConfigV2 accept
@@ -49,8 +49,8 @@ def test_bad_settings_name_the_field():
 
 
 def test_load_serve_config_names_the_file(tmp_path):
+    from icg_rl.commands.serve import load_serve_config
     from icg_rl.config import ConfigError
-    from icg_rl.serve.cli import load_serve_config
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("applications:\n  - name: icg\n    import_path: 42\n    bogus: true\n")
@@ -105,8 +105,8 @@ def test_policies_and_experiments_are_validated_naming_the_field():
 
 
 def test_cli_policy_flags():
+    from icg_rl.commands.serve import app_args, policy_flags
     from icg_rl.config import ConfigError
-    from icg_rl.serve.cli import app_args, policy_flags
 
     assert policy_flags(["a=/x", "b=/y"]) == {"a": "/x", "b": "/y"}
     for bad, message in ((["a"], "is not NAME=PATH"), (["a=/x", "a=/y"], "given twice")):

@@ -171,7 +171,7 @@ def test_impressions_per_user_spread_from_light_to_heavy_users():
 
 def test_a_rebuilt_world_rewrites_its_summary(tmp_path):
     """`train` and `preference` rebuild a world when a user-side field changes: summary.json must follow."""
-    from icg_rl.world.cli import build
+    from icg_rl.commands.world import build
 
     for users in (24, 30):
         cfg = load_config(MICRO_CONFIG, [f"world.dir={tmp_path}", f"world.num_users={users}"])

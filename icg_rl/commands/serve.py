@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from icg_rl.cli import add_verbose_flag, run_main, set_verbosity
+from icg_rl.commands.common import add_verbose_flag, run_main, set_verbosity
 
 log = logging.getLogger("icg_rl.serve")
 DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve" / "coverworld.yaml"

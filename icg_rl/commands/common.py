@@ -21,6 +21,11 @@ from icg_rl.io import atomic_write_json
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
+
+class RunInterrupted(RuntimeError):
+    """A run that cannot go on (an actor without restarts died) and stopped cleanly: exit 1 with its message (which
+    says where to resume from), no traceback."""
+
 # Ray's driver-side progress bars replace builtins.print with a version that redraws every bar under tqdm's global
 # lock. A `python -m icg_rl.preference` run hung for good in that redraw while printing its summary after Ray Train
 # (its stack: report -> safe_print -> unhide_bars -> tqdm.refresh waiting on tqdm's lock, next to tqdm's monitor
@@ -68,7 +73,7 @@ def parse_config(args: argparse.Namespace) -> Config:
     set_verbosity(getattr(args, "verbose", False))
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "check_paths", False):
-        from icg_rl.paths import check_paths
+        from icg_rl.commands.check_paths import check_paths
 
         problems, notes = check_paths(cfg)
         for note in notes:
@@ -88,10 +93,7 @@ def run_main(body: Callable[[], int | None]) -> int:
     except (ConfigError, DataFileError, FileNotFoundError, ResourceShortfall) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except RuntimeError as err:
-        if type(err).__name__ != "RunInterrupted":  # a training run that stopped cleanly: its message, no traceback
-            traceback.print_exc()
-            return EXIT_FAILURE
+    except RunInterrupted as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -1,5 +1,5 @@
 """Config sections of how a run executes (docs/architecture.md §8): Ray placement, threads and weight sync per role,
-rollout scheduling and the learner's precision and compilation. `icg_rl/config.py` assembles them into the tree."""
+rollout scheduling and the learner's precision and compilation. `icg_rl/config/sections.py` assembles them into the tree."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from icg_rl.config_files import Section
+from icg_rl.config.files import Section
 
 CompileMode = Literal["off", "regional", "full", "reduce-overhead"]
 COMPILE_HELP = ("torch.compile of the denoiser: off; regional (its repeated blocks, diffusers' compile_repeated_"

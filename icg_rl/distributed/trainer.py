@@ -160,9 +160,10 @@ class RayTrainer:
         timings["time/reward"] = time.perf_counter() - reward_start
         return metrics
 
-    def retrying(self, work, iteration: int):
-        """`work()` again after a rollout or reward actor died and restarted (`ray.max_restarts`); a rollout actor
-        is given the current weights again first."""
+    def retrying(self, work, iteration: int, what: str = "its work", redo=None):
+        """`work()`, and again after a rollout or reward actor died and restarted (`ray.max_restarts`): the rollout
+        actors get the current weights again, the reward pools are waited for, then `redo()` (e.g. resubmitting what
+        was queued on the dead actor) runs before the next attempt. The log says what was retried."""
         from ray.exceptions import RayActorError, RayTaskError
 
         from icg_rl.distributed.restarts import until_answering
@@ -173,11 +174,14 @@ class RayTrainer:
             except (RayActorError, RayTaskError) as err:
                 if attempt == self.cfg.ray.max_restarts:
                     raise
-                log.warning("iteration %d: a rollout or reward actor failed (%s); retrying (attempt %d of %d)",
-                            iteration + 1, type(err).__name__, attempt + 2, self.cfg.ray.max_restarts + 1)
+                log.warning("iteration %d: a rollout or reward actor failed (%s); waiting for its restart and "
+                            "retrying %s (attempt %d of %d)", iteration + 1, type(err).__name__, what, attempt + 2,
+                            self.cfg.ray.max_restarts + 1)
                 self.recover_rollouts()
                 for name, pool in self.rewards.items():  # blocks until a restarting reward actor answers again
                     until_answering(pool.ready, f"reward pool {name!r}")
+                if redo is not None:
+                    redo()
         raise AssertionError("unreachable")
 
     def resize_rollouts(self) -> None:
@@ -202,33 +206,25 @@ class RayTrainer:
 
     def finish(self, pending: dict, timings: dict) -> tuple:
         """Wait for submitted rollouts and rewards -> (Trajectory, {reward: scores}). A rollout or reward actor
-        that dies restarts (`ray.max_restarts`); its work is redone here — with the same per-row noise, so the
-        result is the same — and the log says what was retried."""
+        that dies restarts (`ray.max_restarts`); the batch is submitted again — with the same per-row noise, so the
+        result is the same."""
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
 
-        from icg_rl.distributed.restarts import until_answering
         from icg_rl.distributed.reward import RewardPool
         from icg_rl.rl.trajectory import Trajectory
 
-        for attempt in range(self.cfg.ray.max_restarts + 1):
-            try:
-                parts = ray.get([c[0] for c in pending["chunks"]])
-                timings["time/rollout"] = time.perf_counter() - pending["start"]
-                scores = {n: torch.from_numpy(RewardPool.gather(refs)) for n, refs in pending["score_refs"].items()}
-                timings["time/reward"] = time.perf_counter() - pending["start"] - timings["time/rollout"]
-                return Trajectory.concat([Trajectory.from_wire(w) for w in parts]), scores
-            except (RayActorError, RayTaskError) as err:
-                if attempt == self.cfg.ray.max_restarts:
-                    raise
-                log.warning("iteration %d: an actor failed (%s); waiting for its restart and retrying the "
-                            "iteration's rollouts and rewards (attempt %d of %d)", pending["iteration"] + 1,
-                            type(err).__name__, attempt + 2, self.cfg.ray.max_restarts + 1)
-                self.recover_rollouts()
-                for name, pool in self.rewards.items():  # blocks until a restarting reward actor answers again
-                    until_answering(pool.ready, f"reward pool {name!r}")
-                pending = self.submit(pending["batch"], pending["iteration"])
-        raise AssertionError("unreachable")
+        def collect() -> tuple:
+            parts = ray.get([c[0] for c in pending["chunks"]])
+            timings["time/rollout"] = time.perf_counter() - pending["start"]
+            scores = {n: torch.from_numpy(RewardPool.gather(refs)) for n, refs in pending["score_refs"].items()}
+            timings["time/reward"] = time.perf_counter() - pending["start"] - timings["time/rollout"]
+            return Trajectory.concat([Trajectory.from_wire(w) for w in parts]), scores
+
+        def resubmit() -> None:
+            nonlocal pending
+            pending = self.submit(pending["batch"], pending["iteration"])
+
+        return self.retrying(collect, pending["iteration"], "the iteration's rollouts and rewards", redo=resubmit)
 
     def recover_rollouts(self) -> None:
         """After a rollout actor failed: an elastic pool drops actors whose node left (starting one if none is
@@ -298,7 +294,7 @@ class RayTrainer:
         return files
 
     def restore(self, files: dict[str, bytes]) -> None:
-        from icg_rl.checkpoint import subtree
+        from icg_rl.distributed.checkpoint import subtree
 
         state = json.loads(files["trainer_state.json"])
         for key, now in (("algo", self.cfg.algo.name), ("learner_workers", self.cfg.ray.learner_workers)):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from icg_rl.cli import base_parser, parse_config, report, run_main
+from icg_rl.commands.common import base_parser, parse_config, report, run_main
 from icg_rl.config import section_hash
 from icg_rl.metrics import expected_calibration_error, roc_auc
 
@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         cfg = parse_config(args)
-        from icg_rl.paths import resolve_output
-        from icg_rl.preference.train import default_preference_dir, uses_coverworld_models
+        from icg_rl.paths import default_preference_dir, resolve_output, uses_coverworld_models
 
         out = default_preference_dir(cfg)
         if args.out:  # inside a Ray job a relative --out would land in Ray's temporary working directory
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             if warning:
                 log.warning(warning)
         if uses_coverworld_models(cfg):  # its click log, or its tiny CLIP for a MovieLens / PixelRec run
-            from icg_rl.world.cli import build
+            from icg_rl.commands.world import build
 
             log.info("CoverWorld at %s (built once per config, then reused)", cfg.world.dir)
             build(cfg, Path(cfg.world.dir), progress=True)
@@ -114,16 +113,16 @@ def train_and_evaluate(cfg, out: Path) -> dict:
 
     from icg_rl.data import load_from_config
     from icg_rl.distributed.placement import connect
+    from icg_rl.models.clip_embedder import CLIPEmbedder
     from icg_rl.models.item_features import compute_item_features
+    from icg_rl.paths import clip_folder
     from icg_rl.preference.data import impressions, is_click_only
     from icg_rl.preference.model import PreferenceModel
     from icg_rl.preference.train import embed_covers, fit, numeric_rows, predict, save_preference_model
-    from icg_rl.rewards.aesthetic import resolve_clip
-    from icg_rl.rewards.clip_embedder import CLIPEmbedder
 
     start = time.perf_counter()
     p, data = cfg.preference, load_from_config(cfg)
-    clip_dir = resolve_clip(cfg.reward, cfg.world.dir)
+    clip_dir = clip_folder(cfg.reward, cfg.world.dir)
     embedder = CLIPEmbedder.from_pretrained(clip_dir)
     item_ids, item_features = compute_item_features(embedder, data)
     splits = impressions(data, cfg.data.history_len, p.negatives_per_positive, p.seed)

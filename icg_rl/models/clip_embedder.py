@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,11 +56,3 @@ class CLIPEmbedder(nn.Module):
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp()
-
-
-def uint8_to_float(images) -> torch.Tensor:
-    """uint8 numpy/tensor [B, H, W, 3] -> float [B, 3, H, W] in [0, 1]."""
-    if isinstance(images, np.ndarray) and not images.flags.writeable:  # Ray's zero-copy arrays are read-only
-        images = images.copy()
-    tensor = torch.as_tensor(images)
-    return tensor.permute(0, 3, 1, 2).float() / 255.0

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from icg_rl.cli import base_parser, parse_config, report, run_main
+from icg_rl.commands.common import base_parser, parse_config, report, run_main
 from icg_rl.metrics import roc_auc
 
 

@@ -28,10 +28,10 @@ ALGORITHMS = {"backprop": "reward backprop (DRaFT-K): gradient through the last 
 
 def render_model_card(cfg, summary: dict[str, Any]) -> str:
     """Markdown (YAML front matter + sections) for the checkpoint a run with config `cfg` exported, from its final
-    `summary` (train.py's: iterations, eval, oracle, ...). Pure: reads nothing, writes nothing."""
-    from icg_rl.models.pipeline import model_paths
+    `summary` (commands/train.py's: iterations, eval, oracle, ...). Pure: reads nothing, writes nothing."""
+    from icg_rl.paths import base_folder, mllm_folder
 
-    base, mllm = model_paths(cfg)
+    base, mllm = base_folder(cfg), mllm_folder(cfg)
     algo, data = cfg.algo, cfg.data
     lora = cfg.model.lora.rank > 0
     tags = ["icg_rl", "text-to-image", "diffusers", "stable-diffusion", "adapter", "personalization",

@@ -1,4 +1,4 @@
-"""The configuration reference, generated from the pydantic models: `python -m icg_rl.config_reference --write`
+"""The configuration reference, generated from the pydantic models: `python -m icg_rl.config.reference --write`
 rewrites docs/configuration.md (a test fails when the file is stale)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from icg_rl.config import Config
-from icg_rl.serve.schema import ServeSettings
+from icg_rl.config.serve import ServeSettings
 
-TARGET = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+TARGET = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def type_name(annotation) -> str:
@@ -52,8 +52,8 @@ def section_lines(model: type[BaseModel], prefix: str) -> list[str]:
 
 def reference() -> str:
     lines = ["# Configuration reference", "",
-             "Generated from the pydantic models in `icg_rl/config.py` and `icg_rl/serve/schema.py` by",
-             "`python -m icg_rl.config_reference --write`; do not edit by hand (a test fails when it is stale).", "",
+             "Generated from the pydantic models in `icg_rl/config/sections.py` and `icg_rl/config/serve.py` by",
+             "`python -m icg_rl.config.reference --write`; do not edit by hand (a test fails when it is stale).", "",
              "Training, evaluation and the preference model read one YAML file (`--config`, default",
              "`configs/coverworld.yaml`) with these sections; any key can be overridden on the command line as",
              "`section.key=value` (parsed as YAML). `extends: other.yaml` at the top of a file starts from another",
@@ -69,7 +69,7 @@ def reference() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m icg_rl.config_reference", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m icg_rl.config.reference", description=__doc__)
     parser.add_argument("--write", action="store_true", help=f"rewrite {TARGET} (default: print)")
     args = parser.parse_args()
     text = reference()

@@ -1,4 +1,4 @@
-"""Config files into a raw tree: YAML reading with `extends:`, and `key.path=value` overrides. `icg_rl/config.py`
+"""Config files into a raw tree: YAML reading with `extends:`, and `key.path=value` overrides. `icg_rl/config/sections.py`
 validates the tree; both raise `ConfigError`, whose every line names a key path, the value given and what is allowed."""
 
 from __future__ import annotations
