@@ -1,4 +1,4 @@
-"""The checkpoint's model card (icg_rl/distributed/model_card.py): front matter a hub reads, sections a person reads, written
+"""The checkpoint's model card (distributed/model_card.py): front matter a hub reads, sections a person reads, written
 atomically beside the weights with the run's sample grid. The end-to-end check (a real run's checkpoint holds both
 and still loads) is in tests/test_cli_output.py."""
 

@@ -1,5 +1,6 @@
-"""Config files into a raw tree: YAML reading with `extends:`, and `key.path=value` overrides. `icg_rl/config/sections.py`
-validates the tree; both raise `ConfigError`, whose every line names a key path, the value given and what is allowed."""
+"""Config files into a raw tree: YAML reading with `extends:`, and `key.path=value` overrides.
+`icg_rl/config/sections.py` validates the tree; both raise `ConfigError`, whose every line names a key path, the
+value given and what is allowed."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Config sections of how a run executes (docs/architecture.md §8): Ray placement, threads and weight sync per role,
-rollout scheduling and the learner's precision and compilation. `icg_rl/config/sections.py` assembles them into the tree."""
+rollout scheduling and the learner's precision and compilation. `icg_rl/config/sections.py` assembles them into the
+tree."""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
     from icg_rl.data import load_dataset
     data = load_dataset("movielens", "path/to/ml-1m")   # .items, .users, .interactions (with a `split` column)
+
+Owns: the table schema, the CoverWorld / MovieLens / PixelRec / tabular loaders, the split rule, users' histories and
+the (user, item) pair stream. May import: config, paths, metrics, io (it knows nothing of models or the world's truth).
 """
 
 from __future__ import annotations

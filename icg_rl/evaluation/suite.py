@@ -1,5 +1,6 @@
 """The evaluation suite's steps, one function per metric family, each returning {arm: value} (or "unavailable:
-<reason>" strings). `icg_rl/commands/evaluate.py` calls them in order; they share the arms' images and the pairs' batch."""
+<reason>" strings). `icg_rl/commands/evaluate.py` calls them in order; they share the arms' images and the pairs'
+batch."""
 
 from __future__ import annotations
 

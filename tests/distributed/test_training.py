@@ -1,4 +1,4 @@
-"""The Ray trainer (icg_rl/commands/train.py + distributed/) on the micro world and the shared local cluster: it takes the
+"""The Ray trainer (commands/train.py + distributed/) on the micro world and the shared local cluster: it takes the
 in-process reference trainer's first step, 2 learner ranks take the 1-rank step, the command writes what it
 promises, and a run that cannot fit fails at once instead of hanging."""
 
