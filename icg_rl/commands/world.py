@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from icg_rl.commands.common import base_parser, parse_config, report, run_main
-from icg_rl.metrics import roc_auc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def build(cfg, out: Path, force: bool = False, models: bool = True, progress: bool = True) -> dict:
     from icg_rl.world.generate import generate_world, world_is_current, write_world
+    from icg_rl.world.stats import world_stats
 
     start = time.perf_counter()
     if force or not world_is_current(out, cfg.world):
@@ -49,21 +49,3 @@ def build(cfg, out: Path, force: bool = False, models: bool = True, progress: bo
 
         atomic_write_json(out / "summary.json", summary)
     return summary
-
-
-def world_stats(out: Path) -> dict:
-    """Counts and the oracle's view of the test impressions (evaluation code: the oracle is allowed here)."""
-    from icg_rl.data.coverworld import load_coverworld
-    from icg_rl.world.oracle import Oracle
-
-    data = load_coverworld(out)
-    oracle = Oracle(out)
-    test = data.interactions[data.interactions["split"] == "test"]
-    prob = oracle.variant_click_prob(test["user_id"], test["item_id"], test["variant_id"])
-    reference = oracle.variant_click_prob(test["user_id"], test["item_id"], ["ref"] * len(test))
-    return {
-        "items": len(data.items), "users": len(data.users), "covers": len(data.variants),
-        "oracle_test_auc": roc_auc(prob, test["clicked"].to_numpy()),
-        "oracle_test_ctr_reference_cover": float(reference.mean()),
-        "oracle_test_ctr_best_variant": float(oracle.best_variant_ctr(test["user_id"], test["item_id"]).mean()),
-    }
