@@ -24,15 +24,16 @@ from icg_rl.config import WorldConfig, ZooConfig, section_hash
 from icg_rl.data.coverworld import load_coverworld
 from icg_rl.io import atomic_write_json, atomic_write_png, image_grid, read_image
 from icg_rl.models import pretrain, zoo
+from icg_rl.models.aesthetic_head import AestheticHead
 from icg_rl.models.tokenizer import train_clip_tokenizer
-from icg_rl.rewards.aesthetic_head import AestheticHead
 from icg_rl.world.features import FEATURE_NAMES, describe_looks
 from icg_rl.world.genres import genres_for, unique_titles
 from icg_rl.world.judge import GenreJudge, accuracy, train_judge
 
 MARKER = "build.json"
-FORMAT_VERSION = 4  # 2: deterministic BPE, alt-text captions for CLIP; 3: CLIP attribute-prompt curriculum;
-# 4: decile look words in the captions and prompts (world format 4)
+FORMAT_VERSION = 5  # 2: deterministic BPE, alt-text captions for CLIP; 3: CLIP attribute-prompt curriculum;
+# 4: decile look words in the captions and prompts (world format 4); 5: diffusers' cosine(-with-warmup) learning-rate
+# schedule (get_cosine_schedule_with_warmup: the warmup starts at 0, the cosine starts after it)
 # Look attributes CLIP also trains on one at a time (pretrain.train_clip's curriculum; the first is bootstrapped):
 # composition, which captions never make necessary, and contrast, the colour feature captions carry least of.
 CLIP_ATTRIBUTES = ("composition", "contrast")

@@ -18,6 +18,7 @@ sees padding and an item's features do not depend on the rest of the batch (text
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from transformers.processing_utils import ProcessorMixin
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # [B, L] tensors, padded per row
 IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes")  # per-image tensors, concatenated in row order
 LORA_TARGETS = r".*language_model.*\.(q_proj|v_proj)"  # the text model's q/v only (CLIP towers also have q_proj)
+LORA_ADAPTER = "default"  # the peft adapter name of the MLLM's LoRA (peft's own default)
 
 
 class _NoVideoProcessor:
@@ -145,9 +147,17 @@ def _add_lora(model: torch.nn.Module, rank: int, alpha: float) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS, bias="none")
-    inject_adapter_in_model(config, model)
+    inject_adapter_in_model(config, model, adapter_name=LORA_ADAPTER)
     for name, param in model.named_parameters():
         param.requires_grad_("lora_" in name)
+
+
+def _peft_key(key: str) -> str:
+    """`lora.<...>.lora_A.default.weight` (an older state's name: the model parameter's) -> peft's
+    `lora.<...>.lora_A.weight`; other keys unchanged."""
+    if not key.startswith("lora."):
+        return key
+    return re.sub(rf"\.(lora_[AB])\.{re.escape(LORA_ADAPTER)}\.", r".\1.", key)
 
 
 class MetaTokenEncoder(torch.nn.Module):
@@ -308,25 +318,36 @@ class MetaTokenEncoder(torch.nn.Module):
     # ---- the trainable part ------------------------------------------------------------------------------------
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """`meta_tokens`, plus `lora.<model parameter name>` for each LoRA weight when LoRA is on (detached copies)."""
+        """`meta_tokens`, plus `lora.<peft key>` for each LoRA weight when LoRA is on (detached copies); the peft keys
+        are `peft.get_peft_model_state_dict`'s, the model parameter names without the adapter name."""
         state = {"meta_tokens": self.meta_tokens.detach().clone()}
-        for name, param in self.model.named_parameters():
-            if "lora_" in name:
-                state[f"lora.{name}"] = param.detach().clone()
+        if self.lora_rank > 0:
+            from peft import get_peft_model_state_dict
+
+            lora = get_peft_model_state_dict(self.model, adapter_name=LORA_ADAPTER)
+            state |= {f"lora.{name}": value.detach().clone() for name, value in lora.items()}
         return state
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load what `trainable_state_dict` returned; keys and shapes must match exactly."""
+        """Load what `trainable_state_dict` returned; keys and shapes must match exactly. The LoRA weights go in
+        through `peft.set_peft_model_state_dict`. Older states named them by model parameter
+        (`...lora_A.default.weight`); those names are accepted too."""
+        state = {_peft_key(key): value for key, value in state.items()}
         own = self.trainable_state_dict()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise ValueError(f"state keys do not match this encoder (lora_rank={self.lora_rank}): missing {missing}, "
                              f"unexpected {unexpected}")
-        params = dict(self.model.named_parameters())
+        for key, value in state.items():
+            if tuple(value.shape) != tuple(own[key].shape):
+                raise ValueError(f"state[{key!r}] has shape {tuple(value.shape)}; this encoder needs "
+                                 f"{tuple(own[key].shape)}")
         with torch.no_grad():
-            for key, value in state.items():
-                target = self.meta_tokens if key == "meta_tokens" else params[key.removeprefix("lora.")]
-                if tuple(value.shape) != tuple(target.shape):
-                    raise ValueError(f"state[{key!r}] has shape {tuple(value.shape)}; this encoder needs "
-                                     f"{tuple(target.shape)}")
-                target.copy_(value)
+            self.meta_tokens.copy_(state["meta_tokens"])
+        lora = {key.removeprefix("lora."): value for key, value in state.items() if key != "meta_tokens"}
+        if lora:
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(self.model, lora, adapter_name=LORA_ADAPTER)
+            if result.unexpected_keys:
+                raise ValueError(f"peft did not place these LoRA weights: {sorted(result.unexpected_keys)}")

@@ -13,10 +13,9 @@ small dict of numbers for the build summary.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm.auto import tqdm
 
 from icg_rl.models.zoo import IMAGE_MEAN, IMAGE_STD, RepeatedTailAttnProcessor, train_noise_scheduler
@@ -72,7 +71,7 @@ def train_clip(clip, input_ids, images, steps, batch_size, lr, generator, progre
     eos = clip.config.text_config.eos_token_id
     clip.train()
     optimizer = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=steps)
     losses = {"final_loss": 0.0}
     for step in _bar(steps, "clip", progress):
         idx = torch.randint(len(images), (batch_size,), generator=generator)
@@ -151,15 +150,20 @@ def encode_latents(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(means) * scale, torch.cat(stds) * scale
 
 
+def denoiser_optimizer(params, lr: float, steps: int):
+    """The denoisers' recipe (UNet and flow transformer): fused AdamW, and diffusers' cosine schedule after a warmup
+    of 5 % of the steps -> (optimizer, schedule)."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4, fused=True)
+    warmup = max(1, steps // 20)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+
+
 def train_unet(unet, latent_mean, latent_std, text_states, uncond_state, steps, batch_size, lr, generator,
                progress=True) -> dict:
     """text_states [N, L, D] per image; uncond_state [1, L, D] (the "" prompt) for condition dropout."""
     unet.train()
     noise_scheduler = train_noise_scheduler()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-4, fused=True)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    optimizer, schedule = denoiser_optimizer(unet.parameters(), lr, steps)
     losses = []
     for _ in _bar(steps, "unet", progress):
         idx = torch.randint(len(latent_mean), (batch_size,), generator=generator)
@@ -194,10 +198,7 @@ def train_flow_transformer(transformer, latent_mean, latent_std, prompt_embeds, 
     stock = transformer.attn_processors
     transformer.set_attn_processor(RepeatedTailAttnProcessor(tail_repeats))
     transformer.train()
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=1e-4, fused=True)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    optimizer, schedule = denoiser_optimizer(transformer.parameters(), lr, steps)
     losses = []
     for _ in _bar(steps, "flow", progress):
         idx = torch.randint(len(latent_mean), (batch_size,), generator=generator)

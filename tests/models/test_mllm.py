@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +203,46 @@ def test_clear_errors(folders, tmp_path):
         enc.load_trainable_state_dict({"meta_tokens": enc.meta_tokens.detach(), "lora.x": torch.zeros(1)})
     with pytest.raises(ValueError, match="shape"):
         enc.load_trainable_state_dict({"meta_tokens": torch.zeros(K + 1, enc.hidden_size)})
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_lora_state_round_trips_bit_identically_and_mismatches_name_the_key(folders, family):
+    """The LoRA part goes through peft's get/set_peft_model_state_dict: `lora.<peft key>` names, exact copies, and a
+    missing key or a wrong shape is a ValueError naming it, raised before anything is loaded."""
+    enc = encoder(folders, family, seed=0, lora_rank=4)
+    with torch.no_grad():
+        for name, p in enc.model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.1)
+    state = enc.trainable_state_dict()
+    lora_keys = sorted(k for k in state if k != "meta_tokens")
+    assert len(lora_keys) == 8 and all(k.startswith("lora.") and ".default." not in k for k in lora_keys)
+
+    fresh = encoder(folders, family, seed=1, lora_rank=4)
+    assert not torch.equal(fresh.meta_tokens, enc.meta_tokens)
+    fresh.load_trainable_state_dict(state)
+    again = fresh.trainable_state_dict()
+    assert list(again) == list(state)
+    assert all(torch.equal(again[k], state[k]) and again[k].dtype == state[k].dtype for k in state)
+    own_lora = {n: p for n, p in enc.model.named_parameters() if "lora_" in n}
+    fresh_lora = {n: p for n, p in fresh.model.named_parameters() if "lora_" in n}
+    assert own_lora.keys() == fresh_lora.keys()
+    assert all(torch.equal(fresh_lora[n], own_lora[n]) for n in own_lora)
+    again[lora_keys[0]].add_(1.0)  # the returned tensors are copies, not the encoder's parameters
+    assert torch.equal(fresh.trainable_state_dict()[lora_keys[0]], state[lora_keys[0]])
+
+    legacy = {"meta_tokens": state["meta_tokens"]} | {f"lora.{n}": p.detach().clone() for n, p in own_lora.items()}
+    older = encoder(folders, family, seed=2, lora_rank=4)
+    older.load_trainable_state_dict(legacy)  # states saved under the model parameter names still load
+    assert all(torch.equal(older.trainable_state_dict()[k], state[k]) for k in state)
+
+    key = lora_keys[0]
+    before = {k: v.clone() for k, v in fresh.trainable_state_dict().items()}
+    with pytest.raises(ValueError, match=rf"missing \['{re.escape(key)}'\]"):
+        fresh.load_trainable_state_dict({k: v for k, v in state.items() if k != key})
+    rows, cols = state[key].shape
+    bad = state | {key: torch.zeros(rows + 1, cols), "meta_tokens": state["meta_tokens"] + 1.0}
+    with pytest.raises(ValueError, match=rf"state\['{re.escape(key)}'\] has shape \({rows + 1}, {cols}\)"):
+        fresh.load_trainable_state_dict(bad)
+    after = fresh.trainable_state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)  # a rejected state changes nothing
