@@ -158,6 +158,16 @@ def denoiser_optimizer(params, lr: float, steps: int):
     return optimizer, get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
 
+def clipped_step(loss, module, optimizer, schedule) -> float:
+    """One denoiser update: backward, gradient norm clipped to 1, optimizer and schedule step -> the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    return float(loss.detach())
+
+
 def train_unet(unet, latent_mean, latent_std, text_states, uncond_state, steps, batch_size, lr, generator,
                progress=True) -> dict:
     """text_states [N, L, D] per image; uncond_state [1, L, D] (the "" prompt) for condition dropout."""
@@ -174,12 +184,7 @@ def train_unet(unet, latent_mean, latent_std, text_states, uncond_state, steps, 
         states = torch.where(drop[:, None, None], uncond_state.expand_as(text_states[idx]), text_states[idx])
         pred = unet(noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=states).sample
         loss = F.mse_loss(pred, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+        losses.append(clipped_step(loss, unet, optimizer, schedule))
     unet.eval()
     return {"final_loss": sum(losses[-50:]) / len(losses[-50:])}
 
@@ -211,12 +216,7 @@ def train_flow_transformer(transformer, latent_mean, latent_std, prompt_embeds, 
         pooled = torch.where(drop[:, None], uncond_pooled, pooled_embeds[idx])  # (B, P)
         pred = transformer(x_t, states, pooled, t * 1000).sample
         loss = F.mse_loss(pred, noise - x0)  # mean over batch and latent dims
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+        losses.append(clipped_step(loss, transformer, optimizer, schedule))
     transformer.eval()
     transformer.set_attn_processor(stock)
     window = max(1, min(50, steps // 4))
