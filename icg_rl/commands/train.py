@@ -72,7 +72,13 @@ def prepare(cfg):
     """What the run needs that a CoverWorld default can build — the world and its tiny models (also for a MovieLens
     or PixelRec run that uses them), the preference model of the configured data source — and `cfg` with
     `reward.preference` resolved to that model's folder."""
-    from icg_rl.paths import default_preference_dir, resolve_preference, uses_coverworld_models
+    from icg_rl.paths import (
+        COVERWORLD,
+        COVERWORLD_FLOW,
+        default_preference_dir,
+        resolve_preference,
+        uses_coverworld_models,
+    )
     from icg_rl.preference.train import preference_is_current
 
     if uses_coverworld_models(cfg):
@@ -80,14 +86,14 @@ def prepare(cfg):
 
         log.info("CoverWorld at %s (built once per config, then reused)", cfg.world.dir)
         build(cfg, Path(cfg.world.dir), progress=True)
-    if cfg.model.base == "coverworld_flow":
+    if cfg.model.base == COVERWORLD_FLOW:
         from icg_rl.models.flow_base import ensure_flow_base
 
         log.info("CoverWorld's flow-matching base at %s/models/sd3 (built once, then reused)", cfg.world.dir)
         ensure_flow_base(cfg.world.dir, cfg.world, cfg.zoo)
     preference = default_preference_dir(cfg)
     personal = any(cfg.reward.weights.get(name, 0) != 0 for name in ("preference", "preference_lift"))
-    if personal and cfg.reward.preference == "coverworld" \
+    if personal and cfg.reward.preference == COVERWORLD \
             and not preference_is_current(preference, cfg.world):
         from icg_rl.commands.preference import train_and_evaluate
 

@@ -26,6 +26,7 @@ from icg_rl.io import atomic_write_json, atomic_write_png, image_grid, read_imag
 from icg_rl.models import pretrain, zoo
 from icg_rl.models.aesthetic_head import AestheticHead
 from icg_rl.models.tokenizer import train_clip_tokenizer
+from icg_rl.paths import world_models
 from icg_rl.world.features import FEATURE_NAMES, describe_looks
 from icg_rl.world.genres import genres_for, unique_titles
 from icg_rl.world.judge import GenreJudge, accuracy, train_judge
@@ -70,7 +71,7 @@ def models_are_current(models_dir: Path, world_cfg: WorldConfig, zoo_cfg: ZooCon
 def build_base_models(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig, progress: bool = True,
                       force: bool = False) -> dict:
     """Build (or reuse) the zoo; returns its summary numbers."""
-    models_dir = Path(world_dir) / "models"
+    models_dir = world_models(world_dir)
     if not force and models_are_current(models_dir, world_cfg, zoo_cfg):
         return json.loads((models_dir / MARKER).read_text())["summary"] | {"cached": True}
     start = time.perf_counter()

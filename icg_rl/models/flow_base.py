@@ -39,9 +39,10 @@ from icg_rl.data.coverworld import load_coverworld
 from icg_rl.io import atomic_write_json, atomic_write_png, image_grid, read_image
 from icg_rl.models import pretrain, zoo
 from icg_rl.models.build import _heldout_titles, _save_folder, models_are_current
+from icg_rl.paths import BASE_FOLDERS, COVERWORLD_FLOW, world_models
 from icg_rl.world.judge import GenreJudge, accuracy
 
-FOLDER = "sd3"
+FOLDER = BASE_FOLDERS[COVERWORLD_FLOW]  # models/sd3
 MARKER = "flow_build.json"
 FORMAT_VERSION = 2  # 2: patch 2, 4 blocks, 1100 steps (a 4-minute build)
 T5_TOKENS = 256  # StableDiffusion3Pipeline's default max_sequence_length: zero T5 tokens per prompt without T5
@@ -56,20 +57,20 @@ def flow_key(world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> str:
 
 
 def flow_base_is_current(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> bool:
-    marker = Path(world_dir) / "models" / FOLDER / MARKER
+    marker = world_models(world_dir) / FOLDER / MARKER
     return marker.is_file() and json.loads(marker.read_text()).get("config_hash") == flow_key(world_cfg, zoo_cfg)
 
 
 def ensure_flow_base(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig, progress: bool = True) -> Path:
     """The flow base's folder (`WORLD/models/sd3`), built first when missing or stale (needs the zoo built)."""
     build_flow_base(world_dir, world_cfg, zoo_cfg, progress=progress)
-    return Path(world_dir) / "models" / FOLDER
+    return world_models(world_dir) / FOLDER
 
 
 def build_flow_base(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig, progress: bool = True,
                     force: bool = False) -> dict:
     """Build (or reuse) `models/sd3`; returns its summary: losses, genre accuracy of samples, seconds, params."""
-    models_dir = Path(world_dir) / "models"
+    models_dir = world_models(world_dir)
     if not models_are_current(models_dir, world_cfg, zoo_cfg):
         raise FileNotFoundError(f"world_dir: {world_dir} has no current base models (models/build.json missing or "
                                 f"built with another zoo/world config); build them first: python -m icg_rl.world build")
