@@ -209,8 +209,7 @@ def build_rewards(out: Path, clip_dir: Path, width: int, data: dict, cfg) -> Non
     import torch
 
     from icg_rl.models.aesthetic_head import AestheticHead
-    from icg_rl.preference.model import PreferenceModel
-    from icg_rl.preference.train import save_preference_model
+    from icg_rl.preference.model import PreferenceModel, save_preference_model
 
     AestheticHead(width).save(out / "aesthetic.pth")
     p = cfg.preference

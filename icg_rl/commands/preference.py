@@ -117,8 +117,8 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     from icg_rl.models.item_features import compute_item_features
     from icg_rl.paths import clip_folder
     from icg_rl.preference.data import impressions, is_click_only
-    from icg_rl.preference.model import PreferenceModel
-    from icg_rl.preference.train import embed_covers, fit, numeric_rows, predict, save_preference_model
+    from icg_rl.preference.model import PreferenceModel, save_preference_model
+    from icg_rl.preference.train import embed_covers, fit, numeric_rows, predict
 
     start = time.perf_counter()
     p, data = cfg.preference, load_from_config(cfg)

@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         from ray import serve
 
         from icg_rl.config import ConfigError
+        from icg_rl.config.serve import ServeSettings
         from icg_rl.distributed.placement import connect
-        from icg_rl.serve.schema import ServeSettings
 
         set_verbosity(args.verbose)
         app_config = load_serve_config(args.config)

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from icg_rl.config.files import ConfigError, Section, apply_override, read_tree  # noqa: F401 - re-exported
-from icg_rl.config.runtime import LearnerConfig, RayConfig, RolloutConfig  # noqa: F401 - re-exported
+from icg_rl.config.files import ConfigError, Section, apply_override, read_tree
+from icg_rl.config.runtime import LearnerConfig, RayConfig, RolloutConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "coverworld.yaml"
 

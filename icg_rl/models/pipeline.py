@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from icg_rl.models.families import FAMILIES, family_class  # noqa: F401 - re-exported
 from icg_rl.models.mllm import MetaTokenEncoder
 from icg_rl.models.pipeline_mixin import (  # noqa: F401  (re-exported: the names users import from here)
     CONFIG_NAME,

@@ -21,7 +21,7 @@ from icg_rl.config import section_hash
 from icg_rl.data.schema import optional_str
 from icg_rl.metrics import roc_auc
 from icg_rl.models.item_features import embed_image_files
-from icg_rl.preference.model import CONFIG_FILE, PreferenceModel, load_preference_model, save_preference_model  # noqa: F401 - re-exported
+from icg_rl.preference.model import CONFIG_FILE, PreferenceModel
 
 
 def numeric_rows(rows: pd.DataFrame, model: PreferenceModel, cover_embeds: dict, item_embeds: dict,

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from icg_rl.config.serve import ServeSettings
 from icg_rl.serve.experiments import choose_arm, split_key
 from icg_rl.serve.generator import CoverJob, CoverResult, random_seed
 from icg_rl.serve.images import BadImage, decode_reference_image, encode_image
@@ -31,7 +32,6 @@ from icg_rl.serve.schema import (
     ModelInfo,
     ModelsList,
     ReplicaStats,
-    ServeSettings,
 )
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 413, 422)}

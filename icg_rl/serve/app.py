@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ray import serve
 
+from icg_rl.config.serve import ServeSettings
 from icg_rl.serve.api import create_api
 from icg_rl.serve.generator import CoverGenerator
-from icg_rl.serve.schema import ServeSettings
 
 
 @serve.deployment(name="CoverAPI", max_ongoing_requests=64)

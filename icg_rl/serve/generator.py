@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from ray import serve
 
+from icg_rl.config.serve import Batching, ServeSettings
 from icg_rl.models.pipeline import ICGPipeline, load_checkpoint
 from icg_rl.models.user import ICGUser
 from icg_rl.rl.seeding import derive_seed
 from icg_rl.serve.policies import PolicyInfo, PolicyWeights, live_tensors, read_policies
-from icg_rl.serve.schema import MAX_SEED, Batching, ServeSettings
+from icg_rl.serve.schema import MAX_SEED
 
 log = logging.getLogger("icg_rl.serve")
 SERVING_STREAM = 3  # beside rl/seeding's ROLLOUT, UPDATE, EVALUATION streams

@@ -1,6 +1,6 @@
 """The serving contract (docs/architecture.md §9): request and response bodies, as pydantic models. They are the
 API; FastAPI turns them into the OpenAPI schema at `/openapi.json`. The application's settings (`ServeSettings`,
-limits, batching) are configuration: `icg_rl/config/serve.py`, re-exported here.
+limits, batching) are configuration: `icg_rl/config/serve.py`.
 """
 
 from __future__ import annotations
@@ -9,14 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from icg_rl.config.serve import (  # noqa: F401 - re-exported: the app's settings beside its API
-    DEFAULT_POLICY,
-    NAME_PATTERN,
-    NAME_RULE,
-    Batching,
-    Limits,
-    ServeSettings,
-)
+from icg_rl.config.serve import Batching, Limits
 
 MAX_SEED = 2**63 - 1
 

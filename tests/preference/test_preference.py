@@ -34,7 +34,7 @@ def test_beats_popularity_and_reports_the_oracle(trained):
 
 
 def test_ids_hidden_in_training_leave_users_to_their_history(trained):
-    from icg_rl.preference.train import load_preference_model
+    from icg_rl.preference.model import load_preference_model
 
     cfg, out, _ = trained
     assert cfg.preference.user_id_dropout == 1.0

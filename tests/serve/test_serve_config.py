@@ -13,8 +13,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from icg_rl.config.serve import Batching, ServeSettings
 from icg_rl.serve.images import BadImage, decode_reference_image, encode_image
-from icg_rl.serve.schema import Batching, ServeSettings
 from tests.conftest import ROOT
 
 SERVE_CONFIGS = sorted((ROOT / "configs" / "serve").glob("*.yaml"))
