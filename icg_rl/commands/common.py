@@ -26,6 +26,7 @@ class RunInterrupted(RuntimeError):
     """A run that cannot go on (an actor without restarts died) and stopped cleanly: exit 1 with its message (which
     says where to resume from), no traceback."""
 
+
 # Ray's driver-side progress bars replace builtins.print with a version that redraws every bar under tqdm's global
 # lock. A `python -m icg_rl.preference` run hung for good in that redraw while printing its summary after Ray Train
 # (its stack: report -> safe_print -> unhide_bars -> tqdm.refresh waiting on tqdm's lock, next to tqdm's monitor
