@@ -36,16 +36,21 @@ def nbytes(arrays: dict[str, np.ndarray]) -> int:
 
 
 def load_trainable_arrays(pipe, arrays: dict[str, np.ndarray]) -> None:
-    """Copy arrays into the pipeline's trainable parameters (`load_state_dict(strict=True)`: names and shapes must
-    match exactly; values are cast to each parameter's device and dtype)."""
-    module = TrainableParameters(pipe.trainable_named_parameters())
+    """Copy arrays into the pipeline's trainable parameters: names and shapes must match exactly (checked first, for
+    an error that names the parameter), then `load_state_dict(strict=True)` casts each to its parameter's device and
+    dtype."""
+    params = pipe.trainable_named_parameters()
+    missing, unexpected = sorted(set(params) - set(arrays)), sorted(set(arrays) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"weight sync: parameter names differ from this model (missing {missing[:4]}, unexpected "
+                         f"{unexpected[:4]}); rollout and learner must be built from the same config")
+    for name, param in params.items():
+        if tuple(arrays[name].shape) != tuple(param.shape):
+            raise ValueError(f"weight sync: {name} has shape {tuple(arrays[name].shape)}, the model's is "
+                             f"{tuple(param.shape)}")
     # a copy: Ray hands out read-only arrays, which torch.from_numpy warns about
     state = {name.replace(".", "__"): torch.from_numpy(np.array(value)) for name, value in arrays.items()}
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"weight sync: the arrays do not fit this model's trainable parameters (rollout and learner "
-                         f"must be built from the same config): {err}".replace("__", ".")) from None
+    TrainableParameters(params).load_state_dict(state, strict=True)
 
 
 @contextmanager
