@@ -76,12 +76,53 @@ def default_preference_dir(cfg) -> Path:
     return models / f"preference-{d.kind}-{section_hash(source)[:10]}"
 
 
+PREFERENCE_CONFIG = "config.json"  # preference/model.py's CONFIG_FILE (paths is below preference: named here too)
+PREFERENCE_RUN_MODEL = "model"  # where `python -m icg_rl.preference --out OUT` saves the model: OUT/model/
+SHOWN_NAMES = 10  # names of a folder's content an error lists
+
+
 def preference_folder(reward_cfg, world_dir) -> Path:
-    """`reward.preference` as a model folder ('coverworld': the world's own model; other sources get theirs through
-    `resolve_preference`)."""
+    """`reward.preference` as the config names it ('coverworld': the world's own model folder; other sources get
+    theirs through `resolve_preference`); `preference_model_folder` turns a `--out` folder into its model folder."""
     if reward_cfg.preference == COVERWORLD:
-        return world_models(world_dir) / "preference" / "model"
+        return world_models(world_dir) / "preference" / PREFERENCE_RUN_MODEL
     return Path(reward_cfg.preference)
+
+
+def preference_model_folder(path: str | Path, field: str = "reward.preference") -> Path:
+    """The one rule for a preference folder: the model folder itself (holding config.json), or the `--out` folder
+    of `python -m icg_rl.preference` (holding model/config.json) -> the model folder. Raises FileNotFoundError
+    naming what the folder holds and what to pass (`field` names the setting)."""
+    folder = Path(path).expanduser()
+    for candidate in (folder, folder / PREFERENCE_RUN_MODEL):
+        if (candidate / PREFERENCE_CONFIG).is_file():
+            return candidate
+    raise FileNotFoundError(preference_folder_problem(folder, field))
+
+
+def preference_folder_problem(folder: Path, field: str = "reward.preference") -> str:
+    """Why `folder` is no preference folder: what it holds (and its model/, if any), and what to pass instead."""
+    found = f"{folder} {folder_content(folder)}"
+    if (folder / PREFERENCE_RUN_MODEL).is_dir():
+        found += f"; its {PREFERENCE_RUN_MODEL}/ {folder_content(folder / PREFERENCE_RUN_MODEL)}"
+    return (f"{field}: {found} — no {PREFERENCE_CONFIG} there nor in {PREFERENCE_RUN_MODEL}/. Pass the preference "
+            f"model's folder (the one holding {PREFERENCE_CONFIG} and preference.safetensors) or the --out folder of "
+            f"`python -m icg_rl.preference --out DIR` (the DIR holding {PREFERENCE_RUN_MODEL}/); train one with that "
+            f"command if there is none")
+
+
+def folder_content(folder: Path) -> str:
+    """'holds a, b/, …' (up to SHOWN_NAMES names, folders with a slash), 'is empty', 'is a file' or 'does not
+    exist' — for errors that say what was found."""
+    if not folder.exists():
+        return "does not exist"
+    if not folder.is_dir():
+        return "is a file, not a folder"
+    names = sorted(p.name + "/" * p.is_dir() for p in folder.iterdir())
+    if not names:
+        return "is empty"
+    more = f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else ""
+    return f"holds {', '.join(names[:SHOWN_NAMES])}{more}"
 
 
 def resolve_preference(cfg):
@@ -89,7 +130,7 @@ def resolve_preference(cfg):
     default preference model (`default_preference_dir`/model)."""
     if cfg.reward.preference != COVERWORLD or cfg.data.kind == COVERWORLD:
         return cfg
-    folder = str(default_preference_dir(cfg) / "model")
+    folder = str(default_preference_dir(cfg) / PREFERENCE_RUN_MODEL)
     return cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"preference": folder})})
 
 

@@ -178,3 +178,17 @@ def test_config_extends_merges_sections_and_catches_cycles(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_check_paths_takes_a_preference_model_folder_or_the_out_folder_holding_it(tmp_path):
+    from icg_rl.commands.check_paths import check_paths
+
+    def problems_for(folder) -> list[str]:
+        cfg = load_config(ROOT / "configs" / "micro.yaml", [f"reward.preference={folder}"])
+        return [p for p in check_paths(cfg)[0] if p.startswith("reward.preference")]
+
+    (tmp_path / "model").mkdir()
+    (problem,) = problems_for(tmp_path)  # a --out folder whose model/ has no config.json yet
+    assert "its model/ is empty" in problem and "python -m icg_rl.preference --out DIR" in problem
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert problems_for(tmp_path) == problems_for(tmp_path / "model") == []

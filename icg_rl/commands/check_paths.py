@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from icg_rl.models.families import base_layout_problems
-from icg_rl.paths import COVERWORLD_KEYWORDS
+from icg_rl.paths import COVERWORLD_KEYWORDS, preference_model_folder
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOCAL_HINT = re.compile(r"^(/|\./|\.\./|~)|\.(pth|pt|bin|safetensors|json|yaml|csv|parquet)$")
@@ -38,9 +38,19 @@ def check_paths(cfg) -> tuple[list[str], list[str]]:
         path = Path(value).expanduser()
         if path.exists():
             problems += base_layout_problems(path) if key == "model.base" else []
+            problems += preference_layout_problems(path) if key == "reward.preference" else []
             continue
         if HUB_ID.match(value) and not LOCAL_HINT.search(value):
             notes.append(f"{key}: {value!r} is not a local path here; taken as a hub id (not checked)")
         else:
             problems.append(f"{key}: {value} does not exist")
     return problems, notes
+
+
+def preference_layout_problems(folder: Path) -> list[str]:
+    """What keeps `reward.preference` from loading: neither a model folder nor a `--out` folder holding model/."""
+    try:
+        preference_model_folder(folder)
+    except FileNotFoundError as error:
+        return [str(error)]
+    return []

@@ -136,7 +136,8 @@ class RewardConfig(Section):
     clip: str = Field("coverworld", description="CLIPModel folder for relevance, or 'coverworld'")
     aesthetic_head: str = Field("coverworld", description="aesthetic head weights file, or 'coverworld'")
     pickscore: str | None = Field(None, description="PickScore-style CLIPModel folder (for the 'pickscore' reward)")
-    preference: str = Field("coverworld", description="preference model folder, or 'coverworld' (models/preference)")
+    preference: str = Field("coverworld", description="preference model folder, the --out folder of `python -m "
+                            "icg_rl.preference` (holding model/), or 'coverworld' (models/preference)")
     weights: dict[RewardName, float] = Field(
         default_factory=lambda: {"aesthetic": 1.0, "clip_t": 0.5, "clip_i": 0.5, "preference": 1.0},
         description="weight of each reward in the mix",

@@ -30,6 +30,7 @@ from icg_rl.data.history import lookup_key
 from icg_rl.io import atomic_write_json
 from icg_rl.models.item_features import save_item_features
 from icg_rl.models.user import UserEncoder
+from icg_rl.paths import preference_model_folder
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -150,10 +151,9 @@ def save_preference_model(model: PreferenceModel, folder: Path, clip: str, histo
 
 
 def load_preference_model(folder: str | Path) -> tuple[PreferenceModel, dict]:
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"reward.preference: {folder} holds no {CONFIG_FILE}; train one with "
-                                f"`python -m icg_rl.preference --out {folder}`")
+    """A saved model and its config.json, from its folder or from the `--out` folder of `python -m
+    icg_rl.preference` (holding model/); the error says what the folder holds and what to pass."""
+    folder = preference_model_folder(folder)
     config = json.loads((folder / CONFIG_FILE).read_text())
     # a model saved before the item bias existed has no such weights (and no key): it loads without one
     model = PreferenceModel(**{k: v for k, v in config.items() if k not in NOT_MODEL_ARGS})

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from icg_rl.models.clip_embedder import CLIPEmbedder
-from icg_rl.paths import preference_folder
+from icg_rl.paths import preference_folder, preference_model_folder
 from icg_rl.preference.model import PreferenceModel, load_preference_model
 from icg_rl.rewards.base import RewardModel
 
@@ -70,7 +70,7 @@ class PreferenceLiftReward(PreferenceReward):
 
 
 def build_preference(reward_cfg, world_dir, kind: type[PreferenceReward] = PreferenceReward) -> PreferenceReward:
-    folder = preference_folder(reward_cfg, world_dir)
+    folder = preference_model_folder(preference_folder(reward_cfg, world_dir))  # a --out folder: its model/
     model, config = load_preference_model(folder)
     clip = (folder / config["clip"]).resolve() if not Path(config["clip"]).is_absolute() else Path(config["clip"])
     return kind(model, CLIPEmbedder.from_pretrained(clip), int(config["history_len"]))

@@ -70,3 +70,45 @@ def test_pooling_rows_of_the_item_table_matches_pooling_gathered_rows():
     torch.testing.assert_close(grad_fast, grad_slow)
     torch.testing.assert_close(fast[1], encoder.population.detach() * 1.0)  # cold start: the population
     assert grad_fast[5].abs().sum() > 0 and grad_fast[0].abs().sum() == 0  # padding row 0 gets no gradient
+
+
+def test_the_out_folder_of_the_preference_command_loads_as_the_model(tmp_path):
+    """`python -m icg_rl.preference --out OUT` saves to OUT/model/: OUT and OUT/model name the same model."""
+    from icg_rl.paths import PREFERENCE_CONFIG, preference_model_folder
+    from icg_rl.preference.model import CONFIG_FILE, load_preference_model, save_preference_model
+
+    assert PREFERENCE_CONFIG == CONFIG_FILE  # paths sits below preference and names the file itself
+    saved = model(tag_vocab=["horror", "romance"], standardize=True)
+    save_preference_model(saved, tmp_path / "model", clip="clip", history_len=3)
+    assert preference_model_folder(tmp_path) == preference_model_folder(tmp_path / "model") == tmp_path / "model"
+    args = (torch.tensor([1, 2]), torch.zeros(2, 3, dtype=torch.long), torch.randn(2, 4), torch.tensor([1, 4]))
+    for given in (tmp_path, tmp_path / "model"):
+        loaded, config = load_preference_model(given)
+        assert config["history_len"] == 3
+        torch.testing.assert_close(loaded(*args), saved.eval()(*args))
+
+
+def test_a_folder_without_a_model_says_what_it_holds_and_what_to_pass(tmp_path):
+    import pytest
+
+    from icg_rl.preference.model import load_preference_model
+
+    def message(folder) -> str:
+        with pytest.raises(FileNotFoundError) as error:
+            load_preference_model(folder)
+        text = str(error.value)
+        assert text.startswith(f"reward.preference: {folder} ")
+        assert "the --out folder of `python -m icg_rl.preference --out DIR`" in text and "config.json" in text
+        return text
+
+    (tmp_path / "empty").mkdir()
+    assert "empty is empty" in message(tmp_path / "empty")
+    assert "does not exist" in message(tmp_path / "missing")
+    wrong = tmp_path / "wrong"
+    (wrong / "model").mkdir(parents=True)  # a --out folder whose training never saved the model
+    (wrong / "model" / "item_features.npy").write_bytes(b"")
+    for i in range(12):
+        (wrong / f"f{i:02d}.txt").write_text("")
+    text = message(wrong)
+    assert "holds f00.txt, f01.txt" in text and "f09.txt and 3 more" in text and "f10.txt" not in text  # 10 shown
+    assert "its model/ holds item_features.npy" in text
