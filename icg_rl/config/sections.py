@@ -227,6 +227,10 @@ class TrainConfig(Section):
     average_last: float = Field(0.0, ge=0.0, le=1.0, description="share of the last updates averaged (SWA) into the "
                                 "evaluated and exported policy; 0 = the last iterate (rollouts sample live weights)")
     tracker: Literal["wandb", "none"] = Field("wandb", description="metrics tracker (wandb runs offline by default)")
+    tracker_max_keys: int = Field(65536, gt=0, description="most (user, item) keys the advantage tracker keeps "
+                                  "recent rewards of, for groups too small alone (on the driver, saved in every "
+                                  "checkpoint); the least recently updated go first, and a resumed checkpoint's "
+                                  "tracker is trimmed to it")
 
 
 class LPIPSConfig(Section):

@@ -73,7 +73,7 @@ class RayTrainer:
         for pool in self.rewards.values():
             pool.ready()
         self.mixer = RewardMixer.from_config(self.weights, cfg.reward)
-        self.tracker = PerKeyStatTracker()
+        self.tracker = PerKeyStatTracker(max_keys=cfg.train.tracker_max_keys)
         self.iteration, self.epoch, self.batch_in_epoch, self.version = 0, 0, 0, 0
         self.pending, self.position = None, None  # async: the next iteration's rollouts in flight
         self.weight_group_formed = False  # ray.weight_sync collective / cuda_ipc: formed at the first sync

@@ -12,37 +12,56 @@ within its group (Flow-GRPO / DDPO's per-prompt tracker), with a per-key running
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 
 import numpy as np
 
 
 class PerKeyStatTracker:
-    """Recent rewards per key (a bounded buffer, like ddpo-pytorch's), for keys whose group is too small alone."""
+    """Recent rewards per key (a bounded buffer, like ddpo-pytorch's), for keys whose group is too small alone.
 
-    def __init__(self, buffer_size: int = 32, min_count: int = 16):
-        self.buffer_size, self.min_count = buffer_size, min_count
-        self.buffers: dict[str, deque] = defaultdict(lambda: deque(maxlen=self.buffer_size))
+    At most `max_keys` keys are kept, the least recently updated dropped first: a log of millions of (user, item)
+    pairs would otherwise grow the tracker, and every checkpoint it is written into, without bound. A dropped key
+    that comes back starts a new buffer (its groups fall back to the batch's stats until it has `min_count`)."""
+
+    def __init__(self, buffer_size: int = 32, min_count: int = 16, max_keys: int = 65536):
+        if max_keys < 1:
+            raise ValueError(f"PerKeyStatTracker: max_keys={max_keys}; it must be > 0 (train.tracker_max_keys)")
+        self.buffer_size, self.min_count, self.max_keys = buffer_size, min_count, max_keys
+        self.buffers: OrderedDict[str, deque] = OrderedDict()  # least recently updated first
 
     def update(self, keys: np.ndarray, rewards: np.ndarray) -> None:
         for key, reward in zip(keys, rewards):
-            self.buffers[str(key)].append(float(reward))
+            key = str(key)
+            if key in self.buffers:
+                self.buffers.move_to_end(key)
+            else:
+                self.buffers[key] = deque(maxlen=self.buffer_size)
+            self.buffers[key].append(float(reward))
+        self._evict()
+
+    def _evict(self) -> None:
+        while len(self.buffers) > self.max_keys:
+            self.buffers.popitem(last=False)  # the least recently updated key
 
     def stats(self, key: str) -> tuple[float, float] | None:
-        values = self.buffers.get(str(key))
+        values = self.buffers.get(str(key))  # reading does not count as an update
         if values is None or len(values) < self.min_count:
             return None
         return float(np.mean(values)), float(np.std(values))
 
     def state_dict(self) -> dict:
+        """The buffers in update order, least recent first (a JSON object keeps its keys' order)."""
         return {"buffer_size": self.buffer_size, "min_count": self.min_count,
                 "buffers": {k: list(v) for k, v in self.buffers.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """A saved state, trimmed to this tracker's `max_keys` (the run's config, not the saved run's): the last
+        `max_keys` keys of its order are kept. States saved before the cap hold their keys in the order first seen,
+        so of those the keys first seen last are kept."""
         self.buffer_size, self.min_count = state["buffer_size"], state["min_count"]
-        self.buffers = defaultdict(lambda: deque(maxlen=self.buffer_size))
-        for key, values in state["buffers"].items():
-            self.buffers[key].extend(values)
+        kept = list(state["buffers"].items())[-self.max_keys:]  # least recent first: the newest max_keys
+        self.buffers = OrderedDict((key, deque(values, maxlen=self.buffer_size)) for key, values in kept)
 
 
 def group_advantages(rewards: np.ndarray, keys: np.ndarray, tracker: PerKeyStatTracker | None = None,

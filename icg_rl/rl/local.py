@@ -54,7 +54,7 @@ class LocalTrainer:
         if cfg.algo.name == "backprop":
             check_differentiable(self.rewards, weights)
         self.mixer = RewardMixer.from_config(weights, cfg.reward)
-        self.tracker = PerKeyStatTracker()
+        self.tracker = PerKeyStatTracker(max_keys=cfg.train.tracker_max_keys)
         self.optimizer = torch.optim.AdamW(self.pipe.trainable_parameters(), lr=cfg.algo.lr)
         self.average = TailAverage(TrainableParameters(self.pipe.trainable_named_parameters()), cfg.train.iterations,
                                    cfg.train.average_last) if cfg.train.average_last > 0 else None

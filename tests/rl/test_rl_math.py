@@ -1,5 +1,6 @@
 """PPO-clip, KL and group advantages on hand-computed values."""
 
+import json
 import math
 
 import numpy as np
@@ -58,3 +59,37 @@ def test_tracker_fallback_uses_the_keys_history():
     again.load_state_dict(state)
     assert again.stats("k") == tracker.stats("k")
     assert math.isclose(tracker.stats("k")[0], np.mean([0.0, 2.0, 3.0]))
+
+
+def test_tracker_keeps_the_most_recently_updated_keys_up_to_its_cap():
+    tracker = PerKeyStatTracker(buffer_size=4, min_count=1, max_keys=8)
+    for step in range(100):  # 500 distinct keys, 5 per update
+        tracker.update(np.array([f"k{5 * step + i}" for i in range(5)]), np.full(5, float(step)))
+        assert len(tracker.buffers) <= 8
+    assert list(tracker.buffers) == [f"k{i}" for i in range(492, 500)]
+    tracker.update(np.array(["k492", "new"]), np.array([1.0, 2.0]))  # k492 updated again: now the most recent
+    assert list(tracker.buffers) == [f"k{i}" for i in range(494, 500)] + ["k492", "new"]
+    assert tracker.stats("k493") is None and tracker.stats("k492") == (49.5, 48.5)  # step 98, then 1
+    tracker.stats("k494")  # reading is no update: k494 stays the least recent and goes next
+    tracker.update(np.array(["newer"]), np.array([0.0]))
+    assert "k494" not in tracker.buffers and len(tracker.buffers) == 8
+
+
+def test_tracker_state_round_trips_and_an_unbounded_old_state_loads_trimmed():
+    tracker = PerKeyStatTracker(buffer_size=3, min_count=1, max_keys=4)
+    tracker.update(np.array(["a", "b", "c", "a", "d", "e"]), np.arange(6.0))  # b evicted; order c a d e
+    state = json.loads(json.dumps(tracker.state_dict()))  # as a checkpoint's trainer_state.json holds it
+    again = PerKeyStatTracker(max_keys=4)
+    again.load_state_dict(state)
+    assert list(again.buffers) == ["c", "a", "d", "e"] and again.buffers["a"].maxlen == 3
+    assert {k: list(v) for k, v in again.buffers.items()} == {"c": [2.0], "a": [0.0, 3.0], "d": [4.0], "e": [5.0]}
+    again.update(np.array(["f"]), np.array([6.0]))
+    assert list(again.buffers) == ["a", "d", "e", "f"]  # the order survived: c was the least recent
+    # a run saved before the cap: every key ever seen, in first-seen order, with more than buffer_size values
+    old = {"buffer_size": 3, "min_count": 1, "buffers": {f"k{i}": [float(i)] * 5 for i in range(1000)}}
+    trimmed = PerKeyStatTracker(max_keys=10)
+    trimmed.load_state_dict(old)
+    assert list(trimmed.buffers) == [f"k{i}" for i in range(990, 1000)]
+    assert list(trimmed.buffers["k999"]) == [999.0] * 3 and trimmed.stats("k999") == (999.0, 0.0)
+    with pytest.raises(ValueError, match="max_keys=0; it must be > 0"):
+        PerKeyStatTracker(max_keys=0)
