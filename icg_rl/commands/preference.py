@@ -53,14 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(body)
 
 
-def popularity_scores(train_rows, rows, counts: bool = False) -> np.ndarray:
+def popularity_scores(train_items: np.ndarray, train_labels: np.ndarray, items: np.ndarray, num_items: int,
+                      counts: bool = False) -> np.ndarray:
     """Baseline: each item's click rate in the training impressions (global rate for unseen items); with `counts`,
     its number of training clicks (MostPop, the baseline of click-only logs: there a click rate would only measure
-    how often the negative sampler drew the item)."""
+    how often the negative sampler drew the item). Items are codes (rows of the items table)."""
+    clicks = np.bincount(train_items, weights=train_labels, minlength=num_items)
     if counts:
-        return rows["item_id"].map(train_rows.groupby("item_id")["label"].sum()).fillna(0.0).to_numpy()
-    rate = train_rows.groupby("item_id")["label"].mean()
-    return rows["item_id"].map(rate).fillna(float(train_rows["label"].mean())).to_numpy()
+        return clicks[items]
+    shown = np.bincount(train_items, minlength=num_items)
+    overall = float(train_labels.mean()) if len(train_labels) else 0.0
+    rate = np.divide(clicks, shown, out=np.full(num_items, overall), where=shown > 0)
+    return rate[items]
 
 
 def ndcg_per_user(scores: np.ndarray, labels: np.ndarray, users, k: int = 10, seed: int = 0) -> float:
@@ -87,14 +91,15 @@ def ndcg_per_user(scores: np.ndarray, labels: np.ndarray, users, k: int = 10, se
     return total / weight if weight else float("nan")
 
 
-def versus_popularity(test_rows, logits: np.ndarray, popularity: np.ndarray, seed: int = 0) -> dict:
+def versus_popularity(labels: np.ndarray, users: np.ndarray, logits: np.ndarray, popularity: np.ndarray,
+                      seed: int = 0) -> dict:
     """AUC and NDCG@10 of the model and of popularity on the held-out time split, and `beats_popularity`: True when
     the model is better on both, False (with a warning saying what to try) when not, None when undefined (a split
     with one class only). A personalized model that popularity beats adds nothing a recommender lacks."""
-    labels = test_rows["label"].to_numpy() > 0.5
+    labels = np.asarray(labels) > 0.5
     out = {"auc": roc_auc(logits, labels), "popularity_auc": roc_auc(popularity, labels),
-           "ndcg_at_10": ndcg_per_user(logits, labels, test_rows["user_id"], 10, seed),
-           "popularity_ndcg_at_10": ndcg_per_user(popularity, labels, test_rows["user_id"], 10, seed)}
+           "ndcg_at_10": ndcg_per_user(logits, labels, users, 10, seed),
+           "popularity_ndcg_at_10": ndcg_per_user(popularity, labels, users, 10, seed)}
     if any(np.isnan(v) for v in out.values()):
         out["beats_popularity"] = None
         return out
@@ -110,57 +115,72 @@ def versus_popularity(test_rows, logits: np.ndarray, popularity: np.ndarray, see
 
 
 def train_and_evaluate(cfg, out: Path) -> dict:
+    import torch
 
     from icg_rl.data import load_from_config
     from icg_rl.distributed.placement import connect
-    from icg_rl.models.clip_embedder import CLIPEmbedder
-    from icg_rl.models.item_features import compute_item_features
-    from icg_rl.paths import clip_folder
+    from icg_rl.models.item_features import catalogue_features
     from icg_rl.preference.data import impressions, is_click_only
-    from icg_rl.preference.model import PreferenceModel, save_preference_model
-    from icg_rl.preference.train import embed_covers, fit, numeric_rows, predict
+    from icg_rl.preference.model import save_preference_model
+    from icg_rl.preference.train import fit, predict, training_rows
 
     start = time.perf_counter()
-    p, data = cfg.preference, load_from_config(cfg)
-    clip_dir = clip_folder(cfg.reward, cfg.world.dir)
-    embedder = CLIPEmbedder.from_pretrained(clip_dir)
-    item_ids, item_features = compute_item_features(embedder, data)
-    splits = impressions(data, cfg.data.history_len, p.negatives_per_positive, p.seed)
-    covers = embed_covers(embedder, data.root, list(splits.values()))
-    item_embeds = dict(zip(item_ids, item_features.numpy()))
-    train_users = sorted(set(splits["train"]["user_id"]))
-    model_args = dict(user_ids=train_users, item_ids=item_ids, item_dim=item_features.shape[1],
-                      image_dim=item_features.shape[1], user_dim=p.user_dim, hidden_dim=p.hidden_dim,
-                      item_bias=p.item_bias, standardize=p.standardize,
+    p, data = cfg.preference, stage("load", lambda: load_from_config(cfg))
+    features = stage("catalogue features", lambda: catalogue_features(cfg, data))
+    imps = stage("impressions", lambda: impressions(data, cfg.data.history_len, p.negatives_per_positive, p.seed))
+    if list(features.keys) != list(imps.covers.keys):
+        raise RuntimeError("catalogue features and the cover table disagree on the order of covers")
+    train_codes = np.unique(imps.splits["train"]["user"])
+    train_ids = data.users["user_id"].to_numpy().astype(str)[train_codes]
+    by_id = np.argsort(train_ids, kind="stable")  # the model's user table is sorted by id
+    user_row = np.zeros(len(data.users), dtype=np.int32)
+    user_row[train_codes[by_id]] = np.arange(1, len(train_codes) + 1, dtype=np.int32)
+    dim = features.matrix.shape[1]
+    model_args = dict(user_ids=train_ids[by_id].tolist(), item_ids=list(features.keys), item_dim=dim,
+                      image_dim=dim, user_dim=p.user_dim, hidden_dim=p.hidden_dim, item_bias=p.item_bias,
+                      standardize=p.standardize,
                       tag_vocab=sorted({t for tags in data.items["genres"] for t in tags}) if p.item_tags else [])
     item_tags = dict(zip(data.items["item_id"], (list(t) for t in data.items["genres"])))
-    index = PreferenceModel(**model_args)  # only for id → index lookups while building rows
-    arrays = {s: numeric_rows(rows, index, covers, item_embeds, cfg.data.history_len) for s, rows in splits.items()
-              if len(rows)}
-    log.info("impressions: %s", {s: len(r) for s, r in splits.items()})
+    rows = {s: training_rows(imps, s, user_row) for s, n in imps.sizes().items() if n}
+    log.info("impressions: %s", imps.sizes())
     log.info("Ray: %s", connect(cfg.ray.address, cfg.ray.num_cpus))
     fit_start = time.perf_counter()
-    model, history = fit(model_args, item_features, item_tags, arrays["train"], arrays["valid"], p, out / "ray_train",
+    model, history = fit(model_args, torch.as_tensor(features.matrix), item_tags, rows["train"], rows["valid"],
+                         imps.history.cover, cfg.data.history_len, p, out / "ray_train",
                          threads=cfg.ray.threads_per_worker)
     train_seconds = time.perf_counter() - fit_start
-    clip_ref = os.path.relpath(clip_dir.resolve(), (out / "model").resolve())  # the folder moves with its world
+    clip_ref = os.path.relpath(features.clip_dir.resolve(), (out / "model").resolve())  # moves with its world
     # which click log it learned (the world's content, wherever its folder is)
     world_hash = section_hash(cfg.world.content()) if cfg.data.kind == "coverworld" else None
     save_preference_model(model, out / "model", clip_ref, cfg.data.history_len, world_hash)
-    test_logits = predict(model, arrays["test"])
-    popularity = popularity_scores(splits["train"], splits["test"], counts=is_click_only(data))
-    summary = {**versus_popularity(splits["test"], test_logits, popularity, p.seed),
-               "ece": expected_calibration_error(1.0 / (1.0 + np.exp(-test_logits)), arrays["test"]["label"]),
+
+    def scores(split: str) -> np.ndarray:
+        return predict(model, rows[split], imps.history.cover, cfg.data.history_len)
+
+    test, train = imps.splits["test"], imps.splits["train"]
+    test_logits = stage("score test", lambda: scores("test"))
+    popularity = popularity_scores(train["item"], train["label"], test["item"], len(data.items),
+                                   counts=is_click_only(data))
+    summary = {**versus_popularity(test["label"], test["user"], test_logits, popularity, p.seed),
+               "ece": expected_calibration_error(1.0 / (1.0 + np.exp(-test_logits)), test["label"]),
                "valid_auc_best": max(h["valid_auc"] for h in history), "best_epoch": int(history[0]["epoch"]),
                "epochs": p.epochs,
                "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - start, 1),
-               "impressions": {s: len(r) for s, r in splits.items()}}
-    if "heldout" in arrays:
-        summary["auc_heldout_users"] = roc_auc(predict(model, arrays["heldout"]), arrays["heldout"]["label"] > 0.5)
+               "impressions": imps.sizes()}
+    if "heldout" in rows:
+        summary["auc_heldout_users"] = roc_auc(scores("heldout"), imps.splits["heldout"]["label"] > 0.5)
     if cfg.data.kind == "coverworld":  # after training: the world's truth as the reference, never as a signal
         from icg_rl.evaluation.world_reference import true_click_auc
 
-        summary["oracle_auc"] = true_click_auc(data.root, splits["test"])
-        if len(splits["heldout"]):
-            summary["oracle_auc_heldout_users"] = true_click_auc(data.root, splits["heldout"])
+        summary["oracle_auc"] = true_click_auc(data.root, imps.frame("test"))
+        if len(imps.splits["heldout"]["label"]):
+            summary["oracle_auc_heldout_users"] = true_click_auc(data.root, imps.frame("heldout"))
     return summary
+
+
+def stage(name: str, work):
+    """Run one stage of the command and log its wall time (the stages of benchmarks/scale.py)."""
+    began = time.perf_counter()
+    result = work()
+    log.info("%s: %.1f s", name, time.perf_counter() - began)
+    return result

@@ -104,6 +104,8 @@ class DataConfig(Section):
     reference_size: int = Field(32, ge=8, description="side of the reference images in stream batches, pixels")
     pairs_per_batch: int = Field(4, ge=1, description="P: (user, item) pairs per rollout batch")
     samples_per_pair: int = Field(4, ge=1, description="K: images sampled per pair (one advantage group)")
+    cache_dir: str | None = Field(None, description="where derived data is cached (catalogue features by model and "
+                                  "item table); None = <dataset>/.icg_cache")
 
 
 class LoraConfig(Section):

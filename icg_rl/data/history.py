@@ -25,17 +25,21 @@ def lookup_key(key: str, table: dict):
 
 
 def histories_before(rows: pd.DataFrame, clicks: pd.DataFrame, history_len: int) -> list[list[str]]:
-    """For each row (user_id, timestamp): the user's latest `history_len` clicked cover keys strictly before it."""
+    """For each row (user_id, timestamp): the user's latest `history_len` clicked cover keys strictly before it.
+
+    Lists of strings, for the few rows a request or a report needs; the paper-size paths keep histories as
+    offsets into `data.columnar.ClickHistory` and never build these."""
+    from icg_rl.data.columnar import ClickHistory
+
     if history_len == 0:
         return [[] for _ in range(len(rows))]
-    ordered = clicks.sort_values("timestamp", kind="stable")
-    variants = ordered["variant_id"] if "variant_id" in ordered else pd.Series([None] * len(ordered))
-    keys = np.array([cover_key(i, v) for i, v in zip(ordered["item_id"], variants)], dtype=object)
-    by_user = {u: (ordered["timestamp"].to_numpy()[idx], keys[idx])
-               for u, idx in ordered.groupby("user_id").indices.items()}
-    out = []
-    for user, ts in zip(rows["user_id"], rows["timestamp"]):
-        times, items = by_user.get(user, (np.empty(0, np.int64), np.empty(0, object)))
-        end = int(np.searchsorted(times, ts, side="left"))  # clicks strictly before this row
-        out.append(list(items[max(0, end - history_len):end]))
-    return out
+    variants = clicks["variant_id"] if "variant_id" in clicks else pd.Series([None] * len(clicks), index=clicks.index)
+    keys = np.array([cover_key(i, v) for i, v in zip(clicks["item_id"], variants)], dtype=object)
+    users, _ = pd.factorize(pd.concat([clicks["user_id"].astype(str), rows["user_id"].astype(str)],
+                                      ignore_index=True))
+    click_user, row_user = users[:len(clicks)], users[len(clicks):]
+    history = ClickHistory(click_user, clicks["timestamp"].to_numpy(), np.arange(len(clicks)),
+                           int(users.max()) + 1 if len(users) else 0)
+    end = history.ends(row_user, rows["timestamp"].to_numpy())
+    window = history.windows(history.starts(row_user, end, history_len), end, history_len)
+    return [list(keys[row[row >= 0]]) for row in window]

@@ -2,12 +2,17 @@
 
 items(item_id: str, title: str, genres: list[str], image_path: str | None)
 users(user_id: str)                                   (+ any source-specific columns)
-interactions(user_id: str, item_id: str, timestamp: int64 seconds, clicked: bool, rating: float (NaN when none),
-             variant_id: str | None)
+interactions(user_id, item_id: categorical over the users' / items' ids, timestamp: int64 seconds, clicked: bool,
+             rating: float (NaN when none), variant_id: str | None, split: categorical over SPLITS once split)
 
 Ids are strings for every source, so MovieLens' ints, PixelRec's ids and CoverWorld's ids need no special cases
-downstream. `image_path` is relative to the dataset root (or None when the item has no reference image: text-only
-items must work everywhere). `clicked` is the positive signal: a click (CoverWorld, PixelRec) or rating ≥ the
+downstream. In the interactions they are dictionary-encoded: pandas categoricals whose categories are the users and
+items tables' ids in table order, so a row costs 4 bytes per id instead of a Python string (ml-latest's 33.8M rows),
+and a row's code *is* its user's / item's row in those tables, which the columnar paths (data/columnar.py) use.
+Values still read as the id strings (`==`, `isin`, iteration).
+
+`image_path` is relative to the dataset root (or None when the item has no reference image: text-only items must
+work everywhere). `clicked` is the positive signal: a click (CoverWorld, PixelRec) or rating ≥ the
 configured threshold (MovieLens); rows that were shown but not clicked have clicked=False.
 """
 
@@ -22,8 +27,8 @@ import pandas as pd
 ITEM_COLUMNS = {"item_id": "string", "title": "string", "genres": "object", "image_path": "object"}
 USER_COLUMNS = {"user_id": "string"}
 INTERACTION_COLUMNS = {
-    "user_id": "string",
-    "item_id": "string",
+    "user_id": "category",  # encoded against the users / items tables by `RecDataset` (`as_codes`)
+    "item_id": "category",
     "timestamp": "int64",
     "clicked": "bool",
     "rating": "float64",
@@ -56,8 +61,10 @@ class RecDataset:
     def __post_init__(self) -> None:
         self.items = conform(self.items, ITEM_COLUMNS, "items")
         self.users = conform(self.users, USER_COLUMNS, "users")
+        validate_unique(self)
         self.interactions = conform(self.interactions, INTERACTION_COLUMNS, "interactions")
-        validate_references(self)
+        for key, table in (("item_id", self.items), ("user_id", self.users)):
+            self.interactions[key] = as_codes(self.interactions[key], table[key], f"{self.kind} interactions", key)
 
     def image_file(self, item_id: str) -> Path | None:
         """Absolute path of the item's reference image, or None for a text-only item."""
@@ -74,7 +81,7 @@ def conform(frame: pd.DataFrame, columns: dict[str, str], table: str) -> pd.Data
         raise ValueError(f"{table} table lacks column(s) {missing}; the schema needs {list(columns)}")
     frame = frame.copy()
     for column, dtype in columns.items():
-        if dtype == "object":
+        if dtype in ("object", "category"):
             continue
         frame[column] = frame[column].astype(dtype)
     if table == "items":
@@ -105,19 +112,37 @@ def optional_str(value: object) -> str | None:
     return str(value) or None
 
 
-def validate_references(data: RecDataset) -> None:
-    """Every interaction must point at a known user and item; ids must be unique."""
+def validate_unique(data: RecDataset) -> None:
+    """Ids must be unique in the items and users tables."""
     for table, frame, key in (("items", data.items, "item_id"), ("users", data.users, "user_id")):
         dup = frame[key][frame[key].duplicated()]
         if len(dup):
             raise ValueError(f"{data.kind} {table}: duplicate {key} {dup.iloc[0]!r} ({len(dup)} duplicates)")
-    for key, frame in (("item_id", data.items), ("user_id", data.users)):
-        unknown = ~data.interactions[key].isin(frame[key])
-        if unknown.any():
-            raise ValueError(
-                f"{data.kind} interactions: {int(unknown.sum())} rows name an unknown {key}, "
-                f"e.g. {data.interactions.loc[unknown, key].iloc[0]!r}"
-            )
+
+
+def as_codes(column: pd.Series, ids: pd.Series, table: str, key: str) -> pd.Series:
+    """An id column as a categorical over `ids` (the users / items table's ids, in table order). Every value must
+    be one of `ids`: a ValueError names how many rows are not and one of them."""
+    categories = pd.Index(ids.astype(str), dtype=object)
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        if column.cat.categories.equals(categories):
+            return column
+        recode = categories.get_indexer(column.cat.categories.astype(str))  # old category -> new code
+        old = column.cat.codes.to_numpy()
+        codes = np.where(old >= 0, recode[np.maximum(old, 0)], -1)
+    else:
+        codes = categories.get_indexer(column.astype(str))
+    unknown = codes < 0
+    if unknown.any():
+        raise ValueError(f"{table}: {int(unknown.sum())} rows name an unknown {key}, "
+                         f"e.g. {column[unknown].iloc[0]!r}")
+    return pd.Series(pd.Categorical.from_codes(codes.astype(np.int32), categories=categories), index=column.index,
+                     name=column.name)
+
+
+def codes(column: pd.Series) -> np.ndarray:
+    """The int32 codes of an encoded id column (its rows in the users / items table)."""
+    return column.cat.codes.to_numpy().astype(np.int32, copy=False)
 
 
 def users_from_interactions(interactions: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Impressions → training rows for the preference model: (user index, history indices, cover index, label).
+"""Impressions → training rows for the preference model: (user, history window, cover, item, label), as columns.
 
 History = the user's clicked items strictly before the impression (no look-ahead), latest `history_len`. Cover =
 the image the user was shown (the variant when the log names one, else the item's reference image; None for a
@@ -17,15 +17,22 @@ anchored on that split's clicks (same user, time and split), so evaluation impre
 only. They are drawn from the same distribution as the training ones: also excluding the user's training negatives
 would push evaluation negatives into the long tail on small catalogues (an ml-100k heavy user's training negatives
 cover most popular movies), which flatters the popularity baseline.
+
+Impressions are columns of codes (data/columnar.py): a row is its user, item and cover codes, its label and the
+[start, end) slice of the click history it may see — ~30 bytes, whatever `history_len` is; the [B, H] history
+window is built per batch. `Impressions.frame` turns a split into readable rows (ids, history keys, cover path) for
+reports and tests.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from icg_rl.data.history import histories_before
-from icg_rl.data.schema import RecDataset, optional_str
+from icg_rl.data.columnar import ClickHistory, Covers, cover_codes, covers_of, split_codes
+from icg_rl.data.schema import RecDataset, codes, optional_str
 from icg_rl.data.splits import SPLITS
 
 CLICK_ONLY_KINDS = ("movielens", "pixelrec")  # sources that log choices, not impressions: negatives are sampled
@@ -48,32 +55,21 @@ def is_click_only(data: RecDataset) -> bool:
     return data.kind in CLICK_ONLY_KINDS or not (~data.interactions["clicked"]).any()
 
 
-def sample_negatives(log: pd.DataFrame, items: np.ndarray, per_positive: int, seed: int,
-                     exponent: float = POPULARITY_EXPONENT) -> pd.DataFrame:
-    """`per_positive` sampled negatives per click of `log` (every split of it, with a `split` column), as rows of
-    the log's schema: same user, timestamp and split as their click, clicked=False. Vectorised draws with seeded
-    redraws of rejected ones (see the module docstring for the rule); same inputs and seed, same rows."""
-    item_index = pd.Index(items)
-    item_code = item_index.get_indexer(log["item_id"])
-    if (item_code < 0).any():
-        raise ValueError(f"interactions name item {log['item_id'][item_code < 0].iloc[0]!r}, which is not in items")
-    user_code, _ = pd.factorize(log["user_id"])
-    width = np.int64(len(items))
-    interacted = np.unique(user_code.astype(np.int64) * width + item_code)  # (user, item) keys of any split
-    train = (log["split"] == "train").to_numpy()
-    weights = (np.bincount(item_code[train], minlength=len(items)) + 1.0) ** exponent
+def sample_negatives(user: np.ndarray, item: np.ndarray, split: np.ndarray, clicked: np.ndarray, num_items: int,
+                     per_positive: int, seed: int,
+                     exponent: float = POPULARITY_EXPONENT) -> tuple[np.ndarray, np.ndarray]:
+    """`per_positive` sampled negatives per click of a coded log (user / item codes, split codes, clicked flags;
+    every split): (owner, item) — the log row each negative copies its user, time and split from, and the item
+    drawn. Vectorised draws with seeded redraws of rejected ones (see the module docstring for the rule); same
+    inputs and seed, same draws."""
+    width = np.int64(num_items)
+    interacted = np.unique(user.astype(np.int64) * width + item)  # (user, item) keys of any split
+    weights = (np.bincount(item[split == SPLITS.index("train")], minlength=num_items) + 1.0) ** exponent
     probs = weights / weights.sum()
     rng = np.random.default_rng(seed)
-    owner = np.repeat(np.flatnonzero(log["clicked"].to_numpy()), per_positive)
-    item = _draw(rng, probs, user_code[owner].astype(np.int64) * width, interacted)
-    owner, item = owner[item >= 0], item[item >= 0]
-    source = log.iloc[owner]
-    return pd.DataFrame({
-        "user_id": source["user_id"].to_numpy(), "item_id": item_index.to_numpy()[item],
-        "timestamp": source["timestamp"].to_numpy(), "clicked": np.zeros(len(owner), dtype=bool),
-        "rating": np.full(len(owner), np.nan), "variant_id": np.full(len(owner), None, dtype=object),
-        "split": source["split"].to_numpy(),
-    })
+    owner = np.repeat(np.flatnonzero(clicked), per_positive)
+    drawn = _draw(rng, probs, user[owner].astype(np.int64) * width, interacted)
+    return owner[drawn >= 0], drawn[drawn >= 0].astype(np.int32)
 
 
 def _draw(rng: np.random.Generator, probs: np.ndarray, user_key: np.ndarray, forbidden: np.ndarray) -> np.ndarray:
@@ -100,24 +96,66 @@ def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return sorted_keys[at] == keys
 
 
-def impressions(data: RecDataset, history_len: int, negatives_per_positive: int = 4,
-                seed: int = 0) -> dict[str, pd.DataFrame]:
-    """Each split's impressions (train, valid, test, heldout) with history, cover path and label; negatives are
-    sampled for click-only logs (see the module docstring)."""
+@dataclass
+class Impressions:
+    """Every split's impressions as columns (split -> user, item, cover, timestamp, label, start, end), the cover
+    table their codes index and the click history their [start, end) slices point into."""
+
+    data: RecDataset
+    covers: Covers
+    history: ClickHistory
+    history_len: int
+    splits: dict[str, dict[str, np.ndarray]]
+
+    def sizes(self) -> dict[str, int]:
+        return {split: len(columns["label"]) for split, columns in self.splits.items()}
+
+    def windows(self, split: str, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """[B, history_len] cover codes of the rows' histories (oldest first, -1 padded)."""
+        columns = self.splits[split]
+        return self.history.windows(columns["start"][rows], columns["end"][rows], self.history_len)
+
+    def frame(self, split: str) -> pd.DataFrame:
+        """A split as readable rows (user_id, item_id, timestamp, history keys, variant_id, cover path, label,
+        split): one Python object per row, for reports and tests on small splits."""
+        c = self.splits[split]
+        variant = [key.split("|", 1)[1] if "|" in key else None for key in self.covers.keys[c["cover"]]]
+        histories = [list(self.covers.keys[row[row >= 0]]) for row in self.windows(split)]
+        return pd.DataFrame({
+            "user_id": self.data.users["user_id"].to_numpy()[c["user"]].astype(str),
+            "item_id": self.data.items["item_id"].to_numpy()[c["item"]].astype(str),
+            "timestamp": c["timestamp"], "history": pd.Series(histories, dtype=object),
+            "variant_id": pd.Series(variant, dtype=object), "cover": pd.Series(self.covers.paths[c["cover"]],
+                                                                                dtype=object),
+            "label": c["label"], "split": split,
+        })
+
+
+def impressions(data: RecDataset, history_len: int, negatives_per_positive: int = 4, seed: int = 0) -> Impressions:
+    """Each split's impressions (train, valid, test, heldout) with their history slices, covers and labels;
+    negatives are sampled for click-only logs (see the module docstring). No Python object per row."""
     log = data.interactions
     if "split" not in log.columns:
         raise ValueError(f"this {data.kind} dataset has no 'split' column: load it with icg_rl.data.load_dataset or "
                          "load_from_config, which split every source by time per user (data/splits.py)")
+    covers = covers_of(data)
+    user, item, split = codes(log["user_id"]), codes(log["item_id"]), split_codes(log)
+    timestamp, clicked = log["timestamp"].to_numpy(np.int64), log["clicked"].to_numpy(bool)
+    cover = cover_codes(data, log, covers)
     if is_click_only(data):
-        negatives = sample_negatives(log, data.items["item_id"].to_numpy(), negatives_per_positive, seed)
-        log = pd.concat([log[list(negatives.columns)], negatives], ignore_index=True)
-    log = log.reset_index(drop=True)
-    clicks = data.interactions[data.interactions["clicked"]]
-    frame = pd.DataFrame({
-        "user_id": log["user_id"].to_numpy(), "item_id": log["item_id"].to_numpy(),
-        "timestamp": log["timestamp"].to_numpy(), "history": histories_before(log, clicks, history_len),
-        "variant_id": log["variant_id"].to_numpy() if "variant_id" in log else None,
-        "cover": cover_paths(data, log).to_numpy(), "label": log["clicked"].to_numpy().astype(np.float32),
-        "split": log["split"].to_numpy(),
-    })
-    return {split: frame[frame["split"] == split].reset_index(drop=True) for split in SPLITS}
+        owner, drawn = sample_negatives(user, item, split, clicked, len(data.items), negatives_per_positive, seed)
+        user, item, split = (np.concatenate([a, a[owner]]) for a in (user, item, split))
+        timestamp, cover = np.concatenate([timestamp, timestamp[owner]]), np.concatenate([cover, drawn])
+        item[len(clicked):] = drawn  # a negative shows its item's reference cover
+        clicked = np.concatenate([clicked, np.zeros(len(owner), dtype=bool)])
+    history = ClickHistory.of(data, covers)
+    offset = np.int32 if len(history) < 2**31 else np.int64
+    end = history.ends(user, timestamp)
+    start = history.starts(user, end, history_len)
+    splits = {}
+    for code, name in enumerate(SPLITS):
+        rows = np.flatnonzero(split == code)
+        splits[name] = {"user": user[rows], "item": item[rows], "cover": cover[rows], "timestamp": timestamp[rows],
+                        "label": clicked[rows].astype(np.float32), "start": start[rows].astype(offset),
+                        "end": end[rows].astype(offset)}
+    return Impressions(data, covers, history, history_len, splits)

@@ -1,7 +1,9 @@
 """Training the preference model with Ray Train: a TorchTrainer over Ray Data shards of the training impressions.
 
-Driver: embed items and covers once with the frozen CLIP, build numeric rows, hand the table to Ray Data, fit,
-keep the checkpoint with the best validation AUC, save it as a plain folder (`preference.safetensors` +
+Driver: the catalogue's features (once, cached), the impressions as columns of codes (preference/data.py), written
+to Parquet and streamed back by Ray Data; each worker builds its batches' history windows and looks covers up in
+the model's own item table, so a row costs ~30 bytes on the way. Keeps the checkpoint with the best validation AUC
+(the validation set is a dataset too, scored once by rank 0), saved as a plain folder (`preference.safetensors` +
 `config.json` + the item features) that the preference reward loads.
 """
 
@@ -13,50 +15,45 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from icg_rl.config import section_hash
-from icg_rl.data.schema import optional_str
+from icg_rl.data.columnar import windows_from
 from icg_rl.metrics import roc_auc
-from icg_rl.models.item_features import embed_image_files
 from icg_rl.preference.model import CONFIG_FILE, PreferenceModel
 
-
-def numeric_rows(rows: pd.DataFrame, model: PreferenceModel, cover_embeds: dict, item_embeds: dict,
-                 history_len: int) -> dict[str, np.ndarray]:
-    """Impression rows -> arrays: user_index [N], history_index [N, H], image [N, D], item_index [N], label [N]."""
-    # a row without a cover image (a text-only item) is scored by its item's features: the title's CLIP embedding
-    covers = [optional_str(c) for c in rows["cover"]]
-    image = np.stack([item_embeds[i] if c is None else cover_embeds[c]
-                      for c, i in zip(covers, rows["item_id"])]).astype(np.float32)
-    return {
-        "user_index": model.user_encoder.indices(list(rows["user_id"])).numpy(),
-        "history_index": model.history_indices(list(rows["history"]), history_len).numpy(),
-        "image": image,
-        "item_index": model.item_indices(list(rows["item_id"])).numpy(),
-        "label": rows["label"].to_numpy(np.float32),
-    }
+SHUFFLE_BUFFER = 4096  # rows each worker's local shuffle mixes (the training rows were shuffled once when written)
 
 
-def embed_covers(embedder, root: Path, frames: list[pd.DataFrame]) -> dict[str, np.ndarray]:
-    """CLIP embedding of every cover image the impression rows show, by path; rows without one are skipped (None,
-    NaN and pd.NA all mean "no image": pandas lookups produce each)."""
-    paths = sorted({p for f in frames for c in f["cover"] if (p := optional_str(c)) is not None})
-    embeds = embed_image_files(embedder, [root / p for p in paths]).numpy()
-    return dict(zip(paths, embeds))
+def training_rows(imps, split: str, user_row: np.ndarray) -> dict[str, np.ndarray]:
+    """A split's impressions as the model's inputs, still columnar: user_index (row of the model's user table, 0
+    for users it does not know), cover and item (rows of its item table: cover code + 1, item code + 1), label,
+    and the [start, end) slice of the click history (`windows_from` builds the [B, H] window per batch)."""
+    c = imps.splits[split]
+    return {"user_index": user_row[c["user"]], "cover": c["cover"] + np.int32(1), "item": c["item"] + np.int32(1),
+            "label": c["label"], "start": c["start"], "end": c["end"]}
+
+
+def model_inputs(model: PreferenceModel, batch: dict, click_cover: np.ndarray, history_len: int):
+    """(user_index, history_index, image_embeds, item_index) of a batch of `training_rows`: the history window
+    and the cover's features (the model's own item table) are looked up here, per batch."""
+    history = torch.as_tensor(windows_from(click_cover, batch["start"], batch["end"], history_len) + 1).long()
+    cover = torch.as_tensor(np.asarray(batch["cover"])).long()
+    return (torch.as_tensor(np.asarray(batch["user_index"])).long(), history, model.item_features[cover],
+            torch.as_tensor(np.asarray(batch["item"])).long())
 
 
 @torch.no_grad()
-def predict(model: PreferenceModel, arrays: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+def predict(model: PreferenceModel, rows: dict[str, np.ndarray], click_cover: np.ndarray, history_len: int,
+            batch_size: int = 8192) -> np.ndarray:
+    """Click logits of `training_rows`, in batches (the history windows exist one batch at a time)."""
     model.eval()
-    logits = [model(torch.as_tensor(arrays["user_index"][s:s + batch_size]),
-                    torch.as_tensor(arrays["history_index"][s:s + batch_size]),
-                    torch.as_tensor(arrays["image"][s:s + batch_size]),
-                    torch.as_tensor(arrays["item_index"][s:s + batch_size]))
-              for s in range(0, len(arrays["label"]), batch_size)]
-    return torch.cat(logits).numpy()
+    out = []
+    for s in range(0, len(rows["label"]), batch_size):
+        batch = {k: v[s:s + batch_size] for k, v in rows.items()}
+        out.append(model(*model_inputs(model, batch, click_cover, history_len)))
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -68,6 +65,10 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(max(1, int(config["threads"])))
     model = PreferenceModel(**config["model_args"])
     model.set_item_features(torch.as_tensor(config["item_features"]), config["item_tags"])
+    inner = model
+    click_cover = ray.get(config["click_cover"]) if not isinstance(config["click_cover"], np.ndarray) \
+        else config["click_cover"]
+    history_len = config["history_len"]
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     # cosine decay to 0 over the run, stepped per batch: the last epochs average out SGD noise (a constant lr left
@@ -80,66 +81,87 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(config["epochs"]):
         model.train()
         losses = []
-        for batch in shard.iter_torch_batches(batch_size=config["batch_size"], local_shuffle_buffer_size=4096,
-                                              local_shuffle_seed=config["seed"] + epoch):
-            user_index = batch["user_index"].long()
+        for batch in shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy",
+                                        local_shuffle_buffer_size=config["shuffle_buffer"],
+                                        local_shuffle_seed=config["seed"] + epoch):
+            user_index, history, image, item = model_inputs(inner, batch, click_cover, history_len)
             hidden = torch.rand(user_index.shape, generator=generator) < config["user_id_dropout"]
             user_index = user_index.masked_fill(hidden, 0)  # as if unknown: the history must carry the user
-            logits = model(user_index, batch["history_index"].long(), batch["image"].float(),
-                           batch["item_index"].long())
-            loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
+            logits = model(user_index, history, image, item)
+            loss = F.binary_cross_entropy_with_logits(logits, torch.as_tensor(batch["label"]).float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if schedule is not None and schedule.last_epoch < schedule.T_max:
                 schedule.step()
             losses.append(float(loss.detach()))
-        inner = model.module if hasattr(model, "module") else model
-        valid_auc = roc_auc(predict(inner, config["valid"]), config["valid"]["label"] > 0.5)
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "valid_auc": valid_auc}
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                   "valid_auc": float("nan")}
+        rank = ray.train.get_context().get_world_rank()
+        if rank == 0:  # the whole validation set (not split across workers), scored once
+            scores, labels = [], []
+            for batch in ray.train.get_dataset_shard("valid").iter_batches(batch_size=8192, batch_format="numpy"):
+                scores.append(predict(inner, batch, click_cover, history_len))
+                labels.append(batch["label"])
+            if scores:
+                metrics["valid_auc"] = roc_auc(np.concatenate(scores), np.concatenate(labels) > 0.5)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
-            if ray.train.get_context().get_world_rank() == 0:
+            if rank == 0:
                 torch.save(inner.state_dict(), Path(folder) / "model.pt")
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def columnar(arrays: dict[str, np.ndarray]):
-    """Numeric rows -> one Arrow table, a tensor column per multi-dimensional array. Ray Data streams it to the
-    worker with far less per-row work than a list of per-row dicts: an epoch on world seed 1 took 2.4 s instead
-    of 4.0 s, of which the model's own steps are ~1.4 s."""
+def write_rows(rows: dict[str, np.ndarray], folder: Path, rows_per_file: int = 4_000_000) -> Path:
+    """Write `training_rows` as Parquet files under `folder` (streamed back by Ray Data); returns the folder."""
     import pyarrow as pa
-    from ray.data.extensions import ArrowTensorArray
+    import pyarrow.parquet as pq
 
-    return pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else pa.array(v) for k, v in arrays.items()})
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    total = len(rows["label"])
+    for number, start in enumerate(range(0, max(total, 1), rows_per_file)):
+        part = pa.table({k: v[start:start + rows_per_file] for k, v in rows.items()})
+        pq.write_table(part, folder / f"part-{number:05d}.parquet", row_group_size=256_000)
+    return folder
 
 
 def fit(model_args: dict, item_features: torch.Tensor, item_tags: dict[str, list[str]], train: dict, valid: dict,
-        pref_cfg, storage: Path, threads: int | None = None):
-    """Run the TorchTrainer; returns the model restored from the best-validation checkpoint and the history.
-    `threads`: torch threads per worker (`ray.threads_per_worker`; None = its CPUs)."""
+        click_cover: np.ndarray, history_len: int, pref_cfg, storage: Path, threads: int | None = None):
+    """Run the TorchTrainer on `training_rows`; returns the model restored from the best-validation checkpoint and
+    the history. Both splits go to Parquet under `storage` and are streamed back by Ray Data (the driver keeps no
+    copy in the object store); the click history's cover codes go to the object store once, for every worker's
+    windows. `threads`: torch threads per worker (`ray.threads_per_worker`; None = its CPUs)."""
+    import ray
     import ray.data
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     shutil.rmtree(storage / "preference", ignore_errors=True)  # a new fit never resumes a stale run's checkpoints
     # the log is grouped by user: shuffle it once here, so that the workers' local shuffle buffers (a few thousand
     # rows) mix users rather than walking through them one block of users at a time
     order = np.random.default_rng(pref_cfg.seed).permutation(len(train["label"]))
-    dataset = ray.data.from_arrow(columnar({k: v[order] for k, v in train.items()}))
+    train_files = write_rows({k: v[order] for k, v in train.items()}, storage / "rows" / "train")
+    del order
+    valid_files = write_rows(valid, storage / "rows" / "valid")
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # file order = the shuffle above: same seed, same model
+    datasets = {"train": ray.data.read_parquet(str(train_files)), "valid": ray.data.read_parquet(str(valid_files))}
+    steps = -(-len(train["label"]) // (pref_cfg.num_workers * pref_cfg.batch_size))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model_args": model_args, "item_features": item_features.numpy(), "item_tags": item_tags,
-                           "valid": valid,
+                           "click_cover": ray.put(click_cover), "history_len": history_len,
                            "epochs": pref_cfg.epochs, "batch_size": pref_cfg.batch_size, "lr": pref_cfg.lr,
                            "weight_decay": pref_cfg.weight_decay, "seed": pref_cfg.seed,
-                           "lr_schedule": pref_cfg.lr_schedule,
-                           "steps_per_epoch": -(-len(order) // (pref_cfg.num_workers * pref_cfg.batch_size)),
+                           "lr_schedule": pref_cfg.lr_schedule, "steps_per_epoch": steps,
+                           "shuffle_buffer": SHUFFLE_BUFFER,
                            "threads": threads or pref_cfg.cpus_per_worker, "user_id_dropout": pref_cfg.user_id_dropout},
         scaling_config=ScalingConfig(num_workers=pref_cfg.num_workers, use_gpu=False,
                                      resources_per_worker={"CPU": pref_cfg.cpus_per_worker}),
-        datasets={"train": dataset},
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # every worker may read all of `valid`; rank 0 does
         run_config=RunConfig(name="preference", storage_path=str(storage.resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="valid_auc",
                                                                 checkpoint_score_order="max")),

@@ -55,31 +55,42 @@ def skewed_log(users: int = 40, per_user: int = 10, num_items: int = 50, seed: i
     return split_dataset(data, SplitRule(0.2, 0.2, 0.1, seed=0))
 
 
+def _coded(data):
+    """The log's columns as `sample_negatives` takes them."""
+    from icg_rl.data.columnar import split_codes
+    from icg_rl.data.schema import codes
+
+    log = data.interactions
+    return (codes(log["user_id"]), codes(log["item_id"]), split_codes(log), log["clicked"].to_numpy(),
+            len(data.items))
+
+
 def test_negatives_are_seeded_and_never_an_item_the_user_touched():
     data = skewed_log()
-    log, items = data.interactions, data.items["item_id"].to_numpy()
-    first = sample_negatives(log, items, per_positive=4, seed=5)
-    pd.testing.assert_frame_equal(first, sample_negatives(log, items, per_positive=4, seed=5))
-    assert not first.equals(sample_negatives(log, items, per_positive=4, seed=6))
-    assert len(first) == 4 * int(log["clicked"].sum()) and not first["clicked"].any()
-    touched = set(zip(log["user_id"], log["item_id"]))  # every split
-    assert not touched & set(zip(first["user_id"], first["item_id"]))
-    # each negative carries its click's user, time and split
-    click_of = log.groupby(["user_id", "timestamp"])["split"].first()
-    assert first["split"].tolist() == [click_of[(u, t)] for u, t in zip(first["user_id"], first["timestamp"])]
+    user, item, split, clicked, num_items = _coded(data)
+    owner, drawn = sample_negatives(user, item, split, clicked, num_items, per_positive=4, seed=5)
+    again = sample_negatives(user, item, split, clicked, num_items, per_positive=4, seed=5)
+    np.testing.assert_array_equal(owner, again[0]) and np.testing.assert_array_equal(drawn, again[1])
+    other = sample_negatives(user, item, split, clicked, num_items, per_positive=4, seed=6)[1]
+    assert not np.array_equal(drawn, other)
+    assert len(drawn) == 4 * int(clicked.sum()) and clicked[owner].all()  # anchored on clicks
+    touched = set(zip(user.tolist(), item.tolist()))  # every split
+    assert not touched & set(zip(user[owner].tolist(), drawn.tolist()))
 
 
 def test_popular_items_are_drawn_more_often_than_rare_ones():
     data = skewed_log(users=300, per_user=3, num_items=100)  # few clicks per user: exclusion barely matters
-    negatives = sample_negatives(data.interactions, data.items["item_id"].to_numpy(), per_positive=4, seed=0)
-    counts = negatives["item_id"].value_counts().reindex(data.items["item_id"], fill_value=0)
-    head, tail = counts.iloc[:5].mean(), counts.iloc[-50:].mean()
+    user, item, split, clicked, num_items = _coded(data)
+    drawn = sample_negatives(user, item, split, clicked, num_items, per_positive=4, seed=0)[1]
+    counts = np.bincount(drawn, minlength=num_items)
+    head, tail = counts[:5].mean(), counts[-50:].mean()
     assert head > 3 * tail > 0, (head, tail)  # and the tail is still drawn (+1 smoothing, ^0.75)
 
 
 def test_evaluation_impressions_come_only_from_held_out_rows():
     data = skewed_log()
-    parts = impressions(data, history_len=3, negatives_per_positive=4, seed=0)
+    imps = impressions(data, history_len=3, negatives_per_positive=4, seed=0)
+    parts = {split: imps.frame(split) for split in imps.splits}
     log = data.interactions
     for split, rows in parts.items():
         assert (rows["split"] == split).all()
@@ -109,27 +120,33 @@ def test_a_log_without_split_is_refused(tmp_path):
 
 
 def _prepare(data, embedder):
-    """The data preparation of `train_and_evaluate`, up to the numeric rows the trainer consumes."""
+    """The data preparation of `train_and_evaluate`, up to the inputs the model sees (per batch)."""
     from icg_rl.models.item_features import compute_item_features
     from icg_rl.preference.model import PreferenceModel
-    from icg_rl.preference.train import embed_covers, numeric_rows
+    from icg_rl.preference.train import model_inputs, training_rows
 
     item_ids, features = compute_item_features(embedder, data)
-    parts = impressions(data, history_len=3, negatives_per_positive=2, seed=0)
-    covers = embed_covers(embedder, data.root, list(parts.values()))
-    index = PreferenceModel(sorted(set(parts["train"]["user_id"])), item_ids, 16, 16)
-    item_embeds = dict(zip(item_ids, features.numpy()))
-    arrays = {s: numeric_rows(rows, index, covers, item_embeds, 3) for s, rows in parts.items() if len(rows)}
-    return parts, covers, item_embeds, arrays
+    imps = impressions(data, history_len=3, negatives_per_positive=2, seed=0)
+    assert item_ids == list(imps.covers.keys)  # the model's item table is the cover table
+    model = PreferenceModel([], item_ids, 16, 16)
+    model.set_item_features(features)
+    user_row = np.zeros(len(data.users), dtype=np.int32)
+    images = {}
+    for split, n in imps.sizes().items():
+        if n:
+            inputs = model_inputs(model, training_rows(imps, split, user_row), imps.history.cover, 3)
+            images[split] = inputs[2].numpy()
+    parts = {split: imps.frame(split) for split in imps.splits}
+    return parts, dict(zip(item_ids, features.numpy())), images
 
 
 def test_movielens_without_posters_prepares_text_only_rows(tmp_path, embedder):
     """Was: TypeError: unsupported operand type(s) for /: 'PosixPath' and 'NAType' (ml-100k without posters)."""
     data = load_dataset("movielens", write_movielens(tmp_path / "ml"))
     assert data.items["image_path"].isna().all()
-    parts, covers, item_embeds, arrays = _prepare(data, embedder)
-    assert covers == {} and all(c is None for rows in parts.values() for c in rows["cover"])
-    rows, image = parts["test"], arrays["test"]["image"]
+    parts, item_embeds, images = _prepare(data, embedder)
+    assert all(c is None for rows in parts.values() for c in rows["cover"])
+    rows, image = parts["test"], images["test"]
     np.testing.assert_allclose(image, np.stack([item_embeds[i] for i in rows["item_id"]]), rtol=1e-6)
     assert np.isfinite(image).all() and np.allclose(np.linalg.norm(image, axis=1), 1.0, atol=1e-5)
     # low ratings are real non-clicks, sampled negatives come on top of them
@@ -137,47 +154,47 @@ def test_movielens_without_posters_prepares_text_only_rows(tmp_path, embedder):
 
 
 def test_pixelrec_with_some_images_missing_embeds_the_rest(tmp_path, embedder):
+    from icg_rl.models.item_features import embed_image_files
+
     data = load_dataset("pixelrec", write_pixelrec(tmp_path / "p"))
     with_image = set(data.items.loc[data.items["image_path"].notna(), "item_id"])
     assert 0 < len(with_image) < len(data.items)
-    parts, covers, item_embeds, arrays = _prepare(data, embedder)
+    parts, item_embeds, images = _prepare(data, embedder)
     rows = pd.concat(parts.values())
-    assert set(covers) == {f"images/{i}.jpg" for i in set(rows["item_id"]) & with_image}
+    assert set(rows["cover"].dropna()) == {f"images/{i}.jpg" for i in set(rows["item_id"]) & with_image}
     for split, table in parts.items():
         if not len(table):
             continue
-        expected = [covers[f"images/{i}.jpg"] if i in with_image else item_embeds[i] for i in table["item_id"]]
-        np.testing.assert_allclose(arrays[split]["image"], np.stack(expected), rtol=1e-6)
+        shown = [i in with_image for i in table["item_id"]]
+        files = [data.root / f"images/{i}.jpg" for i, s in zip(table["item_id"], shown) if s]
+        expected = np.stack([item_embeds[i] for i in table["item_id"]])
+        expected[np.asarray(shown)] = embed_image_files(embedder, files).numpy()  # the image itself, embedded
+        np.testing.assert_allclose(images[split], expected, rtol=1e-4, atol=1e-6)
 
 
 def test_missing_values_of_every_kind_mean_no_image(tmp_path, embedder):
     """pandas lookups give None, NaN or pd.NA for a missing path: all are "no image" (never `root / NA`)."""
+    from icg_rl.data.columnar import covers_of
     from icg_rl.evaluation.suite import embed_shown
-    from icg_rl.preference.train import embed_covers, numeric_rows
+    from icg_rl.models.item_features import embed_image_files
 
     data = load_dataset("pixelrec", write_pixelrec(tmp_path / "p"))
     frame = pd.DataFrame({"item_id": ["i1", "i3", "i6", "i9"], "variant_id": None})
     assert cover_paths(data, frame).tolist() == ["images/i1.jpg", None, None, None]
-    odd = pd.DataFrame({"cover": pd.Series(["images/i1.jpg", None, np.nan, pd.NA], dtype=object),
-                        "item_id": frame["item_id"], "user_id": "u1", "history": [[]] * 4, "label": 1.0})
-    covers = embed_covers(embedder, data.root, [odd])
-    assert list(covers) == ["images/i1.jpg"]
-    shown = embed_shown(embedder, data, odd["cover"], odd["item_id"])
+    spellings = ["images/i1.jpg", None, np.nan, pd.NA]
+    odd = data.items.assign(image_path=np.array([spellings[k % 4] for k in range(len(data.items))], dtype=object))
+    paths = covers_of(RecDataset("pixelrec", data.root, odd, data.users, data.interactions)).paths
+    assert all(p is None or isinstance(p, str) for p in paths) and sum(p is not None for p in paths) >= 1
+    shown = embed_shown(embedder, data, pd.Series(["images/i1.jpg", None, np.nan, pd.NA], dtype=object),
+                        frame["item_id"])
     assert shown.shape == (4, 16) and np.isfinite(shown).all()
-    np.testing.assert_allclose(shown[0], covers["images/i1.jpg"], rtol=1e-5)
-    from icg_rl.preference.model import PreferenceModel
-
-    model = PreferenceModel(["u1"], list(data.items["item_id"]), 16, 16)
-    item_embeds = {i: np.full(16, k, np.float32) for k, i in enumerate(data.items["item_id"])}
-    image = numeric_rows(odd, model, covers, item_embeds, 2)["image"]
-    assert [float(row[0]) for row in image[1:]] == [2.0, 5.0, 8.0]  # i3, i6, i9 by their item features
+    np.testing.assert_allclose(shown[0], embed_image_files(embedder, [data.root / "images/i1.jpg"])[0], rtol=1e-5)
 
 
 def test_popularity_of_a_click_only_log_is_the_click_count():
-    train = pd.DataFrame({"item_id": ["a", "a", "a", "b", "b", "c"], "label": [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]})
-    rows = pd.DataFrame({"item_id": ["a", "b", "c", "new"]})
-    assert popularity_scores(train, rows, counts=True).tolist() == [2.0, 1.0, 0.0, 0.0]
-    assert popularity_scores(train, rows).tolist() == pytest.approx([2 / 3, 1 / 2, 0.0, 0.5])
+    items, labels = np.array([0, 0, 0, 1, 1, 2]), np.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])  # a, b, c; 3 = new
+    assert popularity_scores(items, labels, np.arange(4), 4, counts=True).tolist() == [2.0, 1.0, 0.0, 0.0]
+    assert popularity_scores(items, labels, np.arange(4), 4).tolist() == pytest.approx([2 / 3, 1 / 2, 0.0, 0.5])
 
 
 def test_ndcg_per_user_matches_ndcg_at_k_across_chunks():
@@ -196,15 +213,14 @@ def test_ndcg_per_user_matches_ndcg_at_k_across_chunks():
 def test_the_summary_says_when_popularity_wins(caplog):
     users = np.repeat([f"u{u}" for u in range(30)], 5)
     labels = np.tile([1.0, 0, 0, 0, 0], 30)
-    rows = pd.DataFrame({"user_id": users, "label": labels})
     good = labels + np.random.default_rng(0).normal(0, 0.3, len(labels))
     bad = np.random.default_rng(1).random(len(labels))
     with caplog.at_level(logging.WARNING, logger="icg_rl.preference"):
-        won = versus_popularity(rows, good, bad)
+        won = versus_popularity(labels, users, good, bad)
     assert won["beats_popularity"] is True and won["ndcg_at_10"] > won["popularity_ndcg_at_10"]
     assert won["auc"] > won["popularity_auc"] and not caplog.records
     with caplog.at_level(logging.WARNING, logger="icg_rl.preference"):
-        lost = versus_popularity(rows, bad, good)
+        lost = versus_popularity(labels, users, bad, good)
     assert lost["beats_popularity"] is False and lost["popularity_ndcg_at_10"] > lost["ndcg_at_10"]
     assert "popularity beats the preference model" in caplog.text and "preference.item_bias" in caplog.text
-    assert versus_popularity(rows.assign(label=1.0), good, bad)["beats_popularity"] is None  # one class: undefined
+    assert versus_popularity(np.ones_like(labels), users, good, bad)["beats_popularity"] is None  # one class: undefined
