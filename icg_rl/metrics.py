@@ -26,3 +26,14 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     which = np.minimum((probs * bins).astype(int), bins - 1)  # bin of each row; p = 1 goes to the last bin
     gap = np.abs(np.bincount(which, labels, bins) - np.bincount(which, probs, bins))  # |Σ labels − Σ probs| per bin
     return float(gap.sum() / probs.size)
+
+
+def timed(log, name: str, work):
+    """Run `work()` and log `<name>: <seconds> s` at INFO: the stages of a command, as benchmarks/scale.py reads
+    them."""
+    import time
+
+    began = time.perf_counter()
+    result = work()
+    log.info("%s: %.1f s", name, time.perf_counter() - began)
+    return result

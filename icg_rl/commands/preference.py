@@ -22,7 +22,7 @@ import pandas as pd
 
 from icg_rl.commands.common import base_parser, parse_config, report, run_main
 from icg_rl.config import section_hash
-from icg_rl.metrics import expected_calibration_error, roc_auc
+from icg_rl.metrics import expected_calibration_error, roc_auc, timed
 
 log = logging.getLogger("icg_rl.preference")
 NDCG_CHUNK_USERS = 256
@@ -125,9 +125,9 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     from icg_rl.preference.train import fit, predict, training_rows
 
     start = time.perf_counter()
-    p, data = cfg.preference, stage("load", lambda: load_from_config(cfg))
-    features = stage("catalogue features", lambda: catalogue_features(cfg, data))
-    imps = stage("impressions", lambda: impressions(data, cfg.data.history_len, p.negatives_per_positive, p.seed))
+    p, data = cfg.preference, timed(log, "load", lambda: load_from_config(cfg))
+    features = timed(log, "catalogue features", lambda: catalogue_features(cfg, data))
+    imps = timed(log, "impressions", lambda: impressions(data, cfg.data.history_len, p.negatives_per_positive, p.seed))
     if list(features.keys) != list(imps.covers.keys):
         raise RuntimeError("catalogue features and the cover table disagree on the order of covers")
     train_codes = np.unique(imps.splits["train"]["user"])
@@ -158,7 +158,7 @@ def train_and_evaluate(cfg, out: Path) -> dict:
         return predict(model, rows[split], imps.history.cover, cfg.data.history_len)
 
     test, train = imps.splits["test"], imps.splits["train"]
-    test_logits = stage("score test", lambda: scores("test"))
+    test_logits = timed(log, "score test", lambda: scores("test"))
     popularity = popularity_scores(train["item"], train["label"], test["item"], len(data.items),
                                    counts=is_click_only(data))
     summary = {**versus_popularity(test["label"], test["user"], test_logits, popularity, p.seed),
@@ -177,10 +177,3 @@ def train_and_evaluate(cfg, out: Path) -> dict:
             summary["oracle_auc_heldout_users"] = true_click_auc(data.root, imps.frame("heldout"))
     return summary
 
-
-def stage(name: str, work):
-    """Run one stage of the command and log its wall time (the stages of benchmarks/scale.py)."""
-    began = time.perf_counter()
-    result = work()
-    log.info("%s: %.1f s", name, time.perf_counter() - began)
-    return result

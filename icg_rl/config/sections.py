@@ -267,6 +267,9 @@ class EvaluationConfig(Section):
                                          "A/B test")
     downstream_impressions: int = Field(512, ge=16, description="test impressions (whole users) the downstream "
                                         "CTR model ranks with each arm's covers")
+    downstream_train_impressions: int = Field(200_000, ge=16, description="training impressions (whole users, a "
+                                              "seeded choice) the downstream CTR model learns from; bounds its cost "
+                                              "on a paper-size log (CoverWorld's whole train split fits)")
     downstream_epochs: int = Field(8, ge=1, description="training passes of the downstream CTR model")
     batch_size: int = Field(32, ge=1, description="images generated per pipeline call")
     lpips: LPIPSConfig = Field(default_factory=LPIPSConfig)

@@ -38,6 +38,7 @@ from icg_rl.data.tabular import (
     parse_int,
     parse_number,
     read_file,
+    read_typed,
     settle,
 )
 
@@ -106,10 +107,14 @@ def load_movielens(
     items["image_path"] = image_paths(items["item_id"], root, posters_dir, option="posters_dir (data.posters_dir)")
     users = _read_users(root / users_name, layout, opts) if users_name and (root / users_name).is_file() else None
     columns = RATING_COLUMNS[layout]
-    ratings = read_file(root / ratings_name, RATINGS_FORMAT[layout], columns, on_bad_row, opts.skipped)
-    interactions = _interactions(ratings, columns, items, users, opts)
-    if users is None:
-        users = _users_seen(interactions)
+    typed = _typed_interactions(root / ratings_name, RATINGS_FORMAT[layout], columns, items, users, opts)
+    if typed is not None:
+        interactions, users = typed
+    else:  # the text path: slower, and it names the bad row by file and line (or skips and counts it)
+        ratings = read_file(root / ratings_name, RATINGS_FORMAT[layout], columns, on_bad_row, opts.skipped)
+        interactions = _interactions(ratings, columns, items, users, opts)
+        if users is None:
+            users = _users_seen(interactions)
     return RecDataset("movielens", root, items, users, interactions, opts.skipped)
 
 
@@ -262,6 +267,53 @@ def _interactions(
         "rating": rating.to_numpy(),
         "variant_id": np.full(len(rating), None, dtype=object),
     })  # fmt: skip
+
+
+def _typed_interactions(path: Path, fmt: FileFormat, columns: list[str], items: pd.DataFrame,
+                        users: pd.DataFrame | None, opts: _Options) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(interactions, users) from the typed fast path (`read_typed`), ids dictionary-encoded against the movies
+    and users tables without a string per row; None when any row would be a bad row (the text path then reports
+    or skips it)."""
+    import pyarrow as pa
+
+    user_col, item_col, rating_col, time_col = columns
+    table = read_typed(path, fmt, {user_col: pa.int64(), item_col: pa.int64(), rating_col: pa.float64(),
+                                   time_col: pa.int64()})
+    if table is None:
+        return None
+    rating = table.column(rating_col).to_numpy()
+    if not ((rating >= 0.5) & (rating <= 5.0)).all():
+        return None
+    item = _codes_of(table.column(item_col).to_numpy(), items["item_id"].to_numpy().astype(np.int64))
+    if item is None:  # a movie the movies file does not list
+        return None
+    user_num = table.column(user_col).to_numpy()
+    if users is None:
+        user_ids, user = np.unique(user_num, return_inverse=True)
+        users = pd.DataFrame({"user_id": user_ids.astype(str)})
+    else:
+        user = _codes_of(user_num, users["user_id"].to_numpy().astype(np.int64))
+        if user is None:
+            return None
+    timestamp = table.column(time_col).to_numpy()
+    del table
+    interactions = pd.DataFrame({
+        "user_id": pd.Categorical.from_codes(user.astype(np.int32), categories=pd.Index(users["user_id"],
+                                                                                        dtype=object)),
+        "item_id": pd.Categorical.from_codes(item, categories=pd.Index(items["item_id"], dtype=object)),
+        "timestamp": timestamp, "clicked": rating >= opts.positive_rating, "rating": rating,
+        "variant_id": np.full(len(rating), None, dtype=object),
+    })  # fmt: skip
+    return interactions, users
+
+
+def _codes_of(values: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+    """Rows of `ids` (unique integers, any order) holding each value, as int32; None if any value is not in `ids`."""
+    order = np.argsort(ids, kind="stable")
+    at = np.minimum(np.searchsorted(ids[order], values), len(ids) - 1) if len(ids) else np.zeros(len(values), int)
+    if not len(ids) or not (ids[order][at] == values).all():
+        return None
+    return order[at].astype(np.int32)
 
 
 def _users_seen(interactions: pd.DataFrame) -> pd.DataFrame:

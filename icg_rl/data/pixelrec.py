@@ -36,6 +36,7 @@ from icg_rl.data.tabular import (
     image_paths,
     parse_int,
     read_file,
+    read_typed,
     settle,
 )
 
@@ -67,8 +68,12 @@ def load_pixelrec(path: str | Path, *, on_bad_row: OnBadRow = "error") -> RecDat
     root, interactions_csv, item_csv = locate_files(Path(path))
     skipped: dict[str, int] = {}
     items = _read_items(item_csv, root, on_bad_row, skipped)
-    interactions = _read_interactions(interactions_csv, items, item_csv.name, on_bad_row, skipped)
-    users = users_from_interactions(interactions)
+    typed = _typed_interactions(interactions_csv, items)
+    if typed is not None:
+        interactions, users = typed
+    else:  # the text path: slower, and it names a bad row by file and line (or skips and counts it)
+        interactions = _read_interactions(interactions_csv, items, item_csv.name, on_bad_row, skipped)
+        users = users_from_interactions(interactions)
     return RecDataset("pixelrec", root, items, users, interactions, skipped)
 
 
@@ -194,6 +199,41 @@ def _read_interactions(
         "rating": np.full(count, np.nan),
         "variant_id": np.full(count, None, dtype=object),
     })  # fmt: skip
+
+
+def _typed_interactions(path: Path, items: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(interactions, users) from the typed fast path (`read_typed`: ids read dictionary-encoded, whole-number
+    timestamps), without a string per row; None when the file needs the text path (date-time timestamps, ids
+    padded with spaces or empty, an item the item info lacks, any malformed row)."""
+    import pyarrow as pa
+
+    ids = pa.dictionary(pa.int32(), pa.string())
+    table = read_typed(path, CSV, {"item_id": ids, "user_id": ids, "timestamp": pa.int64()})
+    if table is None:
+        return None
+    # each block of the file has its own dictionary: unify them, then one array per column
+    user, item = (table.column(c).unify_dictionaries().combine_chunks() for c in ("user_id", "item_id"))
+    names = {c: np.asarray(a.dictionary.to_pylist(), dtype=object) for c, a in (("user_id", user), ("item_id", item))}
+    if any((np.char.strip(v.astype(str)) != v.astype(str)).any() or (v == "").any() for v in names.values()):
+        return None
+    item_code = pd.Index(items["item_id"].astype(str), dtype=object).get_indexer(names["item_id"])
+    if (item_code < 0).any():
+        return None
+    seconds = table.column("timestamp").to_numpy()
+    seconds = np.where(seconds < MILLISECONDS_FROM, seconds, seconds // 1000)
+    by_id = np.argsort(names["user_id"].astype(str), kind="stable")  # users in id order, as from the text path
+    user_code = np.empty(len(by_id), dtype=np.int32)
+    user_code[by_id] = np.arange(len(by_id), dtype=np.int32)
+    users = pd.DataFrame({"user_id": names["user_id"][by_id].astype(str)})
+    interactions = pd.DataFrame({
+        "user_id": pd.Categorical.from_codes(user_code[user.indices.to_numpy(zero_copy_only=False)],
+                                             categories=pd.Index(users["user_id"], dtype=object)),
+        "item_id": pd.Categorical.from_codes(item_code[item.indices.to_numpy(zero_copy_only=False)].astype(np.int32),
+                                             categories=pd.Index(items["item_id"].astype(str), dtype=object)),
+        "timestamp": seconds.astype(np.int64), "clicked": np.ones(len(seconds), dtype=bool),
+        "rating": np.full(len(seconds), np.nan), "variant_id": np.full(len(seconds), None, dtype=object),
+    })  # fmt: skip
+    return interactions, users
 
 
 def _read_lowercase(

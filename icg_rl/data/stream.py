@@ -11,37 +11,88 @@ group (one (user, item) pair repeated K times — one advantage group):
     has_reference  bool (B,)
     history        str  (B, H)      the user's latest clicked cover keys before this pair (data/history.py),
                                     oldest first, "" padded
+
+The pairs are columns (`Pairs`: user / item codes and a slice of the click history, data/columnar.py) and sit in the
+object store once; an epoch ships only its order, and each Ray Data task turns its indices into rows, decodes the
+reference covers and builds the history windows.
     history_len    int64 (B,)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from icg_rl.data.history import histories_before
-from icg_rl.data.schema import RecDataset, optional_str
+from icg_rl.data.columnar import ClickHistory, covers_of, split_codes
+from icg_rl.data.schema import RecDataset, codes, optional_str
+from icg_rl.data.splits import SPLITS
+
+BLOCK_BATCHES = 16  # batches of pair indices per Ray Data block: small tasks, loaded ahead of the rollout actors
 
 
-def build_pairs(data: RecDataset, split: str | None, history_len: int) -> pd.DataFrame:
-    """Distinct (user, item) pairs of a split (all splits when None), each with the user's click history up to
-    the pair's first impression — no look-ahead — plus the item's title and reference image path."""
-    frame = data.interactions
+@dataclass
+class Pairs:
+    """Distinct (user, item) pairs of a split as columns (user / item codes, first impression time, the [start,
+    end) slice of the click history before it), with the lookup tables a batch needs to turn rows into ids, titles,
+    image paths and history keys. A pair costs ~28 bytes until a batch reads it (`frame`)."""
+
+    user: np.ndarray
+    item: np.ndarray
+    timestamp: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    user_ids: np.ndarray  # object: the users table's ids
+    item_ids: np.ndarray  # object: the items table's ids
+    titles: np.ndarray  # object
+    image_paths: np.ndarray  # object: absolute path or None
+    cover_keys: np.ndarray  # object: the cover table's keys (history entries)
+    click_cover: np.ndarray  # int32: the click history's cover codes
+    history_len: int
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def frame(self, rows: np.ndarray | slice = slice(None)) -> pd.DataFrame:
+        """Rows as the readable pairs table: user_id, item_id, timestamp, history (cover keys), title, image_path."""
+        from icg_rl.data.columnar import windows_from
+
+        user, item = self.user[rows], self.item[rows]
+        window = windows_from(self.click_cover, self.start[rows], self.end[rows], self.history_len)
+        return pd.DataFrame({
+            "user_id": self.user_ids[user], "item_id": self.item_ids[item], "timestamp": self.timestamp[rows],
+            "history": pd.Series([list(self.cover_keys[w[w >= 0]]) for w in window], dtype=object),
+            "title": self.titles[item], "image_path": pd.Series(self.image_paths[item], dtype=object),
+        })
+
+
+def build_pairs(data: RecDataset, split: str | None, history_len: int) -> Pairs:
+    """Distinct (user, item) pairs of a split (all splits when None), in order of their first impression, each with
+    the user's click history up to that impression — no look-ahead — and the item's title and reference image."""
+    log = data.interactions
+    rows = np.arange(len(log))
     if split is not None:
-        if "split" not in frame.columns:
+        if "split" not in log.columns:
             raise ValueError(f"split={split!r}: this {data.kind} dataset has no 'split' column; use split=None")
-        frame = frame[frame["split"] == split]
-    pairs = (frame.sort_values("timestamp", kind="stable")
-             .drop_duplicates(["user_id", "item_id"])[["user_id", "item_id", "timestamp"]])
-    clicks = data.interactions[data.interactions["clicked"]]
-    pairs = pairs.assign(history=histories_before(pairs, clicks, history_len))
-    items = data.items[["item_id", "title", "image_path"]]
-    pairs = pairs.merge(items, on="item_id", how="left").reset_index(drop=True)
-    pairs["image_path"] = pairs["image_path"].map(lambda p: None if optional_str(p) is None else str(data.root / p))
-    return pairs
+        rows = np.flatnonzero(split_codes(log) == SPLITS.index(split))
+    user, item = codes(log["user_id"])[rows], codes(log["item_id"])[rows]
+    timestamp = log["timestamp"].to_numpy(np.int64)[rows]
+    by_time = np.argsort(timestamp, kind="stable")
+    _, first = np.unique((user.astype(np.int64) * max(len(data.items), 1) + item)[by_time], return_index=True)
+    keep = by_time[np.sort(first)]  # each pair's first impression, in time order
+    covers = covers_of(data)
+    history = ClickHistory.of(data, covers)
+    end = history.ends(user[keep], timestamp[keep])
+    paths = np.array([None if (p := optional_str(v)) is None else str(data.root / p)
+                      for v in data.items["image_path"]], dtype=object)
+    return Pairs(user[keep], item[keep], timestamp[keep], history.starts(user[keep], end, history_len), end,
+                 data.users["user_id"].to_numpy().astype(str).astype(object),
+                 data.items["item_id"].to_numpy().astype(str).astype(object),
+                 data.items["title"].to_numpy().astype(str).astype(object), paths, covers.keys, history.cover,
+                 history_len)
 
 
 class LoadReferences:
@@ -92,11 +143,26 @@ def expand_groups(batch: dict[str, np.ndarray], samples_per_pair: int) -> dict[s
     return out
 
 
+class ReadPairs:
+    """Ray Data batch function: pair indices (the epoch's order) -> `LoadReferences` rows. The pairs table lives in
+    the object store once; each task reads the rows it was given."""
+
+    def __init__(self, pairs_ref, load: LoadReferences):
+        self.pairs_ref, self.load = pairs_ref, load
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
+        import ray
+
+        pairs = ray.get(self.pairs_ref)
+        return self.load(pairs.frame(np.asarray(batch["data"])))
+
+
 class PairStream:
     """Streams groups of a split through Ray Data; each epoch is a seeded shuffle of the pairs."""
 
     def __init__(self, data: RecDataset, split: str | None, pairs_per_batch: int, samples_per_pair: int,
                  history_len: int, reference_size: int, seed: int = 0, shuffle: bool = True):
+        import ray
         import ray.data
 
         self.pairs = build_pairs(data, split, history_len)
@@ -108,6 +174,7 @@ class PairStream:
         context.execution_options.preserve_order = True  # same seed, same order: runs are reproducible
         context.enable_progress_bars = False  # one small dataset per epoch: the trainer's own bar says enough
         self.load = LoadReferences(reference_size, history_len)
+        self.pairs_ref = ray.put(self.pairs)
 
     def __len__(self) -> int:
         """Full batches per epoch."""
@@ -119,8 +186,9 @@ class PairStream:
 
         order = epoch_order(len(self.pairs), self.seed, epoch) if self.shuffle else np.arange(len(self.pairs))
         order = order[start_batch * self.P: len(self) * self.P]  # full batches only
-        dataset = ray.data.from_pandas(self.pairs.iloc[order].reset_index(drop=True)).map_batches(
-            self.load, batch_format="pandas")
+        block = self.P * BLOCK_BATCHES
+        dataset = ray.data.from_numpy([order[s:s + block] for s in range(0, len(order), block)]).map_batches(
+            ReadPairs(self.pairs_ref, self.load), batch_format="numpy", batch_size=block)
         for batch in dataset.iter_batches(batch_size=self.P, batch_format="numpy", drop_last=True):
             yield expand_groups(batch, self.K)
 

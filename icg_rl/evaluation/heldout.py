@@ -23,10 +23,10 @@ def pairs_to_batch(cfg, frame) -> dict[str, np.ndarray]:
 def heldout_batch(cfg, data, split: str = "test", count: int | None = None) -> dict[str, np.ndarray]:
     """`count` (default `train.eval_pairs`) pairs of a split — a seeded choice, the same for every evaluation."""
     pairs = build_pairs(data, split, cfg.data.history_len)
-    if pairs.empty:
+    if not len(pairs):
         raise ValueError(f"evaluation: split {split!r} has no (user, item) pairs")
     chosen = epoch_order(len(pairs), cfg.train.seed, 2**31 - 1)[: count or cfg.train.eval_pairs]  # never trained
-    return pairs_to_batch(cfg, pairs.iloc[np.sort(chosen)])
+    return pairs_to_batch(cfg, pairs.frame(np.sort(chosen)))
 
 
 def sample_images(rollout, batch: dict, zero_user: bool = False, weights_ref=None) -> np.ndarray:

@@ -34,6 +34,8 @@ class Steps:
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 1)
+        if self.progress:
+            log.info("%s: %.1f s", name, self.seconds[name])
 
 
 def unavailable(reason: str, arms=ARMS) -> dict[str, str]:
@@ -68,13 +70,13 @@ def diversity_by_arm(cfg, data, pipe, rewards: dict, sampling: dict) -> dict:
     """`diversity_items` items × `diversity_users` users, every user of an item on the same noise."""
     e = cfg.evaluation
     pairs = build_pairs(data, e.split, cfg.data.history_len)
-    items = pairs.drop_duplicates("item_id")
-    users = pairs.drop_duplicates("user_id")
-    if len(users) < 2:
+    item_rows = np.sort(np.unique(pairs.item, return_index=True)[1])  # each item's first pair, in pair order
+    user_rows = np.sort(np.unique(pairs.user, return_index=True)[1])
+    if len(user_rows) < 2:
         return unavailable(f"split {e.split!r} has fewer than 2 users")
     rng = np.random.default_rng(cfg.train.seed)
-    items = items.iloc[rng.permutation(len(items))[: e.diversity_items]]
-    users = users.iloc[rng.permutation(len(users))[: e.diversity_users]]
+    items = pairs.frame(item_rows[rng.permutation(len(item_rows))[: e.diversity_items]])
+    users = pairs.frame(user_rows[rng.permutation(len(user_rows))[: e.diversity_users]])
     grid = items[["item_id", "title", "image_path"]].merge(users[["user_id", "history"]], how="cross")
     batch = pairs_to_batch(cfg, grid)  # rows: item-major, users within
     noise_rows = np.repeat(np.arange(len(items)), len(users))
@@ -184,6 +186,22 @@ def embed_shown(embedder, data, paths, item_ids) -> np.ndarray:
     return np.stack([table[k] for k in keys])
 
 
+def whole_users(rows: pd.DataFrame, budget: int, seed: int) -> pd.DataFrame:
+    """A seeded choice of whole users' rows (every ranking complete) with at most `budget` rows in all (at least one
+    user); the rows keep their order. Keeps the downstream model's cost bounded on a paper-size log."""
+    users = rows["user_id"]
+    codes = users.cat.codes.to_numpy() if isinstance(users.dtype, pd.CategoricalDtype) else pd.factorize(users)[0]
+    sizes = np.bincount(codes)
+    present = np.flatnonzero(sizes)
+    if not len(present):
+        return rows.reset_index(drop=True)
+    order = np.random.default_rng(seed).permutation(present)
+    kept = order[np.cumsum(sizes[order]) <= budget]
+    chosen = np.zeros(len(sizes), dtype=bool)
+    chosen[kept if len(kept) else order[:1]] = True
+    return rows[chosen[codes]].reset_index(drop=True)
+
+
 def downstream_by_arm(cfg, data, pipe, rewards: dict, sampling: dict) -> dict:
     """Train the CTR model on the train split's logged covers; rank whole users' test impressions with each arm."""
     import torch
@@ -198,12 +216,8 @@ def downstream_by_arm(cfg, data, pipe, rewards: dict, sampling: dict) -> dict:
                 for arm in ("logged", *ARMS)}
     embedder = clip_embedder(cfg, rewards)
     e = cfg.evaluation
-    train = log_[log_["split"] == "train"].reset_index(drop=True)
-    test = log_[log_["split"] == e.split].reset_index(drop=True)
-    sizes = test.groupby("user_id").size()  # whole users, so every ranking is complete
-    order = np.random.default_rng(cfg.train.seed).permutation(sizes.index.to_numpy())
-    kept = order[np.cumsum(sizes.loc[order].to_numpy()) <= e.downstream_impressions]
-    test = test[test["user_id"].isin(set(kept) if len(kept) else {order[0]})].reset_index(drop=True)
+    train = whole_users(log_[log_["split"] == "train"], e.downstream_train_impressions, cfg.train.seed)
+    test = whole_users(log_[log_["split"] == e.split], e.downstream_impressions, cfg.train.seed)
     user_index = {u: i + 1 for i, u in enumerate(sorted(set(train["user_id"])))}
     item_index = {i: k + 1 for k, i in enumerate(sorted(set(data.items["item_id"])))}
 

@@ -69,7 +69,7 @@ class LocalTrainer:
         while True:
             order = epoch_order(len(self.pairs), self.cfg.train.seed, self.epoch)
             for start in range(0, len(order) - p + 1, p):
-                frame = self.load(self.pairs.iloc[order[start:start + p]].reset_index(drop=True))
+                frame = self.load(self.pairs.frame(order[start:start + p]))
                 yield expand_groups(frame_to_batch(frame), k)
             self.epoch += 1
 

@@ -36,12 +36,12 @@ def tiny_dataset(tmp_path) -> RecDataset:
 
 
 def test_pairs_carry_history_without_look_ahead(tmp_path):
-    pairs = build_pairs(tiny_dataset(tmp_path), split=None, history_len=8).set_index(["user_id", "item_id"])
+    pairs = build_pairs(tiny_dataset(tmp_path), split=None, history_len=8).frame().set_index(["user_id", "item_id"])
     assert pairs.loc[("u", "a"), "history"] == []  # first impression: nothing clicked before
     assert pairs.loc[("u", "b"), "history"] == ["a"]
     assert pairs.loc[("u", "c"), "history"] == ["a", "b"]
     assert len(pairs) == 4  # (u, a) shown twice is one pair
-    short = build_pairs(tiny_dataset(tmp_path), split=None, history_len=1).set_index(["user_id", "item_id"])
+    short = build_pairs(tiny_dataset(tmp_path), split=None, history_len=1).frame().set_index(["user_id", "item_id"])
     assert short.loc[("u", "c"), "history"] == ["b"]  # the latest clicks are kept
 
 

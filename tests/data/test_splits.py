@@ -149,7 +149,7 @@ def test_the_pair_stream_reads_every_split_and_text_only_items(tmp_path, kind):
     come out of the stream as zero references with has_reference False."""
     root = (write_movielens if kind == "movielens" else write_pixelrec)(tmp_path / kind)
     data = load_dataset(kind, root)
-    parts = {s: build_pairs(data, s, history_len=3) for s in ("train", "test")}
+    parts = {s: build_pairs(data, s, history_len=3).frame() for s in ("train", "test")}
     assert len(parts["train"]) and len(parts["test"])
     keys = {s: set(zip(p["user_id"], p["item_id"])) for s, p in parts.items()}
     assert not keys["train"] & keys["test"]  # every (user, item) is rated/clicked once in these logs
