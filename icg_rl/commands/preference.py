@@ -122,7 +122,7 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     from icg_rl.models.item_features import catalogue_features
     from icg_rl.preference.data import impressions, is_click_only
     from icg_rl.preference.model import save_preference_model
-    from icg_rl.preference.train import fit, predict, training_rows
+    from icg_rl.preference.train import fit, predict_split
 
     start = time.perf_counter()
     p, data = cfg.preference, timed(log, "load", lambda: load_from_config(cfg))
@@ -130,7 +130,7 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     imps = timed(log, "impressions", lambda: impressions(data, cfg.data.history_len, p.negatives_per_positive, p.seed))
     if list(features.keys) != list(imps.covers.keys):
         raise RuntimeError("catalogue features and the cover table disagree on the order of covers")
-    train_codes = np.unique(imps.splits["train"]["user"])
+    train_codes = np.unique(imps.users("train"))
     train_ids = data.users["user_id"].to_numpy().astype(str)[train_codes]
     by_id = np.argsort(train_ids, kind="stable")  # the model's user table is sorted by id
     user_row = np.zeros(len(data.users), dtype=np.int32)
@@ -141,13 +141,11 @@ def train_and_evaluate(cfg, out: Path) -> dict:
                       standardize=p.standardize,
                       tag_vocab=sorted({t for tags in data.items["genres"] for t in tags}) if p.item_tags else [])
     item_tags = dict(zip(data.items["item_id"], (list(t) for t in data.items["genres"])))
-    rows = {s: training_rows(imps, s, user_row) for s, n in imps.sizes().items() if n}
     log.info("impressions: %s", imps.sizes())
     log.info("Ray: %s", connect(cfg.ray.address, cfg.ray.num_cpus))
     fit_start = time.perf_counter()
-    model, history = fit(model_args, torch.as_tensor(features.matrix), item_tags, rows["train"], rows["valid"],
-                         imps.history.cover, cfg.data.history_len, p, out / "ray_train",
-                         threads=cfg.ray.threads_per_worker)
+    model, history = fit(model_args, torch.as_tensor(features.matrix), item_tags, imps, user_row, p,
+                         out / "ray_train", threads=cfg.ray.threads_per_worker)
     train_seconds = time.perf_counter() - fit_start
     clip_ref = os.path.relpath(features.clip_dir.resolve(), (out / "model").resolve())  # moves with its world
     # which click log it learned (the world's content, wherever its folder is)
@@ -155,19 +153,19 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     save_preference_model(model, out / "model", clip_ref, cfg.data.history_len, world_hash)
 
     def scores(split: str) -> np.ndarray:
-        return predict(model, rows[split], imps.history.cover, cfg.data.history_len)
+        return predict_split(model, imps, split, user_row)
 
     test, train = imps.splits["test"], imps.splits["train"]
     test_logits = timed(log, "score test", lambda: scores("test"))
     popularity = popularity_scores(train["item"], train["label"], test["item"], len(data.items),
                                    counts=is_click_only(data))
-    summary = {**versus_popularity(test["label"], test["user"], test_logits, popularity, p.seed),
+    summary = {**versus_popularity(test["label"], imps.users("test"), test_logits, popularity, p.seed),
                "ece": expected_calibration_error(1.0 / (1.0 + np.exp(-test_logits)), test["label"]),
                "valid_auc_best": max(h["valid_auc"] for h in history), "best_epoch": int(history[0]["epoch"]),
                "epochs": p.epochs,
                "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - start, 1),
                "impressions": imps.sizes()}
-    if "heldout" in rows:
+    if imps.sizes()["heldout"]:
         summary["auc_heldout_users"] = roc_auc(scores("heldout"), imps.splits["heldout"]["label"] > 0.5)
     if cfg.data.kind == "coverworld":  # after training: the world's truth as the reference, never as a signal
         from icg_rl.evaluation.world_reference import true_click_auc

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from icg_rl.data.schema import RecDataset, codes, optional_str
+from icg_rl.data.sorting import user_time_order
 from icg_rl.data.splits import SPLITS
 
 NO_COVER = -1  # history padding in a window of cover codes
@@ -83,21 +84,19 @@ class ClickHistory:
     """Every click, sorted by (user, time), as one array of cover codes with per-user offsets."""
 
     def __init__(self, user: np.ndarray, timestamp: np.ndarray, cover: np.ndarray, num_users: int):
-        order = np.lexsort((timestamp, user))  # stable: ties in time keep log order
+        order = user_time_order(user, timestamp)
         self.cover = cover[order].astype(np.int32)
-        self.user = user[order].astype(np.int64)
-        self.time = timestamp[order].astype(np.int64)
-        self.offsets = np.searchsorted(self.user, np.arange(num_users + 1)).astype(np.int64)
-        self.t0 = int(self.time.min()) if len(self.time) else 0
-        self.span = (int(self.time.max()) - self.t0 + 3) if len(self.time) else 3
+        users, times = user[order].astype(np.int64), timestamp[order].astype(np.int64)
+        self.offsets = np.searchsorted(users, np.arange(num_users + 1)).astype(np.int64)
+        self.t0 = int(times.min()) if len(times) else 0
+        self.span = (int(times.max()) - self.t0 + 3) if len(times) else 3
         # one sorted int64 key per click (user major, time minor) makes `ends` a single searchsorted; when users ×
         # time span would overflow int64, times are replaced by their dense rank (same order, smaller span)
+        self._ranks = None
         if (num_users + 1) * self.span >= 2**62:
-            self._ranks = np.unique(self.time)
-            self.time, self.t0, self.span = np.searchsorted(self._ranks, self.time), 0, len(self._ranks) + 3
-        else:
-            self._ranks = None
-        self.key = self.user * self.span + (self.time - self.t0 + 1)
+            self._ranks = np.unique(times)
+            times, self.t0, self.span = np.searchsorted(self._ranks, times), 0, len(self._ranks) + 3
+        self.key = users * self.span + (times - self.t0 + 1)
 
     @classmethod
     def of(cls, data: RecDataset, covers: Covers) -> ClickHistory:

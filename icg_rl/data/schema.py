@@ -94,8 +94,14 @@ def conform(frame: pd.DataFrame, columns: dict[str, str], table: str) -> pd.Data
 
 
 def _optional_strings(column: pd.Series) -> pd.Series:
-    """Strings or None (never NaN), as an object column: pandas' string inference would turn None into NaN."""
-    return pd.Series([optional_str(v) for v in column], index=column.index, dtype=object)
+    """Strings or None (never NaN), as an object column: pandas' string inference would turn None into NaN.
+    Only the values that are not missing go through `optional_str` (a log without variants costs no loop)."""
+    values = column.to_numpy(dtype=object)
+    out = np.full(len(values), None, dtype=object)
+    present = np.flatnonzero(~pd.isna(values))
+    if len(present):
+        out[present] = [optional_str(v) for v in values[present]]
+    return pd.Series(out, index=column.index, dtype=object)
 
 
 def optional_str(value: object) -> str | None:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from icg_rl.data.schema import RecDataset
+from icg_rl.data.sorting import user_time_order
 
 SPLITS = ("train", "valid", "test", "heldout")
 TRAIN, VALID, TEST, HELDOUT = range(len(SPLITS))  # the `split` column's codes (a categorical over SPLITS)
@@ -61,7 +62,7 @@ def assign_splits(interactions: pd.DataFrame, valid_fraction: float, test_fracti
     # are exactly those of a stable sort by (user_id, timestamp).
     users = interactions["user_id"]
     codes = users.cat.codes.to_numpy() if isinstance(users.dtype, pd.CategoricalDtype) else pd.factorize(users)[0]
-    order = np.lexsort((interactions["timestamp"].to_numpy(), codes))
+    order = user_time_order(codes, interactions["timestamp"].to_numpy())
     sorted_codes, position = codes[order], np.arange(len(order))
     first = np.maximum.accumulate(np.where(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]], position, 0))
     rank = position - first  # 0-based position in the user's timeline

@@ -33,6 +33,7 @@ import pandas as pd
 
 from icg_rl.data.columnar import ClickHistory, Covers, cover_codes, covers_of, split_codes
 from icg_rl.data.schema import RecDataset, codes, optional_str
+from icg_rl.data.sorting import sorted_unique
 from icg_rl.data.splits import SPLITS
 
 CLICK_ONLY_KINDS = ("movielens", "pixelrec")  # sources that log choices, not impressions: negatives are sampled
@@ -59,26 +60,29 @@ def sample_negatives(user: np.ndarray, item: np.ndarray, split: np.ndarray, clic
                      per_positive: int, seed: int,
                      exponent: float = POPULARITY_EXPONENT) -> tuple[np.ndarray, np.ndarray]:
     """`per_positive` sampled negatives per click of a coded log (user / item codes, split codes, clicked flags;
-    every split): (owner, item) — the log row each negative copies its user, time and split from, and the item
-    drawn. Vectorised draws with seeded redraws of rejected ones (see the module docstring for the rule); same
+    every split): (owner, item) as int32 — the log row each negative copies its user, time and split from, and the
+    item drawn. Vectorised draws with seeded redraws of rejected ones (see the module docstring for the rule); same
     inputs and seed, same draws."""
     width = np.int64(num_items)
-    interacted = np.unique(user.astype(np.int64) * width + item)  # (user, item) keys of any split
+    interacted = sorted_unique(user.astype(np.int64) * width + item)  # (user, item) keys of any split
     weights = (np.bincount(item[split == SPLITS.index("train")], minlength=num_items) + 1.0) ** exponent
     probs = weights / weights.sum()
     rng = np.random.default_rng(seed)
-    owner = np.repeat(np.flatnonzero(clicked), per_positive)
-    drawn = _draw(rng, probs, user[owner].astype(np.int64) * width, interacted)
-    return owner[drawn >= 0], drawn[drawn >= 0].astype(np.int32)
+    owner = np.repeat(np.flatnonzero(clicked).astype(np.int32), per_positive)
+    drawn = _draw(rng, probs, user[owner], width, interacted)
+    keep = drawn >= 0
+    return owner[keep], drawn[keep]
 
 
-def _draw(rng: np.random.Generator, probs: np.ndarray, user_key: np.ndarray, forbidden: np.ndarray) -> np.ndarray:
-    """Item codes drawn ∝ probs, one per row, redrawn while (user, item) is in the sorted `forbidden` keys; -1 where
-    every redraw was forbidden (a user who interacted with nearly the whole catalogue)."""
-    picked = rng.choice(len(probs), size=len(user_key), p=probs)
-    pending = np.arange(len(user_key))
+def _draw(rng: np.random.Generator, probs: np.ndarray, user: np.ndarray, width: np.int64,
+          forbidden: np.ndarray) -> np.ndarray:
+    """Item codes (int32) drawn ∝ probs, one per row, redrawn while (user, item) — key user·width + item — is in the
+    sorted `forbidden` keys; -1 where every redraw was forbidden (a user who interacted with nearly the whole
+    catalogue)."""
+    picked = rng.choice(len(probs), size=len(user), p=probs).astype(np.int32)
+    pending = np.arange(len(user))
     for round_ in range(MAX_REDRAWS + 1):
-        pending = pending[_contains(forbidden, user_key[pending] + picked[pending])]
+        pending = pending[_contains(forbidden, user[pending].astype(np.int64) * width + picked[pending])]
         if not len(pending):
             break
         if round_ == MAX_REDRAWS:
@@ -98,22 +102,30 @@ def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Impressions:
-    """Every split's impressions as columns (split -> user, item, cover, timestamp, label, start, end), the cover
-    table their codes index and the click history their [start, end) slices point into."""
+    """Every split's impressions as columns — split -> source (the log row whose user and time it has: the row
+    itself, or for a sampled negative its click's), item, cover, label (uint8), end (where its history stops in
+    `history`) — plus the log's user codes and times, the cover table and the click history. ~14 bytes a row."""
 
     data: RecDataset
     covers: Covers
     history: ClickHistory
     history_len: int
+    user: np.ndarray  # int32 per log row
+    timestamp: np.ndarray  # int64 per log row
     splits: dict[str, dict[str, np.ndarray]]
 
     def sizes(self) -> dict[str, int]:
         return {split: len(columns["label"]) for split, columns in self.splits.items()}
 
+    def users(self, split: str, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        return self.user[self.splits[split]["source"][rows]]
+
+    def starts(self, split: str, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        return self.history.starts(self.users(split, rows), self.splits[split]["end"][rows], self.history_len)
+
     def windows(self, split: str, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
         """[B, history_len] cover codes of the rows' histories (oldest first, -1 padded)."""
-        columns = self.splits[split]
-        return self.history.windows(columns["start"][rows], columns["end"][rows], self.history_len)
+        return self.history.windows(self.starts(split, rows), self.splits[split]["end"][rows], self.history_len)
 
     def frame(self, split: str) -> pd.DataFrame:
         """A split as readable rows (user_id, item_id, timestamp, history keys, variant_id, cover path, label,
@@ -122,18 +134,19 @@ class Impressions:
         variant = [key.split("|", 1)[1] if "|" in key else None for key in self.covers.keys[c["cover"]]]
         histories = [list(self.covers.keys[row[row >= 0]]) for row in self.windows(split)]
         return pd.DataFrame({
-            "user_id": self.data.users["user_id"].to_numpy()[c["user"]].astype(str),
+            "user_id": self.data.users["user_id"].to_numpy()[self.users(split)].astype(str),
             "item_id": self.data.items["item_id"].to_numpy()[c["item"]].astype(str),
-            "timestamp": c["timestamp"], "history": pd.Series(histories, dtype=object),
-            "variant_id": pd.Series(variant, dtype=object), "cover": pd.Series(self.covers.paths[c["cover"]],
-                                                                                dtype=object),
-            "label": c["label"], "split": split,
+            "timestamp": self.timestamp[c["source"]], "history": pd.Series(histories, dtype=object),
+            "variant_id": pd.Series(variant, dtype=object),
+            "cover": pd.Series(self.covers.paths[c["cover"]], dtype=object),
+            "label": c["label"].astype(np.float32), "split": split,
         })
 
 
 def impressions(data: RecDataset, history_len: int, negatives_per_positive: int = 4, seed: int = 0) -> Impressions:
-    """Each split's impressions (train, valid, test, heldout) with their history slices, covers and labels;
-    negatives are sampled for click-only logs (see the module docstring). No Python object per row."""
+    """Each split's impressions (train, valid, test, heldout) with their history ends, covers and labels;
+    negatives are sampled for click-only logs (see the module docstring). No Python object per row, and each
+    split is built on its own, so the transient arrays are a split's, not the whole log's."""
     log = data.interactions
     if "split" not in log.columns:
         raise ValueError(f"this {data.kind} dataset has no 'split' column: load it with icg_rl.data.load_dataset or "
@@ -142,20 +155,20 @@ def impressions(data: RecDataset, history_len: int, negatives_per_positive: int 
     user, item, split = codes(log["user_id"]), codes(log["item_id"]), split_codes(log)
     timestamp, clicked = log["timestamp"].to_numpy(np.int64), log["clicked"].to_numpy(bool)
     cover = cover_codes(data, log, covers)
+    owner = drawn = np.zeros(0, dtype=np.int32)
     if is_click_only(data):
         owner, drawn = sample_negatives(user, item, split, clicked, len(data.items), negatives_per_positive, seed)
-        user, item, split = (np.concatenate([a, a[owner]]) for a in (user, item, split))
-        timestamp, cover = np.concatenate([timestamp, timestamp[owner]]), np.concatenate([cover, drawn])
-        item[len(clicked):] = drawn  # a negative shows its item's reference cover
-        clicked = np.concatenate([clicked, np.zeros(len(owner), dtype=bool)])
     history = ClickHistory.of(data, covers)
     offset = np.int32 if len(history) < 2**31 else np.int64
-    end = history.ends(user, timestamp)
-    start = history.starts(user, end, history_len)
     splits = {}
     for code, name in enumerate(SPLITS):
-        rows = np.flatnonzero(split == code)
-        splits[name] = {"user": user[rows], "item": item[rows], "cover": cover[rows], "timestamp": timestamp[rows],
-                        "label": clicked[rows].astype(np.float32), "start": start[rows].astype(offset),
-                        "end": end[rows].astype(offset)}
-    return Impressions(data, covers, history, history_len, splits)
+        rows = np.flatnonzero(split == code).astype(np.int32)
+        negatives = np.flatnonzero(split[owner] == code)
+        source = np.concatenate([rows, owner[negatives]])  # the split's log rows, then their sampled negatives
+        items = np.concatenate([item[rows], drawn[negatives]])
+        # a negative shows its item's reference cover; without variants a cover is its item
+        covers_shown = items if cover is item else np.concatenate([cover[rows], drawn[negatives]])
+        splits[name] = {"source": source, "item": items, "cover": covers_shown,
+                        "label": np.concatenate([clicked[rows], np.zeros(len(negatives), bool)]).astype(np.uint8),
+                        "end": history.ends(user[source], timestamp[source]).astype(offset)}
+    return Impressions(data, covers, history, history_len, user, timestamp, splits)

@@ -26,13 +26,15 @@ from icg_rl.preference.model import CONFIG_FILE, PreferenceModel
 SHUFFLE_BUFFER = 4096  # rows each worker's local shuffle mixes (the training rows were shuffled once when written)
 
 
-def training_rows(imps, split: str, user_row: np.ndarray) -> dict[str, np.ndarray]:
-    """A split's impressions as the model's inputs, still columnar: user_index (row of the model's user table, 0
-    for users it does not know), cover and item (rows of its item table: cover code + 1, item code + 1), label,
-    and the [start, end) slice of the click history (`windows_from` builds the [B, H] window per batch)."""
+def training_rows(imps, split: str, user_row: np.ndarray, rows: slice | np.ndarray = slice(None)) -> dict:
+    """Rows of a split's impressions as the model's inputs, still columnar: user_index (row of the model's user
+    table, 0 for users it does not know), cover and item (rows of its item table: cover code + 1, item code + 1),
+    label, and the [start, end) slice of the click history (`windows_from` builds the [B, H] window per batch).
+    Built for a chunk of rows at a time, so the full table never exists at once."""
     c = imps.splits[split]
-    return {"user_index": user_row[c["user"]], "cover": c["cover"] + np.int32(1), "item": c["item"] + np.int32(1),
-            "label": c["label"], "start": c["start"], "end": c["end"]}
+    return {"user_index": user_row[imps.users(split, rows)], "cover": c["cover"][rows] + np.int32(1),
+            "item": c["item"][rows] + np.int32(1), "label": c["label"][rows].astype(np.float32),
+            "start": imps.starts(split, rows).astype(c["end"].dtype), "end": c["end"][rows]}
 
 
 def model_inputs(model: PreferenceModel, batch: dict, click_cover: np.ndarray, history_len: int):
@@ -47,13 +49,21 @@ def model_inputs(model: PreferenceModel, batch: dict, click_cover: np.ndarray, h
 @torch.no_grad()
 def predict(model: PreferenceModel, rows: dict[str, np.ndarray], click_cover: np.ndarray, history_len: int,
             batch_size: int = 8192) -> np.ndarray:
-    """Click logits of `training_rows`, in batches (the history windows exist one batch at a time)."""
+    """Click logits of a batch of `training_rows`, in batches (the history windows exist one batch at a time)."""
     model.eval()
     out = []
     for s in range(0, len(rows["label"]), batch_size):
         batch = {k: v[s:s + batch_size] for k, v in rows.items()}
         out.append(model(*model_inputs(model, batch, click_cover, history_len)))
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def predict_split(model: PreferenceModel, imps, split: str, user_row: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """Click logits of every impression of a split, a chunk of rows at a time."""
+    total = imps.sizes()[split]
+    return np.concatenate([predict(model, training_rows(imps, split, user_row, slice(s, s + chunk)),
+                                   imps.history.cover, imps.history_len)
+                           for s in range(0, total, chunk)] or [np.zeros(0, np.float32)])
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -113,26 +123,30 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def write_rows(rows: dict[str, np.ndarray], folder: Path, rows_per_file: int = 4_000_000) -> Path:
-    """Write `training_rows` as Parquet files under `folder` (streamed back by Ray Data); returns the folder."""
+def write_rows(imps, split: str, user_row: np.ndarray, order: np.ndarray | None, folder: Path,
+               rows_per_file: int = 2_000_000) -> Path:
+    """Write a split's `training_rows` (in `order`, or as they are) as Parquet files under `folder`, a chunk at a
+    time; Ray Data streams them back. Returns the folder."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    total = len(rows["label"])
+    total = imps.sizes()[split]
     for number, start in enumerate(range(0, max(total, 1), rows_per_file)):
-        part = pa.table({k: v[start:start + rows_per_file] for k, v in rows.items()})
+        rows = order[start:start + rows_per_file] if order is not None else slice(start, start + rows_per_file)
+        part = pa.table(training_rows(imps, split, user_row, rows))
         pq.write_table(part, folder / f"part-{number:05d}.parquet", row_group_size=256_000)
     return folder
 
 
-def fit(model_args: dict, item_features: torch.Tensor, item_tags: dict[str, list[str]], train: dict, valid: dict,
-        click_cover: np.ndarray, history_len: int, pref_cfg, storage: Path, threads: int | None = None):
-    """Run the TorchTrainer on `training_rows`; returns the model restored from the best-validation checkpoint and
-    the history. Both splits go to Parquet under `storage` and are streamed back by Ray Data (the driver keeps no
-    copy in the object store); the click history's cover codes go to the object store once, for every worker's
-    windows. `threads`: torch threads per worker (`ray.threads_per_worker`; None = its CPUs)."""
+def fit(model_args: dict, item_features: torch.Tensor, item_tags: dict[str, list[str]], imps, user_row: np.ndarray,
+        pref_cfg, storage: Path, threads: int | None = None):
+    """Run the TorchTrainer on the impressions' `training_rows`; returns the model restored from the
+    best-validation checkpoint and the history. Both splits go to Parquet under `storage` and are streamed back by
+    Ray Data (the driver keeps no copy in the object store); the click history's cover codes go to the object store
+    once, for every worker's windows. `threads`: torch threads per worker (`ray.threads_per_worker`; None = its
+    CPUs)."""
     import ray
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
@@ -141,14 +155,16 @@ def fit(model_args: dict, item_features: torch.Tensor, item_tags: dict[str, list
     shutil.rmtree(storage / "preference", ignore_errors=True)  # a new fit never resumes a stale run's checkpoints
     # the log is grouped by user: shuffle it once here, so that the workers' local shuffle buffers (a few thousand
     # rows) mix users rather than walking through them one block of users at a time
-    order = np.random.default_rng(pref_cfg.seed).permutation(len(train["label"]))
-    train_files = write_rows({k: v[order] for k, v in train.items()}, storage / "rows" / "train")
+    size = imps.sizes()["train"]
+    order = np.random.default_rng(pref_cfg.seed).permutation(size)
+    train_files = write_rows(imps, "train", user_row, order, storage / "rows" / "train")
     del order
-    valid_files = write_rows(valid, storage / "rows" / "valid")
+    valid_files = write_rows(imps, "valid", user_row, None, storage / "rows" / "valid")
+    click_cover, history_len = imps.history.cover, imps.history_len
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # file order = the shuffle above: same seed, same model
     datasets = {"train": ray.data.read_parquet(str(train_files)), "valid": ray.data.read_parquet(str(valid_files))}
-    steps = -(-len(train["label"]) // (pref_cfg.num_workers * pref_cfg.batch_size))
+    steps = -(-size // (pref_cfg.num_workers * pref_cfg.batch_size))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model_args": model_args, "item_features": item_features.numpy(), "item_tags": item_tags,
