@@ -70,7 +70,7 @@ def run_command(name: str, argv: list[str], log_file: Path) -> dict:
     began = time.perf_counter()
     stages, previous = [], began
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    with open(log_file, "w") as log, subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    with open(log_file, "w", buffering=1) as log, subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                                       stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
         for line in process.stdout:
             now = time.perf_counter()
@@ -105,7 +105,7 @@ def commands_for(shape: str, data_dir: Path, out: Path, iterations: int, extra: 
         "train": [python, "-m", "icg_rl.train", "--out", str(out / "train"), *common,
                   f"reward.preference={out / 'preference'}", f"train.iterations={iterations}",
                   "train.eval_every=1000"],
-        "evaluate": [python, "-m", "icg_rl.evaluate", str(out / "train" / "checkpoint"), "--out",
+        "evaluate": [python, "-m", "icg_rl.evaluate", "--checkpoint", str(out / "train" / "checkpoint"), "--out",
                      str(out / "evaluate"), *common, f"reward.preference={out / 'preference'}"],
     }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from icg_rl.data.columnar import windows_from
 from icg_rl.metrics import roc_auc
 from icg_rl.preference.model import CONFIG_FILE, PreferenceModel
 
+PROGRESS_EVERY_S = 30.0  # how often rank 0 prints where the epoch is
 SHUFFLE_BUFFER = 4096  # rows each worker's local shuffle mixes (the training rows were shuffled once when written)
 
 
@@ -88,9 +90,10 @@ def train_loop_per_worker(config: dict) -> None:
                 if config["lr_schedule"] == "cosine" else None)
     shard = ray.train.get_dataset_shard("train")
     generator = torch.Generator().manual_seed(config["seed"] + ray.train.get_context().get_world_rank())
+    rank = ray.train.get_context().get_world_rank()
     for epoch in range(config["epochs"]):
         model.train()
-        losses = []
+        losses, began, shown = [], time.perf_counter(), time.perf_counter()
         for batch in shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy",
                                         local_shuffle_buffer_size=config["shuffle_buffer"],
                                         local_shuffle_seed=config["seed"] + epoch):
@@ -105,9 +108,13 @@ def train_loop_per_worker(config: dict) -> None:
             if schedule is not None and schedule.last_epoch < schedule.T_max:
                 schedule.step()
             losses.append(float(loss.detach()))
+            if rank == 0 and time.perf_counter() - shown > PROGRESS_EVERY_S:  # a paper-size epoch takes minutes
+                shown, rate = time.perf_counter(), len(losses) * config["batch_size"] / (time.perf_counter() - began)
+                print(f"preference epoch {epoch + 1}/{config['epochs']}: step {len(losses)}/"
+                      f"{config['steps_per_epoch']}, loss {np.mean(losses[-50:]):.4f}, {rate:,.0f} rows/s per worker",
+                      flush=True)
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "valid_auc": float("nan")}
-        rank = ray.train.get_context().get_world_rank()
         if rank == 0:  # the whole validation set (not split across workers), scored once
             scores, labels = [], []
             for batch in ray.train.get_dataset_shard("valid").iter_batches(batch_size=8192, batch_format="numpy"):
