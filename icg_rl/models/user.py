@@ -64,17 +64,23 @@ class UserEncoder(nn.Module):
         pooled = (weights.unsqueeze(-1) * items).sum(dim=1)  # sum over H: (B, D)
         return self._with_id(user_index, pooled, has_history)
 
-    def pool_table(self, user_index: torch.Tensor, table: torch.Tensor, history_index: torch.Tensor) -> torch.Tensor:
+    def pool_table(self, user_index: torch.Tensor, table: torch.Tensor, history_index: torch.Tensor,
+                   history_of_row: torch.Tensor | None = None) -> torch.Tensor:
         """`pool` for histories that are rows of one item table: table [N, user_dim] = `history_proj(item table)`,
         history_index [B, H] rows of it (0: padding). The same numbers as `pool(user_index, table[history_index],
         history_index > 0)`, as one weighted `embedding_bag`: gathering B × H × D rows and summing them back in the
-        backward pass cost ~2/3 of a preference-model step (30 -> 8.6 ms at B=512, H=64, ~2,900 covers)."""
+        backward pass cost ~2/3 of a preference-model step (30 -> 8.6 ms at B=512, H=64, ~2,900 covers).
+        With `history_of_row` [B], history_index [U, H] holds each distinct history once and row b pools
+        history_of_row[b]: rows that share a history (a click and its sampled negatives) pool it once."""
         history_mask = history_index > 0
         if history_index.shape[1] == 0:
-            return self._with_id(user_index, None, torch.zeros_like(history_mask[:, :1]))
+            rows = len(user_index)
+            return self._with_id(user_index, None, torch.zeros(rows, 1, dtype=torch.bool, device=user_index.device))
         table_scores = self.history_score(torch.tanh(table)).squeeze(-1)  # (N,): one score per table row
-        weights, has_history = self._attention(table_scores[history_index], history_mask)  # (B, H)
-        pooled = F.embedding_bag(history_index, table, per_sample_weights=weights, mode="sum")  # (B, D)
+        weights, has_history = self._attention(table_scores[history_index], history_mask)  # (U, H)
+        pooled = F.embedding_bag(history_index, table, per_sample_weights=weights, mode="sum")  # (U, D)
+        if history_of_row is not None:
+            pooled, has_history = pooled[history_of_row], has_history[history_of_row]
         return self._with_id(user_index, pooled, has_history)
 
     @staticmethod

@@ -93,17 +93,20 @@ class PreferenceModel(nn.Module):
             features = (features - self.side_mean) / self.side_std
         return features
 
-    def user_vector(self, user_index: torch.Tensor, history_index: torch.Tensor) -> torch.Tensor:
-        """user_index [B] (0 unknown), history_index [B, H] (0 padding) -> [B, user_dim]."""
+    def user_vector(self, user_index: torch.Tensor, history_index: torch.Tensor,
+                    history_of_row: torch.Tensor | None = None) -> torch.Tensor:
+        """user_index [B] (0 unknown), history_index [B, H] (0 padding) -> [B, user_dim]. With `history_of_row` [B],
+        history_index holds each distinct history once ([U, H]) and row b uses history_of_row[b]."""
         # project the whole item table once, then pool rows of it: the same numbers as projecting each history row
         table = self.item_side(self.item_features, torch.arange(len(self.item_features), device=history_index.device))
-        return self.user_encoder.pool_table(user_index, self.user_encoder.history_proj(table), history_index)
+        return self.user_encoder.pool_table(user_index, self.user_encoder.history_proj(table), history_index,
+                                            history_of_row)
 
     def forward(self, user_index: torch.Tensor, history_index: torch.Tensor, image_embeds: torch.Tensor,
-                item_index: torch.Tensor | None = None):
+                item_index: torch.Tensor | None = None, history_of_row: torch.Tensor | None = None):
         """-> click logit [B]. image_embeds [B, image_dim] (any norm: normalised here); item_index [B] from
-        `item_indices` (0 or None: no item bias)."""
-        user, image = self.towers(user_index, history_index, image_embeds, item_index)
+        `item_indices` (0 or None: no item bias); history_of_row: see `user_vector`."""
+        user, image = self.towers(user_index, history_index, image_embeds, item_index, history_of_row)
         personal = (self.user_head(user) * image).sum(-1)  # sum over hidden: (B,)
         logit = personal + self.image_bias(image).squeeze(-1) + self.user_bias(user).squeeze(-1)
         if item_index is not None and hasattr(self, "item_bias"):
@@ -111,9 +114,10 @@ class PreferenceModel(nn.Module):
         return logit
 
     def towers(self, user_index: torch.Tensor, history_index: torch.Tensor, image_embeds: torch.Tensor,
-               item_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               item_index: torch.Tensor | None = None,
+               history_of_row: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (user vector [B, user_dim], image tower output [B, hidden]): the two sides of the personal term."""
-        user = self.user_vector(user_index, history_index)  # (B, user_dim)
+        user = self.user_vector(user_index, history_index, history_of_row)  # (B, user_dim)
         index = item_index if item_index is not None else torch.zeros(len(image_embeds), dtype=torch.long,
                                                                        device=image_embeds.device)
         return user, self.image_tower(self.item_side(F.normalize(image_embeds, dim=-1), index))  # (B, hidden)
