@@ -134,7 +134,9 @@ def train_and_evaluate(cfg, out: Path) -> dict:
     train_ids = data.users["user_id"].to_numpy().astype(str)[train_codes]
     by_id = np.argsort(train_ids, kind="stable")  # the model's user table is sorted by id
     user_row = np.zeros(len(data.users), dtype=np.int32)
-    user_row[train_codes[by_id]] = np.arange(1, len(train_codes) + 1, dtype=np.int32)
+    if p.user_id_dropout >= 1.0:  # every id is hidden in training: users are their history, no id table is kept
+        by_id = by_id[:0]  # (its rows would stay zero yet cost an optimizer update each step: 21M at ml-latest)
+    user_row[train_codes[by_id]] = np.arange(1, len(by_id) + 1, dtype=np.int32)
     dim = features.matrix.shape[1]
     model_args = dict(user_ids=train_ids[by_id].tolist(), item_ids=list(features.keys), item_dim=dim,
                       image_dim=dim, user_dim=p.user_dim, hidden_dim=p.hidden_dim, item_bias=p.item_bias,

@@ -170,7 +170,8 @@ class PreferenceConfig(Section):
                               "and spread (CLIP looks vary by ~0.1 around a large shared mean)")
     user_id_dropout: float = Field(1.0, ge=0.0, le=1.0, description="share of training rows whose user id is hidden, "
                                    "so the tower learns users from their history (cold start); 1.0: history only, "
-                                   "which generalised best on the persona world (ids overfit ~150 impressions)")
+                                   "which generalised best on the persona world (ids overfit ~150 impressions), "
+                                   "and the model keeps no id table")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs per Ray Train worker")
     seed: int = Field(0, description="seed of initialisation, shuffling and negative sampling")

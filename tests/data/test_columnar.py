@@ -4,7 +4,6 @@ reading of the log, the typed CSV path reads what the text path reads, and the c
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -95,40 +94,43 @@ def test_a_bad_row_late_in_a_big_csv_is_named_by_file_and_line(tmp_path):
 
 
 def test_catalogue_features_are_computed_once_and_keyed_by_the_item_table(tmp_path, caplog):
+    """A real tiny CLIP saved as a folder (the code path of a real checkpoint): the second call reads the cache, a
+    changed item table embeds again, and the cached matrix is the one computed."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
     from icg_rl.config import load_config
-    from icg_rl.models import item_features
+    from icg_rl.models.clip_embedder import CLIPEmbedder
+    from icg_rl.models.item_features import catalogue_features, compute_item_features
+    from icg_rl.models.tokenizer import train_clip_tokenizer
+    from icg_rl.models.zoo import image_processor
 
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "vocab_size": 600},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=16))
+    processor = CLIPProcessor(image_processor=image_processor(32),
+                              tokenizer=train_clip_tokenizer(["Video tag 1999"], 600, 16))
+    model.save_pretrained(tmp_path / "clip")
+    processor.save_pretrained(tmp_path / "clip")
+    clip = CLIPEmbedder.from_pretrained(tmp_path / "clip")
     data = load_dataset("pixelrec", write_pixelrec(tmp_path / "p"))
-    cfg = load_config(None, [f"data.cache_dir={tmp_path / 'cache'}"])
-    calls = []
-
-    def fake_compute(embedder, data):  # the CLIP forward is tested elsewhere; here: when it runs
-        calls.append(len(data.items))
-        return list(data.items["item_id"]), __import__("torch").ones(len(data.items), 4)
-
-    clip = tmp_path / "clip"
-    clip.mkdir()
-    (clip / "config.json").write_text("{}")
-    monkey = pytest.MonkeyPatch()
-    monkey.setattr(item_features, "compute_item_features", fake_compute)
-    monkey.setattr(item_features.CLIPEmbedder, "from_pretrained", classmethod(lambda cls, path: _Nothing()))
-    monkey.setattr("icg_rl.paths.clip_folder", lambda reward, world: clip)
-    try:
-        with caplog.at_level(logging.INFO, logger="icg_rl.catalogue"):
-            first = item_features.catalogue_features(cfg, data)
-            second = item_features.catalogue_features(cfg, data)
-        assert calls == [len(data.items)] and "reusing" in caplog.text
-        np.testing.assert_array_equal(first.matrix, second.matrix)
-        assert list(second.keys) == list(data.items["item_id"])
-        renamed = data.items.assign(title=data.items["title"] + " (new edition)")
-        data.items = renamed
-        item_features.catalogue_features(cfg, data)  # another item table: embedded again
-        assert len(calls) == 2
-        assert len([p for p in Path(tmp_path / "cache").iterdir() if p.name.startswith("catalogue-")]) == 2
-    finally:
-        monkey.undo()
-
-
-class _Nothing:
-    def to(self, device):
-        return self
+    cfg = load_config(None, [f"data.cache_dir={tmp_path / 'cache'}", f"reward.clip={tmp_path / 'clip'}"])
+    with caplog.at_level(logging.INFO, logger="icg_rl.catalogue"):
+        first = catalogue_features(cfg, data)
+        assert "embedding 30 items" in caplog.text and "reusing" not in caplog.text
+        second = catalogue_features(cfg, data)
+    assert "reusing" in caplog.text
+    np.testing.assert_array_equal(first.matrix, second.matrix)
+    keys, direct = compute_item_features(clip, data)
+    assert list(second.keys) == keys == list(data.items["item_id"])
+    np.testing.assert_allclose(second.matrix, direct.numpy(), rtol=1e-5, atol=1e-6)
+    data.items = data.items.assign(title=data.items["title"] + " (new edition)")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="icg_rl.catalogue"):
+        catalogue_features(cfg, data)  # another item table: embedded again, beside the first
+    assert "embedding 30 items" in caplog.text
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.name.startswith("catalogue-")]) == 2
