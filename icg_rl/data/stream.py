@@ -32,6 +32,7 @@ from icg_rl.data.schema import RecDataset, codes, optional_str
 from icg_rl.data.splits import SPLITS
 
 BLOCK_BATCHES = 16  # batches of pair indices per Ray Data block: small tasks, loaded ahead of the rollout actors
+CHUNK_BATCHES = 64  # batches per Ray Data dataset: an epoch's order is streamed a window at a time
 
 
 @dataclass
@@ -175,22 +176,27 @@ class PairStream:
         context.enable_progress_bars = False  # one small dataset per epoch: the trainer's own bar says enough
         self.load = LoadReferences(reference_size, history_len)
         self.pairs_ref = ray.put(self.pairs)
+        self.pairs = ray.get(self.pairs_ref)  # views of the object store's copy: the driver keeps no second one
 
     def __len__(self) -> int:
         """Full batches per epoch."""
         return len(self.pairs) // self.P
 
     def iter_groups(self, epoch: int = 0, start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """Batches of an epoch in `epoch_order` (or file order without shuffle), from batch `start_batch` on."""
+        """Batches of an epoch in `epoch_order` (or file order without shuffle), from batch `start_batch` on. The
+        order goes to Ray Data a window of CHUNK_BATCHES batches at a time (a few blocks each): one dataset of an
+        epoch's 24M pairs in blocks of 64 would be 375K blocks before the first batch."""
         import ray.data
 
         order = epoch_order(len(self.pairs), self.seed, epoch) if self.shuffle else np.arange(len(self.pairs))
         order = order[start_batch * self.P: len(self) * self.P]  # full batches only
-        block = self.P * BLOCK_BATCHES
-        dataset = ray.data.from_numpy([order[s:s + block] for s in range(0, len(order), block)]).map_batches(
-            ReadPairs(self.pairs_ref, self.load), batch_format="numpy", batch_size=block)
-        for batch in dataset.iter_batches(batch_size=self.P, batch_format="numpy", drop_last=True):
-            yield expand_groups(batch, self.K)
+        block, window = self.P * BLOCK_BATCHES, self.P * CHUNK_BATCHES
+        for begin in range(0, len(order), window):
+            chunk = order[begin:begin + window]
+            dataset = ray.data.from_numpy([chunk[s:s + block] for s in range(0, len(chunk), block)]).map_batches(
+                ReadPairs(self.pairs_ref, self.load), batch_format="numpy", batch_size=block)
+            for batch in dataset.iter_batches(batch_size=self.P, batch_format="numpy", drop_last=True):
+                yield expand_groups(batch, self.K)
 
 
 def stream_from_config(cfg, data: RecDataset, split: str | None = "train", seed: int | None = None) -> PairStream:

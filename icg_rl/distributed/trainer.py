@@ -47,14 +47,16 @@ class RayTrainer:
         self.weights = {n: w for n, w in cfg.reward.weights.items() if w != 0}
         pools = list(self.weights) + ([] if "clip_t" in self.weights else ["clip_t"])  # clip_t: eval relevance
         check_fits(run_requests(cfg, pools), r.resource_wait_s)  # before any actor exists: fail, never hang
-        self.data = timed(log, "load", lambda: load_from_config(cfg))
+        # the dataset is a local: once the pairs and the held-out batch exist, the driver no longer holds the log
+        data = timed(log, "load", lambda: load_from_config(cfg))
         if r.role("reward")[1] > 0:  # a GPU cluster: embed the catalogue there, not on the (CPU) driver
             user_ids, item_features = timed(log, "catalogue features",
-                                            lambda: policy_context_on_cluster(cfg, self.data, *r.role("reward")))
+                                            lambda: policy_context_on_cluster(cfg, data, *r.role("reward")))
         else:
-            user_ids, item_features = timed(log, "catalogue features", lambda: policy_context(cfg, self.data))
-        self.stream = timed(log, "pairs and histories", lambda: stream_from_config(cfg, self.data, "train"))
-        self.heldout = timed(log, "held-out batch", lambda: heldout_batch(cfg, self.data))
+            user_ids, item_features = timed(log, "catalogue features", lambda: policy_context(cfg, data))
+        self.stream = timed(log, "pairs and histories", lambda: stream_from_config(cfg, data, "train"))
+        self.heldout = timed(log, "held-out batch", lambda: heldout_batch(cfg, data))
+        data = None  # (not `del`: the lambdas above close over it)
         self.pools, self.elastic = pools, r.rollout_workers == "auto"
         rollouts = rollout_capacity(cfg, pools) if self.elastic else r.rollout_workers
         log.info("starting %d rollout%s, %d learner and %d×%d reward actors", rollouts,
