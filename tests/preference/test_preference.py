@@ -92,7 +92,7 @@ def test_ray_train_left_a_checkpoint(trained):
     _, out, _ = trained
     assert list((out / "ray_train").rglob("model.pt")), "Ray Train wrote no checkpoint"
     config = json.loads((out / "model" / "config.json").read_text())
-    assert config["history_len"] > 0 and config["user_ids"]
+    assert config["history_len"] > 0 and config["item_ids"] and "user_ids" in config  # [] when ids are all hidden
 
 
 def test_a_changed_click_log_makes_the_model_stale(trained):
