@@ -96,24 +96,12 @@ def test_a_bad_row_late_in_a_big_csv_is_named_by_file_and_line(tmp_path):
 def test_catalogue_features_are_computed_once_and_keyed_by_the_item_table(tmp_path, caplog):
     """A real tiny CLIP saved as a folder (the code path of a real checkpoint): the second call reads the cache, a
     changed item table embeds again, and the cached matrix is the one computed."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
-
     from icg_rl.config import load_config
     from icg_rl.models.clip_embedder import CLIPEmbedder
     from icg_rl.models.item_features import catalogue_features, compute_item_features
-    from icg_rl.models.tokenizer import train_clip_tokenizer
-    from icg_rl.models.zoo import image_processor
+    from tests.preference.test_impressions import tiny_clip_parts
 
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "vocab_size": 600},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=16))
-    processor = CLIPProcessor(image_processor=image_processor(32),
-                              tokenizer=train_clip_tokenizer(["Video tag 1999"], 600, 16))
+    model, processor = tiny_clip_parts()
     model.save_pretrained(tmp_path / "clip")
     processor.save_pretrained(tmp_path / "clip")
     clip = CLIPEmbedder.from_pretrained(tmp_path / "clip")

@@ -24,6 +24,12 @@ from tests.data.test_splits import write_movielens, write_pixelrec
 def embedder():
     """A randomly initialised tiny CLIP: the data preparation needs embeddings, not good ones."""
     from icg_rl.models.clip_embedder import CLIPEmbedder
+
+    return CLIPEmbedder(*tiny_clip_parts())
+
+
+def tiny_clip_parts() -> tuple[CLIPModel, CLIPProcessor]:
+    """A tiny random CLIPModel and its processor (seeded), to use in memory or save as a model folder."""
     from icg_rl.models.tokenizer import train_clip_tokenizer
     from icg_rl.models.zoo import image_processor
 
@@ -35,7 +41,7 @@ def embedder():
                        "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
         projection_dim=16))
     tokenizer = train_clip_tokenizer(["Movie Video Drama Comedy 1999 tag"], 600, 16)
-    return CLIPEmbedder(clip, CLIPProcessor(image_processor=image_processor(32), tokenizer=tokenizer))
+    return clip, CLIPProcessor(image_processor=image_processor(32), tokenizer=tokenizer)
 
 
 def skewed_log(users: int = 40, per_user: int = 10, num_items: int = 50, seed: int = 0) -> RecDataset:
