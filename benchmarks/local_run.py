@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(2)
     cfg = load_config(args.config, [f"algo.name={args.algo}", *args.overrides])
     trainer = LocalTrainer(cfg)
-    held_out = build_pairs(trainer.data, "test", cfg.data.history_len).head(args.pairs).reset_index(drop=True)
+    held_out = build_pairs(trainer.data, "test", cfg.data.history_len).frame(slice(0, args.pairs))
     before = oracle_eval(trainer, held_out)
     start = time.perf_counter()
     for it in range(args.iterations):
