@@ -7,7 +7,8 @@
 For each fraction it writes (once, cached) a log shaped like the real one (benchmarks/synthetic_logs.py), then runs
 the real commands as a user does — `python -m icg_rl.preference --out DIR`, `python -m icg_rl.train
 reward.preference=DIR train.iterations=20`, `python -m icg_rl.evaluate CHECKPOINT` — each in its own process with
-its own local Ray cluster, and prints per stage (the commands log `<stage>: <seconds> s`) wall time and peak memory.
+its own local Ray cluster, and prints per stage (the commands log `<stage>: <seconds> s` for stages of a second
+or more) wall time and peak memory.
 Memory is the machine's used memory (MemTotal − MemAvailable, sampled 5×/s) above its value before the command
 started, so Ray's workers and object store count, not only the driver. With two fractions it prints the growth
 exponent of time and memory per command: log(ratio of cost) / log(ratio of rows), 1.0 = linear.

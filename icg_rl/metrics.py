@@ -28,12 +28,17 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(gap.sum() / probs.size)
 
 
+NOTABLE_STAGE_S = 1.0  # stages this long are logged at INFO; shorter ones (a small log's) at DEBUG
+
+
 def timed(log, name: str, work):
-    """Run `work()` and log `<name>: <seconds> s` at INFO: the stages of a command, as benchmarks/scale.py reads
-    them."""
+    """Run `work()` and log `<name>: <seconds> s` — at INFO when it took NOTABLE_STAGE_S or more (the stages of a
+    paper-size log, as benchmarks/scale.py reads them), else at DEBUG (a small run's log stays short)."""
+    import logging
     import time
 
     began = time.perf_counter()
     result = work()
-    log.info("%s: %.1f s", name, time.perf_counter() - began)
+    seconds = time.perf_counter() - began
+    log.log(logging.INFO if seconds >= NOTABLE_STAGE_S else logging.DEBUG, "%s: %.1f s", name, seconds)
     return result
