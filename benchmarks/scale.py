@@ -6,7 +6,7 @@
 
 For each fraction it writes (once, cached) a log shaped like the real one (benchmarks/synthetic_logs.py), then runs
 the real commands as a user does — `python -m icg_rl.preference --out DIR`, `python -m icg_rl.train
-reward.preference=DIR train.iterations=20`, `python -m icg_rl.evaluate CHECKPOINT` — each in its own process with
+reward.preference=DIR train.iterations=20`, `python -m icg_rl.evaluate --checkpoint CKPT` — each in its own process with
 its own local Ray cluster, and prints per stage (the commands log `<stage>: <seconds> s` for stages of a second
 or more) wall time and peak memory.
 Memory is the machine's used memory (MemTotal − MemAvailable, sampled 5×/s) above its value before the command
