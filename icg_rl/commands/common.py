@@ -68,6 +68,16 @@ def set_verbosity(verbose: bool) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("icg_rl").setLevel(logging.INFO)
+    fallback_notice = logging.getLogger("transformers.utils.import_utils")
+    if not verbose and _drop_torchvision_fallback not in fallback_notice.filters:
+        fallback_notice.addFilter(_drop_torchvision_fallback)
+
+
+def _drop_torchvision_fallback(record: logging.LogRecord) -> bool:
+    """transformers warns once per image-processor class that torchvision is missing and it uses the PIL one. We
+    install no torchvision on purpose (README), so quiet runs drop it; with CI=1 transformers also propagates it to
+    the root logger, which printed it twice per class."""
+    return "requires torchvision (not installed)" not in record.getMessage()
 
 
 def parse_config(args: argparse.Namespace) -> Config:
