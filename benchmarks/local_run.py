@@ -1,6 +1,6 @@
 """A short in-process ICG run (rl/local.py) with the oracle's verdict before and after, and seconds per iteration.
 
-    python benchmarks/local_run.py --algo ddpo --iterations 20 [--pairs 48] [KEY=VALUE ...]
+    python benchmarks/local_run.py --algo {ddpo,grpo,backprop,nft} --iterations 20 [--pairs 48] [KEY=VALUE ...]
 
 Held-out pairs are the test split's (user, item) pairs; each gets one cover per evaluation, same seed before and
 after, scored by the CoverWorld oracle (true CTR) next to the reference cover and the best existing variant.
@@ -18,7 +18,7 @@ from icg_rl.config import load_config
 from icg_rl.data.stream import LoadReferences, build_pairs, frame_to_batch
 from icg_rl.evaluation.world_reference import oracle_ctr
 from icg_rl.rl.local import LocalTrainer
-from icg_rl.rl.sampling import sample_trajectory
+from icg_rl.rl.sampling import rollout_window, sample_trajectory
 
 
 @torch.no_grad()
@@ -26,15 +26,16 @@ def oracle_eval(trainer: LocalTrainer, pairs, seed: int = 99) -> dict[str, float
     frame = LoadReferences(trainer.cfg.data.reference_size, trainer.cfg.data.history_len)(pairs)
     batch = frame_to_batch(frame)
     batch["group_key"] = np.char.add(batch["user_id"].astype(str), batch["item_id"].astype(str))
-    traj, _ = sample_trajectory(trainer.pipe, batch, trainer.cfg.algo.num_inference_steps, trainer.cfg.algo.eta,
-                                trainer.cfg.algo.guidance_scale, torch.Generator().manual_seed(seed))
+    algo = trainer.cfg.algo
+    traj, _ = sample_trajectory(trainer.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
+                                torch.Generator().manual_seed(seed), sde_window=rollout_window(algo))
     return oracle_ctr(trainer.cfg.world.dir, batch["user_id"], batch["item_id"], traj.images)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None)
-    parser.add_argument("--algo", choices=["ddpo", "backprop"], default="ddpo")
+    parser.add_argument("--algo", choices=["ddpo", "grpo", "backprop", "nft"], default="ddpo")
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--pairs", type=int, default=48, help="held-out (test) pairs scored by the oracle")
     parser.add_argument("overrides", nargs="*")

@@ -58,6 +58,7 @@ def evaluate(cfg, checkpoint: Path, out: Path, progress: bool = True) -> dict:
     from icg_rl.evaluation.report import write_report
     from icg_rl.models.pipeline import load_checkpoint
     from icg_rl.paths import resolve_preference
+    from icg_rl.rl.sampling import rollout_window
 
     start = time.perf_counter()
     torch.set_num_threads(cfg.ray.threads("rollout") or os.cpu_count() or 1)  # one process does all the work
@@ -66,8 +67,10 @@ def evaluate(cfg, checkpoint: Path, out: Path, progress: bool = True) -> dict:
     data = load_from_config(cfg)
     pipe = load_checkpoint(checkpoint)
     pipe.set_progress_bar_config(disable=True)
+    # the sampler training's rollouts used (the trained SDE window of GRPO, nft's deterministic steps)
     sampling = {"steps": e.num_inference_steps or cfg.algo.num_inference_steps, "eta": cfg.algo.eta,
-                "guidance_scale": cfg.algo.guidance_scale, "seed": cfg.train.seed, "batch_size": e.batch_size}
+                "sde_window": rollout_window(cfg.algo), "guidance_scale": cfg.algo.guidance_scale,
+                "seed": cfg.train.seed, "batch_size": e.batch_size}
     steps = suite.Steps(progress)
 
     with steps("held-out pairs, 4 arms"):

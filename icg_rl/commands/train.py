@@ -26,7 +26,6 @@ from icg_rl.commands.common import RunInterrupted, base_parser, parse_config, re
 from icg_rl.distributed.trainer import RayTrainer  # the driver
 
 log = logging.getLogger("icg_rl.train")
-MIN_SIDE = 48  # sample grids are upscaled to at least this many pixels per cover, to be readable
 
 
 # ------------------------------------------------------------------------------------------------ the command
@@ -110,7 +109,7 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
     from icg_rl.distributed.model_card import write_model_card
     from icg_rl.distributed.placement import connect
     from icg_rl.distributed.tracking import Tracker, plot_curves
-    from icg_rl.io import atomic_write_png, image_grid, resize_images
+    from icg_rl.io import atomic_write_png
 
     torch.set_num_threads(1)  # the driver only mixes rewards and computes advantages; actors do the work
     out = Path(os.path.abspath(out))  # every path the summary and the log name is absolute
@@ -160,14 +159,10 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
                                "seconds": round(time.perf_counter() - saved, 3)}
                 bar.write(f"checkpoint {where}: {saved_stats['mb']:.2f} MB in {saved_stats['seconds']:.2f} s")
         loop_s = time.perf_counter() - loop_start
-        final, images = trainer.evaluate()
+        final, _ = trainer.evaluate()
         checkpoint = trainer.export(out / "checkpoint")
         rows = cfg.data.pairs_per_batch * cfg.data.samples_per_pair
-        n = min(8, len(images["icg"]))
-        side = images["icg"].shape[1]
-        columns = np.stack([resize_images(images[k][:n], side)
-                            for k in ("reference", "icg", "user_zeroed")], axis=1)  # (n, 3, H, W, 3)
-        grid = image_grid(_upscale(columns.reshape(-1, *columns.shape[2:])), columns=3)
+        grid = _sample_grid(trainer.showcase(), cfg)
         atomic_write_png(out / "samples.png", grid)
         tracker.log_image("samples", grid, step=trainer.iteration)
         plot_curves(tracker.history, ("reward/", "eval/", "oracle/", "loss/", "stats/clip", "stats/approx_kl"),
@@ -206,9 +201,17 @@ def _line(metrics: dict[str, float]) -> str:
     return "  ".join(f"{short[k.split('/')[0]]}{k.split('/', 1)[1]}={metrics[k]:.4g}" for k in keys)
 
 
-def _upscale(images: np.ndarray) -> np.ndarray:
-    factor = max(1, -(-MIN_SIDE // images.shape[1]))
-    return images.repeat(factor, axis=1).repeat(factor, axis=2)
+def _sample_grid(showcase: dict, cfg) -> np.ndarray:
+    """`samples.png`: per held-out item its reference cover, its covers for users of spread taste, the user zeroed
+    (RayTrainer.showcase), labelled with the oracle's P(click) on CoverWorld."""
+    from icg_rl.evaluation.sample_grid import personalization_grid
+
+    oracle = "; p = true P(click) for the user (reference, zeroed: mean over the row's users)" \
+        if "click_prob" in showcase else ""
+    return personalization_grid(
+        showcase["reference"], showcase["personalized"], showcase["zeroed"], list(showcase["user_ids"]),
+        [f"{i}: {t}" for i, t in zip(showcase["item_ids"], showcase["titles"])], showcase.get("click_prob"),
+        title=f"ICG {cfg.algo.name}: one held-out item per row, the same noise along it{oracle}")
 
 
 if __name__ == "__main__":

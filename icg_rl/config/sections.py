@@ -125,11 +125,15 @@ class ModelConfig(Section):
                                     "starts as their history and the id learns the deviation")
     standardize_history: bool = Field(False, description="standardise each item-feature dimension over the "
                                       "catalogue before the user encoder pools a history")
+    max_user_ids: int = Field(65536, ge=0, description="most training users given their own id embedding (the "
+                              "most active first; the rest, like new users, are their history): the table is "
+                              "trained, synced to every rollout actor and checkpointed, so it must not grow with "
+                              "the log (1M PixelRec users: 256 MB)")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA on the UNet's attention projections")
     mllm_lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA on the MLLM's q/v projections")
 
 
-RewardName = Literal["aesthetic", "clip_t", "clip_i", "preference", "preference_lift", "pickscore"]
+RewardName = Literal["aesthetic", "clip_t", "clip_i", "preference", "preference_lift", "pickscore", "genre_hit"]
 
 
 class RewardConfig(Section):
@@ -180,7 +184,8 @@ class PreferenceConfig(Section):
 class AlgoConfig(Section):
     """RL algorithm (docs/architecture.md §7)."""
 
-    name: Literal["ddpo", "grpo", "backprop"] = Field("ddpo", description="DDPO, GRPO or reward backprop (DRaFT-K)")
+    name: Literal["ddpo", "grpo", "backprop", "nft"] = Field("ddpo", description="DDPO, GRPO, reward backprop "
+                                                              "(DRaFT-K) or DiffusionNFT (reward-only, rl/nft.py)")
     lr: float = Field(3e-4, gt=0.0, description="learning rate of the ICG parameters")
     num_inference_steps: int = Field(10, ge=1, le=1000, description="DDIM steps per rollout")
     eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta, or the flow SDE's noise level; > 0: stochastic")
@@ -198,14 +203,24 @@ class AlgoConfig(Section):
     random_truncation: bool = Field(False, description="reward backprop: draw K uniformly in 1..backprop_steps")
     gradient_checkpointing: bool = Field(True, description="reward backprop: recompute UNet activations")
     max_grad_norm: float = Field(1.0, gt=0.0, description="gradient-norm clip of the ICG parameters")
+    nft_objective: Literal["nft", "awm"] = Field("nft", description="nft: DiffusionNFT's implicit positive/negative "
+                                                 "policies; awm: advantage-weighted denoising loss (rl/nft.py)")
+    nft_beta: float = Field(1.0, gt=0.0, description="nft: β of the implicit policies f± = f_old ± β (f_θ − f_old)")
+    nft_clip: float = Field(1.0, gt=0.0, description="nft: advantage (std units) mapped to optimality 1 (−clip: 0)")
+    nft_draws: int = Field(2, ge=1, description="nft: (t, ε) draws per cover per update")
+    nft_shared_draws: bool = Field(True, description="nft: the samples of a group share their (t, ε) draws")
+    nft_inner_steps: int = Field(1, ge=1, description="nft: optimizer steps per rollout batch, against the sampling "
+                                 "policy's frozen outputs")
 
     @model_validator(mode="after")
     def _window_inside_steps(self):
-        if self.shared_start and self.name == "backprop":
-            raise ValueError("algo.shared_start is for the policy-gradient algorithms (ddpo, grpo)")
+        if self.shared_start and self.name in ("backprop", "nft"):
+            raise ValueError(f"algo.shared_start is for the policy-gradient algorithms (ddpo, grpo), not "
+                             f"{self.name}")
         if self.sde_window is not None:
-            if self.name == "backprop":
-                raise ValueError("algo.sde_window is for the policy-gradient algorithms (ddpo, grpo), not backprop")
+            if self.name in ("backprop", "nft"):
+                raise ValueError(f"algo.sde_window is for the policy-gradient algorithms (ddpo, grpo), not "
+                                 f"{self.name} (nft samples every step with algo.eta; 0 = deterministic)")
             start, stop = self.sde_window
             if not 0 <= start < stop <= self.num_inference_steps:
                 raise ValueError(f"algo.sde_window {list(self.sde_window)} must satisfy 0 <= start < stop <= "
@@ -295,9 +310,9 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _groups_for_grpo(self):
-        if self.algo.name == "grpo" and self.data.samples_per_pair < 2:
-            raise ValueError(f"algo.name=grpo needs data.samples_per_pair >= 2 (a group to be relative to), got "
-                             f"{self.data.samples_per_pair}")
+        if self.algo.name in ("grpo", "nft") and self.data.samples_per_pair < 2:
+            raise ValueError(f"algo.name={self.algo.name} needs data.samples_per_pair >= 2 (a group to be relative "
+                             f"to), got {self.data.samples_per_pair}")
         return self
 
 

@@ -3,6 +3,7 @@ trainable ICG parameters (+LoRA) in a DeepSpeed engine, running DDPO or reward b
 
     group = LearnerGroup(cfg, user_ids, item_features, num_workers=2, num_cpus=0.5)
     metrics = group.update_ddpo(trajectory, advantages, iteration)     # rows split evenly over the ranks
+    metrics = group.update_nft(samples, optimality, iteration)         # DiffusionNFT on clean samples
     weights_ref, nbytes = group.weights()                              # rank 0's trainable arrays, as an ObjectRef
 
 Data parallel: each rank computes the mean loss of its rows; DeepSpeed averages gradients over ranks, so N ranks
@@ -128,10 +129,11 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
         check_differentiable(self.rewards, weights)
         self.mixer = RewardMixer.from_config(weights, self.cfg.reward)
 
-    def _step(self, surrogate: torch.Tensor, iteration: int) -> float:
+    def _step(self, surrogate: torch.Tensor, iteration: int, last: bool = True) -> float:
+        """One engine step; `last`: the iteration's last (nft's inner steps), which the tail average takes in."""
         self.engine.backward(surrogate)
         self.engine.step()
-        if self.average is not None:  # ZeRO-2 has gathered the updated weights into every rank's module
+        if self.average is not None and last:  # ZeRO-2 has gathered the updated weights into every rank's module
             self.average.after_update(iteration)
         return float(self.engine.get_global_grad_norm() or 0.0)
 
@@ -150,6 +152,26 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
         # inside the actor: what the learn phase costs beyond these is transport and the driver's wait
         return metrics | {"perf/learner_gradients_s": gradients_done - start,
                           "perf/learner_optimizer_s": time.perf_counter() - gradients_done}
+
+    def nft_step(self, wire: dict, optimality: np.ndarray, iteration: int) -> dict[str, float]:
+        """DiffusionNFT on this rank's clean samples (`rl/nft.py`): `algo.nft_inner_steps` engine steps."""
+        from icg_rl.rl.ddpo import gradient_surrogate
+        from icg_rl.rl.nft import nft_update
+        from icg_rl.rl.trajectory import Trajectory
+
+        start = time.perf_counter()
+        samples = Trajectory.from_wire(wire).to(self.pipe.device)
+        params, steps = self.pipe.trainable_parameters(), self.cfg.algo.nft_inner_steps
+        taken = []
+
+        def apply(grads) -> float:
+            taken.append(None)
+            return self._step(gradient_surrogate(params, grads), iteration, last=len(taken) == steps)
+
+        with autocast(self.pipe.device, self.cfg.learner.precision):
+            metrics = nft_update(self.pipe, samples, torch.as_tensor(optimality).to(self.pipe.device),
+                                 self.cfg.algo, update_generator(self.cfg.train.seed, iteration), apply)
+        return metrics | {"perf/learner_update_s": time.perf_counter() - start}
 
     def backprop_step(self, batch: dict, prefix_wire: dict, iteration: int) -> tuple[dict[str, float], np.ndarray]:
         """The last K steps from the rollout actors' x_{T−K}, the rewards, one step -> (metrics, uint8 covers)."""
@@ -264,6 +286,13 @@ class LearnerGroup:
 
         refs = [a.ddpo_step.remote(trajectory.rows(s).to_wire(), advantages[s], iteration)
                 for a, s in zip(self.actors, self._shards(len(trajectory)))]
+        return mean_metrics(ray.get(refs))
+
+    def update_nft(self, samples, optimality: np.ndarray, iteration: int) -> dict[str, float]:
+        import ray
+
+        refs = [a.nft_step.remote(samples.rows(s).to_wire(), optimality[s], iteration)
+                for a, s in zip(self.actors, self._shards(len(samples)))]
         return mean_metrics(ray.get(refs))
 
     def update_backprop(self, batch: dict, prefix_wire: dict, iteration: int) -> tuple[dict[str, float], np.ndarray]:

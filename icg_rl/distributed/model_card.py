@@ -23,7 +23,9 @@ CARD_NAME, SAMPLES_NAME = "README.md", "samples.png"
 ALGORITHMS = {"backprop": "reward backprop (DRaFT-K): gradient through the last K denoising steps into "
                           "differentiable rewards",
               "grpo": "GRPO: group-relative policy gradient with PPO clipping",
-              "ddpo": "DDPO: PPO-clip policy gradient over the recorded denoising steps"}
+              "ddpo": "DDPO: PPO-clip policy gradient over the recorded denoising steps",
+              "nft": "DiffusionNFT: forward-process policy optimization on the clean samples, rewards as an "
+                     "optimality probability (no likelihoods, no reward gradients)"}
 
 
 def render_model_card(cfg, summary: dict[str, Any]) -> str:
@@ -104,6 +106,10 @@ def _algorithm_rows(cfg, iterations: int) -> list[tuple[str, Any]]:
     if algo.name == "backprop":
         rows.append(("backprop steps K", f"{algo.backprop_steps}" + (" (drawn in 1..K)" if algo.random_truncation
                                                                         else "")))
+    elif algo.name == "nft":
+        rows += [("group size (samples per pair)", cfg.data.samples_per_pair), ("objective", algo.nft_objective),
+                 ("β", algo.nft_beta), ("advantage → optimality clip", algo.nft_clip),
+                 ("(t, ε) draws per cover", algo.nft_draws), ("inner steps per batch", algo.nft_inner_steps)]
     else:
         rows += [("group size (samples per pair)", cfg.data.samples_per_pair), ("PPO clip range", algo.clip_range),
                  ("KL coefficient", algo.kl_coef), ("trained step fraction", algo.timestep_fraction)]

@@ -25,7 +25,7 @@ from icg_rl.distributed.reward import slice_batch
 from icg_rl.distributed.weight_sync import WeightGroupMember
 from icg_rl.distributed.weights import VersionedWeights
 from icg_rl.models.trainable import weights_loaded
-from icg_rl.rl.sampling import REWARD_INPUTS, sample_trajectory
+from icg_rl.rl.sampling import REWARD_INPUTS, rollout_window, sample_trajectory
 from icg_rl.rl.seeding import ROLLOUT, group_generators, row_generators
 from icg_rl.rl.speed import autocast, prepare_denoiser
 
@@ -84,7 +84,8 @@ class RolloutWorker(WeightGroupMember):
         with weights_loaded(self.pipe, weights) as pipe, autocast(pipe.device, self.cfg.rollout.precision):
             trajectory, _ = sample_trajectory(pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
                                               noise, policy_version=version, zero_user=zero_user,
-                                              sde_window=algo.sde_window, start_generator=start)
+                                              sde_window=rollout_window(algo), start_generator=start,
+                                              keep_chain=algo.name != "nft")  # nft learns from x₀ alone
         reward_inputs = {k: np.asarray(batch[k]) for k in REWARD_INPUTS if k in batch}
         return trajectory.to_wire(), trajectory.images, reward_inputs
 
@@ -146,7 +147,7 @@ class RolloutPool:
     def _chunks(self, batch: dict) -> list[tuple[object, int, dict]]:
         """(actor, first row, rows) for contiguous chunks of a batch, one per actor (fewer when rows are few)."""
         n = len(batch["group_key"])
-        bounds = np.linspace(0, n, min(len(self.actors), n) + 1).round().astype(int)
+        bounds = group_bounds(np.asarray(batch["group_key"]), len(self.actors))
         return [(actor, int(lo), slice_batch(batch, int(lo), int(hi), n))
                 for actor, lo, hi in zip(self.actors, bounds[:-1], bounds[1:])]
 
@@ -213,3 +214,15 @@ class RolloutPool:
         for actor in self.actors + [a for a, _, _ in self.starting]:
             ray.kill(actor, no_restart=True)
         self.actors, self.starting = [], []
+
+
+def group_bounds(group_key: np.ndarray, parts: int) -> np.ndarray:
+    """Chunk bounds [0, …, N] for `parts` contiguous chunks that never split a group (consecutive equal keys): a
+    reward whose score depends on the scored batch (`preference_lift` centres on its audience) then sees every
+    sample of a group with the same batch, so in-group reward differences are the covers' alone. Fewer chunks
+    when there are fewer groups."""
+    n = len(group_key)
+    starts = np.flatnonzero(np.r_[True, group_key[1:] != group_key[:-1]])  # (G,) first row of each group
+    even = np.linspace(0, n, min(parts, len(starts)) + 1)[1:-1]  # the even split's inner bounds
+    inner = starts[np.abs(starts[None, :] - even[:, None]).argmin(axis=1)] if len(even) else starts[:0]
+    return np.unique(np.r_[0, inner, n]).astype(int)

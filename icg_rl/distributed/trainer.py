@@ -3,6 +3,7 @@
     trainer = RayTrainer(cfg)            # rollout actors, reward pools, DeepSpeed learner group; weights version 0
     metrics = trainer.step()             # one iteration: the dataflow reads top to bottom in `step`
     metrics, images = trainer.evaluate() # held-out covers, rewards and (CoverWorld) the oracle
+    showcase = trainer.showcase()        # a few items × users of spread taste, for the sample grid
 
 The driver owns the algorithm; actors own models and devices. `python -m icg_rl.train` (train.py) runs it.
 """
@@ -34,17 +35,20 @@ class RayTrainer:
         from icg_rl.distributed.placement import check_fits, role_threads, rollout_capacity, run_requests
         from icg_rl.distributed.reward import RewardPool
         from icg_rl.distributed.rollout import RolloutPool
-        from icg_rl.evaluation.heldout import heldout_batch
+        from icg_rl.evaluation.showcase import heldout_and_showcase
         from icg_rl.models.item_features import policy_context, policy_context_on_cluster
         from icg_rl.rewards.mix import RewardMixer
+        from icg_rl.rewards.registry import refuse_for_backprop
         from icg_rl.rl.advantages import PerKeyStatTracker
 
         self.cfg, r = cfg, cfg.ray
         if cfg.rollout.async_ and cfg.algo.name == "backprop":
-            raise ConfigError(f"rollout.async=true needs a policy-gradient algo.name (ddpo, grpo), got "
+            raise ConfigError(f"rollout.async=true needs a rollout-based algo.name (ddpo, grpo, nft), got "
                               f"{cfg.algo.name!r}: reward backprop's learner continues the very chain the rollouts "
                               f"start, so it cannot run one step behind them")
         self.weights = {n: w for n, w in cfg.reward.weights.items() if w != 0}
+        if cfg.algo.name == "backprop":  # before any actor exists: a reward with no gradient cannot be backpropped
+            refuse_for_backprop(self.weights)
         pools = list(self.weights) + ([] if "clip_t" in self.weights else ["clip_t"])  # clip_t: eval relevance
         check_fits(run_requests(cfg, pools), r.resource_wait_s)  # before any actor exists: fail, never hang
         # the dataset is a local: once the pairs and the held-out batch exist, the driver no longer holds the log
@@ -55,7 +59,10 @@ class RayTrainer:
         else:
             user_ids, item_features = timed(log, "catalogue features", lambda: policy_context(cfg, data))
         self.stream = timed(log, "pairs and histories", lambda: stream_from_config(cfg, data, "train"))
-        self.heldout = timed(log, "held-out batch", lambda: heldout_batch(cfg, data))
+        # the showcase (a few items × users of spread taste) only draws the sample grid; the held-out batch is the
+        # one every evaluation number comes from
+        self.heldout, self.showcase_batch = timed(log, "held-out batches", lambda: heldout_and_showcase(
+            cfg, data, with_oracle=cfg.data.kind == "coverworld"))
         data = None  # (not `del`: the lambdas above close over it)
         self.pools, self.elastic = pools, r.rollout_workers == "auto"
         rollouts = rollout_capacity(cfg, pools) if self.elastic else r.rollout_workers
@@ -96,13 +103,15 @@ class RayTrainer:
     def step(self) -> dict[str, float]:
         from icg_rl.distributed.reward import pool_reference_scores
         from icg_rl.rl.advantages import group_advantages
+        from icg_rl.rl.nft import optimality
 
         algo, t = self.cfg.algo, {}
         start = time.perf_counter()
         if self.elastic:
             self.resize_rollouts()
         batch = next(self._batches) if self.pending is None else None
-        policy_gradient = algo.name in ("ddpo", "grpo")  # sample on the rollout actors, score on the reward pools
+        # sample on the rollout actors, score on the reward pools, learn from rewards alone
+        policy_gradient = algo.name in ("ddpo", "grpo", "nft")
         if policy_gradient and self.cfg.rollout.async_:
             # one step off-policy: this iteration's rollouts were sampled during the previous update; the next
             # iteration's start now, with the current weights, and run while the learner updates
@@ -124,7 +133,10 @@ class RayTrainer:
                                                      global_std=algo.advantage_std == "batch")
             metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
             learn_start = time.perf_counter()
-            metrics |= self.learner.update_ddpo(trajectory, advantages, self.iteration)
+            if algo.name == "nft":  # the covers' x₀ with each one's optimality probability (rl/nft.py)
+                metrics |= self.learner.update_nft(trajectory, optimality(advantages, algo.nft_clip), self.iteration)
+            else:
+                metrics |= self.learner.update_ddpo(trajectory, advantages, self.iteration)
             t["time/learn"] = time.perf_counter() - learn_start
         else:  # reward backprop: rollouts run T−K steps, the learner the last K with gradient, pools check the covers
             metrics = self.backprop(batch, t)
@@ -275,9 +287,22 @@ class RayTrainer:
         (the rollout actors sample with them for the evaluation only), else the live ones."""
         from icg_rl.evaluation.heldout import evaluate_heldout
 
-        averaged = self.learner.weights(averaged=True)[0] if self.cfg.train.average_last > 0 else None
         return evaluate_heldout(self.cfg, self.rollout, self.rewards, self.heldout,
-                                with_oracle=self.cfg.data.kind == "coverworld", weights_ref=averaged)
+                                with_oracle=self.cfg.data.kind == "coverworld", weights_ref=self._shipped_weights())
+
+    def showcase(self) -> dict:
+        """The sample grid's covers (evaluation/showcase.py): a few held-out items, each made by the policy that
+        ships for the same few users of spread taste and with the user zeroed, with their oracle P(click) on
+        CoverWorld. Its own batch: `evaluate`'s numbers do not depend on it."""
+        from icg_rl.evaluation.showcase import sample_showcase
+
+        return sample_showcase(self.cfg, self.rollout, self.showcase_batch,
+                               with_oracle=self.cfg.data.kind == "coverworld", weights_ref=self._shipped_weights())
+
+    def _shipped_weights(self):
+        """The learner's averaged weights when `train.average_last` > 0 (the rollout actors sample with them for
+        the evaluation only), else None: the live ones the actors hold."""
+        return self.learner.weights(averaged=True)[0] if self.cfg.train.average_last > 0 else None
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def state_files(self) -> dict[str, bytes]:

@@ -45,8 +45,10 @@ def base_model(pipe):
 
 
 def generate(pipe, batch: dict, arm: str, *, steps: int, eta: float, guidance_scale: float, seed: int,
-             batch_size: int, noise_rows: np.ndarray | None = None) -> np.ndarray:
-    """One generated arm for every row of a stream batch -> uint8 [N, H, W, 3]."""
+             batch_size: int, noise_rows: np.ndarray | None = None,
+             sde_window: tuple[int, int] | None = None) -> np.ndarray:
+    """One generated arm for every row of a stream batch -> uint8 [N, H, W, 3]. `sde_window`: the steps that draw
+    noise, as training's rollouts sample (`rl/sampling.rollout_window`); None: every step at `eta`."""
     if arm not in GENERATED:
         raise ValueError(f"arm: {arm!r} is not generated; choose one of {GENERATED}")
     n = len(batch["title"])
@@ -59,10 +61,11 @@ def generate(pipe, batch: dict, arm: str, *, steps: int, eta: float, guidance_sc
         noise = row_generators(seed, 0, noise_rows[rows].tolist(), EVALUATION)
         if arm == "base":
             with base_model(pipe):
-                trajectory, _ = sample_trajectory(pipe, chunk, steps, eta, guidance_scale, noise)
+                trajectory, _ = sample_trajectory(pipe, chunk, steps, eta, guidance_scale, noise,
+                                                  sde_window=sde_window)
         else:
             trajectory, _ = sample_trajectory(pipe, chunk, steps, eta, guidance_scale, noise,
-                                              zero_user=arm == "icg_user_zeroed")
+                                              zero_user=arm == "icg_user_zeroed", sde_window=sde_window)
         out.append(trajectory.images)
     return np.concatenate(out)
 

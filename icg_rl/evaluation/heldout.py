@@ -20,9 +20,10 @@ def pairs_to_batch(cfg, frame) -> dict[str, np.ndarray]:
     return expand_groups(frame_to_batch(loaded), 1)
 
 
-def heldout_batch(cfg, data, split: str = "test", count: int | None = None) -> dict[str, np.ndarray]:
-    """`count` (default `train.eval_pairs`) pairs of a split — a seeded choice, the same for every evaluation."""
-    pairs = build_pairs(data, split, cfg.data.history_len)
+def heldout_batch(cfg, data, split: str = "test", count: int | None = None, pairs=None) -> dict[str, np.ndarray]:
+    """`count` (default `train.eval_pairs`) pairs of a split — a seeded choice, the same for every evaluation.
+    `pairs`: the split's `build_pairs` when the caller already has them (they are not built twice)."""
+    pairs = build_pairs(data, split, cfg.data.history_len) if pairs is None else pairs
     if not len(pairs):
         raise ValueError(f"evaluation: split {split!r} has no (user, item) pairs")
     chosen = epoch_order(len(pairs), cfg.train.seed, 2**31 - 1)[: count or cfg.train.eval_pairs]  # never trained

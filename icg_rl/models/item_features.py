@@ -157,7 +157,13 @@ def policy_context(cfg, data: RecDataset, device: str = "cpu") -> tuple[list[str
     features = catalogue_features(cfg, data, device)
     log_ = data.interactions
     train = split_codes(log_) == 0 if "split" in log_ else np.ones(len(log_), dtype=bool)
-    users = np.sort(data.users["user_id"].to_numpy().astype(str)[np.unique(codes(log_["user_id"])[train])])
+    clicks = np.bincount(codes(log_["user_id"])[train], minlength=len(data.users))  # (users,) training rows
+    known = np.flatnonzero(clicks)
+    if len(known) > cfg.model.max_user_ids:  # the most active keep an id (stable: ties by table order)
+        known = np.sort(known[np.argsort(-clicks[known], kind="stable")[:cfg.model.max_user_ids]])
+        log.info("user ids: the %d most active of %d training users get an id embedding (model.max_user_ids); "
+                 "the others are their history", len(known), int((clicks > 0).sum()))
+    users = np.sort(data.users["user_id"].to_numpy().astype(str)[known])
     return users.tolist(), features.as_dict()
 
 

@@ -26,7 +26,8 @@ def check_differentiable(rewards: dict, weights: dict[str, float]) -> None:
     bad = [name for name, w in weights.items() if w != 0 and not rewards[name].differentiable]
     if bad:
         raise ValueError(f"algo.name=backprop needs differentiable rewards, but reward.weights gives weight to "
-                         f"{bad}; set their weight to 0 or use algo.name=ddpo")
+                         f"{bad}, which {'is' if len(bad) == 1 else 'are'} not differentiable; set their weight to 0 "
+                         f"or use algo.name=nft (or ddpo, grpo), which need only the scores")
 
 
 @torch.no_grad()
@@ -112,7 +113,7 @@ def prefix_from_wire(wire: dict) -> tuple[dict, list[torch.Generator]]:
     pooled = wire.get("pooled_embeds")
     prefix = {"latents": torch.from_numpy(wire["latents"]), "prompt_embeds": torch.from_numpy(wire["prompt_embeds"]),
               "pooled_embeds": None if pooled is None else torch.from_numpy(np.array(pooled)),
-              "condition": {k: torch.from_numpy(np.asarray(v)) for k, v in wire["condition"].items()}, "k": wire["k"]}
+              "condition": {k: torch.from_numpy(np.array(v)) for k, v in wire["condition"].items()}, "k": wire["k"]}
     return prefix, generators
 
 
@@ -122,7 +123,8 @@ def concat_prefix_wires(parts: list[dict]) -> dict:
         raise ValueError(f"prefix chunks were sampled with different K: {[p['k'] for p in parts]}")
     from icg_rl.rl.trajectory import concat_conditions
 
-    condition = concat_conditions([{k: torch.from_numpy(np.asarray(v)) for k, v in p["condition"].items()}
+    # (copies: arrays from the object store are read-only, and torch warns on every such view)
+    condition = concat_conditions([{k: torch.from_numpy(np.array(v)) for k, v in p["condition"].items()}
                                    for p in parts])
     return {"latents": np.concatenate([p["latents"] for p in parts]), "k": parts[0]["k"],
             "prompt_embeds": np.concatenate([p["prompt_embeds"] for p in parts]),
@@ -136,7 +138,7 @@ def slice_prefix_wire(wire: dict, rows: slice) -> dict:
     from icg_rl.rl.trajectory import slice_condition
 
     index = np.arange(len(wire["latents"]))[rows]
-    condition = slice_condition({k: torch.from_numpy(np.asarray(v)) for k, v in wire["condition"].items()}, index)
+    condition = slice_condition({k: torch.from_numpy(np.array(v)) for k, v in wire["condition"].items()}, index)
     pooled = wire.get("pooled_embeds")
     return {"latents": wire["latents"][index], "prompt_embeds": wire["prompt_embeds"][index], "k": wire["k"],
             "pooled_embeds": None if pooled is None else pooled[index],

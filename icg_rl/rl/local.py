@@ -29,7 +29,8 @@ from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
 from icg_rl.rl.averaging import TailAverage
 from icg_rl.rl.backprop import backprop_update, check_differentiable, reference_scores
 from icg_rl.rl.ddpo import ddpo_update
-from icg_rl.rl.sampling import sample_trajectory
+from icg_rl.rl.nft import nft_update, optimality
+from icg_rl.rl.sampling import rollout_window, sample_trajectory
 from icg_rl.rl.seeding import EVALUATION, group_generators, row_generators, update_generator
 
 
@@ -91,7 +92,8 @@ class LocalTrainer:
                 start = group_generators(seed, self.iteration, batch["group_key"]) if algo.shared_start else None
                 trajectory, images = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta,
                                                        algo.guidance_scale, noise, self.iteration,
-                                                       sde_window=algo.sde_window, start_generator=start)
+                                                       sde_window=rollout_window(algo), start_generator=start,
+                                                       keep_chain=algo.name != "nft")
             with timed("reward", timings):
                 # score the uint8 images a rollout records (and ships to reward actors), not the float decode
                 scores = self.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
@@ -101,14 +103,28 @@ class LocalTrainer:
                                                      global_std=algo.advantage_std == "batch")
             metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
             with timed("update", timings):
-                metrics |= ddpo_update(self.pipe, trajectory, torch.from_numpy(advantages), self.optimizer, algo,
-                                       generator)
+                if algo.name == "nft":
+                    r = torch.from_numpy(optimality(advantages, algo.nft_clip))
+                    metrics |= nft_update(self.pipe, trajectory, r, algo, generator, self._apply)
+                else:
+                    metrics |= ddpo_update(self.pipe, trajectory, torch.from_numpy(advantages), self.optimizer, algo,
+                                           generator)
         if self.average is not None:
             self.average.after_update(self.iteration)
         self.iteration += 1
         metrics |= timings | {"iteration": self.iteration,
                               "stats/gate": float(self.pipe.icg.adapter.projection.gate.detach())}
         return metrics
+
+    def _apply(self, grads) -> float:
+        """An optimizer step with the given gradients (global-norm clipped); returns the norm before clipping."""
+        params = self.pipe.trainable_parameters()
+        for p, g in zip(params, grads):
+            p.grad = g if g is not None else torch.zeros_like(p)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.algo.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
 
     def shipped_policy(self):
         """`with trainer.shipped_policy() as pipe:` the pipeline holding the policy that is evaluated and shipped —
@@ -123,7 +139,7 @@ class LocalTrainer:
         noise = row_generators(seed, 0, range(len(batch["group_key"])), EVALUATION)
         with self.shipped_policy() as pipe:
             _, images = sample_trajectory(pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
-                                          noise, sde_window=algo.sde_window)
+                                          noise, sde_window=rollout_window(algo))
         scores = self.score(images, batch)
         raw_total = sum(self.mixer.weights[n] * s.mean() for n, s in scores.items())
         return {f"eval/{n}": float(s.mean()) for n, s in scores.items()} | {"eval/weighted_total": float(raw_total)}

@@ -65,6 +65,14 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     return (images / 2 + 0.5).clamp(0, 1)
 
 
+def rollout_window(algo) -> tuple[int, int] | None:
+    """The steps a rollout samples with noise: `algo.sde_window` for the policy gradients; for nft every step at
+    `algo.eta` > 0, none at η = 0 (deterministic DDIM / the flow ODE: its log-probs are never used)."""
+    if algo.name == "nft":
+        return None if algo.eta > 0 else (0, 0)
+    return algo.sde_window
+
+
 def stochastic_steps(num_steps: int, sde_window: tuple[int, int] | None) -> range:
     """The step indices that sample with noise (and carry a log-prob): `algo.sde_window`, or all of them."""
     return range(num_steps) if sde_window is None else range(*sde_window)
@@ -74,7 +82,7 @@ def stochastic_steps(num_steps: int, sde_window: tuple[int, int] | None) -> rang
 def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_scale: float,
                       generator, policy_version: int = 0, zero_user: bool = False,
                       sde_window: tuple[int, int] | None = None,
-                      start_generator=None) -> tuple[Trajectory, torch.Tensor]:
+                      start_generator=None, keep_chain: bool = True) -> tuple[Trajectory, torch.Tensor]:
     """One rollout of a stream batch (title, reference_image, has_reference, user_id, history, group_key) ->
     (Trajectory, float images [B, 3, H, W]). `generator`: one torch.Generator, or one per row (`rl/seeding.py`:
     rows then draw the same noise however the batch is split). With `sde_window` only those steps draw noise;
@@ -82,7 +90,8 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
     its initial noise and the window's draws only — the credit a policy gradient assigns lands in the window.
     `start_generator` (one generator, or one per row) draws the initial noise x_T instead of `generator`: with
     `rl/seeding.group_generators` every sample of a group starts from the same x_T (DanceGRPO), so the rewards
-    inside a group differ only by what the policy's own steps drew."""
+    inside a group differ only by what the policy's own steps drew. `keep_chain=False` (forward-process methods,
+    `rl/nft.py`): the trajectory holds only the clean latents x₀ ([B, 1, C, h, w]) and no steps or log-probs."""
     titles, refs, users = pipeline_inputs(batch)
     condition = pipe.prepare_condition_inputs(titles, refs, users)
     features = pipe.encode_condition_inputs(condition, zero_user)  # (B, K, d)
@@ -106,10 +115,13 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
         log_probs.append(log_prob.float())  # fp32 whatever the model's dtype (the flow step's already is)
     images = decode(pipe, latents)
     pixels = to_uint8(images)
+    if not keep_chain:
+        chain, log_probs = chain[-1:], [torch.zeros(len(latents), 0, device=latents.device)]
     trajectory = Trajectory(
-        latents=torch.stack(chain, dim=1),  # (B, T+1, C, h, w)
-        log_probs=torch.stack(log_probs, dim=1),  # (B, T)
-        timesteps=scheduler.timesteps.clone(), condition=condition, prompt_embeds=text[0], pooled_embeds=text[1],
+        latents=torch.stack(chain, dim=1),  # (B, T+1, C, h, w); (B, 1, C, h, w) without the chain
+        log_probs=torch.stack(log_probs, dim=1) if keep_chain else log_probs[0],  # (B, T); (B, 0)
+        timesteps=scheduler.timesteps.clone() if keep_chain else scheduler.timesteps[:0].clone(),
+        condition=condition, prompt_embeds=text[0], pooled_embeds=text[1],
         images=pixels, group_key=np.asarray(batch["group_key"]).astype(str), policy_version=policy_version,
         extra={k: np.asarray(batch[k]) for k in REWARD_INPUTS if k in batch})
     return trajectory, images

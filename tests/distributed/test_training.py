@@ -185,9 +185,13 @@ def test_train_command_writes_weights_grids_curves_and_summary(micro_world, micr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3] and "reward/preference" in rows[1]
     assert "oracle/ctr_icg" in rows[2] and "loss/backprop" in rows[3]
-    for png in ("samples.png", "rewards.png"):
-        with Image.open(out / png) as image:
-            assert image.size[0] > 100
+    with Image.open(out / "rewards.png") as image:
+        assert image.size[0] > 100
+    from icg_rl.evaluation.sample_grid import grid_size
+    from icg_rl.evaluation.showcase import SHOWCASE_ITEMS, SHOWCASE_USERS
+
+    with Image.open(out / "samples.png") as image:  # items × (reference, users of spread taste, zeroed), 128-px cells
+        assert image.size[::-1] == grid_size(SHOWCASE_ITEMS, SHOWCASE_USERS, titled=True)
     assert list((out / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
 
 
