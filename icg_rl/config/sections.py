@@ -203,6 +203,8 @@ class AlgoConfig(Section):
     random_truncation: bool = Field(False, description="reward backprop: draw K uniformly in 1..backprop_steps")
     gradient_checkpointing: bool = Field(True, description="reward backprop: recompute UNet activations")
     max_grad_norm: float = Field(1.0, gt=0.0, description="gradient-norm clip of the ICG parameters")
+    ppo_epochs: int = Field(1, ge=1, description="ddpo/grpo: optimizer steps per rollout batch; after the first the "
+                            "recomputed ratio differs from 1 and the PPO clip acts (ddpo-pytorch's inner epochs)")
     nft_objective: Literal["nft", "awm"] = Field("nft", description="nft: DiffusionNFT's implicit positive/negative "
                                                  "policies; awm: advantage-weighted denoising loss (rl/nft.py)")
     nft_beta: float = Field(1.0, gt=0.0, description="nft: β of the implicit policies f± = f_old ± β (f_θ − f_old)")

@@ -143,18 +143,25 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
 
         start = time.perf_counter()
         trajectory = Trajectory.from_wire(wire).to(self.pipe.device)
-        params = self.pipe.trainable_parameters()
-        with autocast(self.pipe.device, self.cfg.learner.precision):
-            grads, metrics = ddpo_gradients(self.pipe, trajectory, torch.as_tensor(advantages).to(self.pipe.device),
-                                            self.cfg.algo, update_generator(self.cfg.train.seed, iteration))
-        gradients_done = time.perf_counter()
-        metrics["stats/grad_norm"] = self._step(gradient_surrogate(params, grads), iteration)
+        params, epochs = self.pipe.trainable_parameters(), self.cfg.algo.ppo_epochs
+        generator, metrics = update_generator(self.cfg.train.seed, iteration), {}
+        for epoch in range(epochs):  # after the first, the ratio to the sampling policy moves and the clip acts
+            with autocast(self.pipe.device, self.cfg.learner.precision):
+                grads, step_metrics = ddpo_gradients(self.pipe, trajectory,
+                                                     torch.as_tensor(advantages).to(self.pipe.device), self.cfg.algo,
+                                                     generator)
+            gradients_done = time.perf_counter()
+            grad_norm = self._step(gradient_surrogate(params, grads), iteration, last=epoch == epochs - 1)
+            metrics = step_metrics if not metrics else metrics | {  # the last epoch's trust-region statistics
+                k: v for k, v in step_metrics.items() if k.startswith("stats/")}
+        metrics["stats/grad_norm"] = grad_norm
         # inside the actor: what the learn phase costs beyond these is transport and the driver's wait
         return metrics | {"perf/learner_gradients_s": gradients_done - start,
                           "perf/learner_optimizer_s": time.perf_counter() - gradients_done}
 
-    def nft_step(self, wire: dict, optimality: np.ndarray, iteration: int) -> dict[str, float]:
-        """DiffusionNFT on this rank's clean samples (`rl/nft.py`): `algo.nft_inner_steps` engine steps."""
+    def nft_step(self, wire: dict, optimality: np.ndarray, iteration: int, first_row: int) -> dict[str, float]:
+        """DiffusionNFT on this rank's clean samples, rows `first_row …` of the batch (`rl/nft.py`):
+        `algo.nft_inner_steps` engine steps."""
         from icg_rl.rl.ddpo import gradient_surrogate
         from icg_rl.rl.nft import nft_update
         from icg_rl.rl.trajectory import Trajectory
@@ -170,7 +177,7 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
 
         with autocast(self.pipe.device, self.cfg.learner.precision):
             metrics = nft_update(self.pipe, samples, torch.as_tensor(optimality).to(self.pipe.device),
-                                 self.cfg.algo, update_generator(self.cfg.train.seed, iteration), apply)
+                                 self.cfg.algo, self.cfg.train.seed, iteration, first_row, apply)
         return metrics | {"perf/learner_update_s": time.perf_counter() - start}
 
     def backprop_step(self, batch: dict, prefix_wire: dict, iteration: int) -> tuple[dict[str, float], np.ndarray]:
@@ -291,7 +298,7 @@ class LearnerGroup:
     def update_nft(self, samples, optimality: np.ndarray, iteration: int) -> dict[str, float]:
         import ray
 
-        refs = [a.nft_step.remote(samples.rows(s).to_wire(), optimality[s], iteration)
+        refs = [a.nft_step.remote(samples.rows(s).to_wire(), optimality[s], iteration, s.start)
                 for a, s in zip(self.actors, self._shards(len(samples)))]
         return mean_metrics(ray.get(refs))
 

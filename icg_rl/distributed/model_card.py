@@ -112,6 +112,7 @@ def _algorithm_rows(cfg, iterations: int) -> list[tuple[str, Any]]:
                  ("(t, ε) draws per cover", algo.nft_draws), ("inner steps per batch", algo.nft_inner_steps)]
     else:
         rows += [("group size (samples per pair)", cfg.data.samples_per_pair), ("PPO clip range", algo.clip_range),
+                 ("PPO epochs per batch", algo.ppo_epochs),
                  ("KL coefficient", algo.kl_coef), ("trained step fraction", algo.timestep_fraction)]
         if algo.sde_window is not None:
             rows.append(("SDE window", f"[{algo.sde_window[0]}, {algo.sde_window[1]})"))

@@ -98,14 +98,17 @@ def gradient_surrogate(params, grads) -> torch.Tensor:
 
 def ddpo_update(pipe, trajectory, advantages: torch.Tensor, optimizer, algo,
                 generator: torch.Generator) -> dict[str, float]:
-    """One in-process DDPO update: gradients, global-norm clip, optimizer step."""
-    grads, totals = ddpo_gradients(pipe, trajectory, advantages, algo, generator)
-    params = pipe.trainable_parameters()
-    for p, g in zip(params, grads):
-        p.grad = g if g is not None else torch.zeros_like(p)
-    totals["stats/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, algo.max_grad_norm))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    """One in-process DDPO update: `algo.ppo_epochs` × (gradients, global-norm clip, optimizer step). The loss is
+    the first epoch's (ratio 1); the trust-region statistics are the last epoch's."""
+    params, totals = pipe.trainable_parameters(), {}
+    for _ in range(algo.ppo_epochs):
+        grads, step = ddpo_gradients(pipe, trajectory, advantages, algo, generator)
+        totals = step if not totals else totals | {k: v for k, v in step.items() if k.startswith("stats/")}
+        for p, g in zip(params, grads):
+            p.grad = g if g is not None else torch.zeros_like(p)
+        totals["stats/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, algo.max_grad_norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     return totals
 
 

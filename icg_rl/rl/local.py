@@ -24,7 +24,7 @@ from icg_rl.models.item_features import policy_context
 from icg_rl.models.pipeline import pipeline_from_config
 from icg_rl.models.trainable import TrainableParameters, weights_loaded
 from icg_rl.rewards.mix import RewardMixer
-from icg_rl.rewards.registry import build_reward
+from icg_rl.rewards.registry import build_reward, refuse_for_backprop
 from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
 from icg_rl.rl.averaging import TailAverage
 from icg_rl.rl.backprop import backprop_update, check_differentiable, reference_scores
@@ -51,6 +51,8 @@ class LocalTrainer:
         self.pipe = pipeline_from_config(cfg, user_ids=users, item_features=item_features)
         self.pipe.set_progress_bar_config(disable=True)
         weights = {k: v for k, v in cfg.reward.weights.items() if v != 0}
+        if cfg.algo.name == "backprop":
+            refuse_for_backprop(weights)  # by declaration, before any reward model is built
         self.rewards = {name: build_reward(name, cfg.reward, cfg.world.dir) for name in weights}
         if cfg.algo.name == "backprop":
             check_differentiable(self.rewards, weights)
@@ -105,7 +107,7 @@ class LocalTrainer:
             with timed("update", timings):
                 if algo.name == "nft":
                     r = torch.from_numpy(optimality(advantages, algo.nft_clip))
-                    metrics |= nft_update(self.pipe, trajectory, r, algo, generator, self._apply)
+                    metrics |= nft_update(self.pipe, trajectory, r, algo, seed, self.iteration, 0, self._apply)
                 else:
                     metrics |= ddpo_update(self.pipe, trajectory, torch.from_numpy(advantages), self.optimizer, algo,
                                            generator)

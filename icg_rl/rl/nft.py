@@ -45,6 +45,7 @@ import torch
 
 from icg_rl.rl.ddpo import _accumulate
 from icg_rl.rl.sampling import predict_noise
+from icg_rl.rl.seeding import NFT_DRAWS, group_generators, row_generators
 from icg_rl.rl.steps import is_flow
 
 
@@ -72,22 +73,22 @@ def _per_sample(residual: torch.Tensor) -> torch.Tensor:
     return residual.pow(2).mean(dim=tuple(range(1, residual.ndim)))  # mean over latent elements: (B,)
 
 
-def draw_noising(scheduler, num_steps: int, x0: torch.Tensor, group_key: np.ndarray, draws: int, shared: bool,
-                 generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`draws` (timesteps [B], noise [B, C, h, w]) pairs. Timesteps are drawn uniformly from the sampler's own
-    schedule (`num_steps`): the noise levels the policy denoises at. With `shared`, every sample of a group gets the
-    same (t, ε), so the group's covers are compared at equal noise and only their x₀ (and reward) differ."""
+def draw_noising(scheduler, num_steps: int, x0: torch.Tensor, group_key: np.ndarray, first_row: int, draws: int,
+                 shared: bool, seed: int, iteration: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`draws` (timesteps [B], noise [B, C, h, w]) pairs for rows `first_row …` of an iteration's batch. Timesteps
+    come uniformly from the sampler's own schedule (`num_steps`): the noise levels the policy denoises at. Every row
+    draws from its own generator (`rl/seeding.py`), keyed by its global row, or with `shared` by its group: the
+    samples of a group then meet the same (t, ε) — their covers compared at equal noise, only x₀ and the reward
+    differ — and the draws do not depend on how the batch is split over learner ranks."""
     scheduler.set_timesteps(num_steps, device=x0.device)
-    schedule = scheduler.timesteps
-    _, group = np.unique(np.asarray(group_key).astype(str), return_inverse=True)
-    rows = torch.as_tensor(group if shared else np.arange(len(x0)))
-    count = int(rows.max()) + 1
-    out = []
-    for _ in range(draws):  # drawn on the CPU generator, then moved: the same draws on every device
-        index = torch.randint(len(schedule), (count,), generator=generator)
-        noise = torch.randn((count, *x0.shape[1:]), generator=generator, dtype=torch.float32)
-        out.append((schedule.cpu()[index][rows].to(x0.device), noise[rows].to(x0.device, x0.dtype)))
-    return out
+    schedule = scheduler.timesteps.cpu()
+    generators = group_generators(seed, iteration, group_key, NFT_DRAWS) if shared else \
+        row_generators(seed, iteration, range(first_row, first_row + len(x0)), NFT_DRAWS)
+    per_row = [[(schedule[torch.randint(len(schedule), (1,), generator=g)],
+                 torch.randn(x0.shape[1:], generator=g, dtype=torch.float32)) for _ in range(draws)]
+               for g in generators]  # drawn on the CPU, then moved: the same draws on every device
+    return [(torch.cat([row[d][0] for row in per_row]).to(x0.device),
+             torch.stack([row[d][1] for row in per_row]).to(x0.device, x0.dtype)) for d in range(draws)]
 
 
 def noised_and_target(scheduler, x0: torch.Tensor, noise: torch.Tensor,
@@ -157,12 +158,14 @@ def old_predictions(pipe, samples, draws: list[tuple[torch.Tensor, torch.Tensor]
     return outputs
 
 
-def nft_update(pipe, samples, r: torch.Tensor, algo, generator: torch.Generator, apply) -> dict[str, float]:
-    """One batch of NFT: draw the (t, ε) pairs, freeze the sampling policy's outputs when there are several inner
-    steps, then `algo.nft_inner_steps` × (gradients → `apply(grads)`, which takes the optimizer step and returns
-    the gradient norm). The in-process trainer's `apply` is AdamW, the learner's a DeepSpeed engine step."""
+def nft_update(pipe, samples, r: torch.Tensor, algo, seed: int, iteration: int, first_row: int,
+               apply) -> dict[str, float]:
+    """One batch of NFT on rows `first_row …` of the iteration's batch: draw the (t, ε) pairs, freeze the sampling
+    policy's outputs when there are several inner steps, then `algo.nft_inner_steps` × (gradients →
+    `apply(grads)`, which takes the optimizer step and returns the gradient norm). The in-process trainer's
+    `apply` is AdamW, the learner's a DeepSpeed engine step."""
     draws = draw_noising(pipe.scheduler, algo.num_inference_steps, samples.latents[:, -1], samples.group_key,
-                         algo.nft_draws, algo.nft_shared_draws, generator)
+                         first_row, algo.nft_draws, algo.nft_shared_draws, seed, iteration)
     old = old_predictions(pipe, samples, draws) if algo.nft_inner_steps > 1 else None
     metrics: dict[str, float] = {}
     for inner in range(algo.nft_inner_steps):

@@ -45,7 +45,9 @@ def local_first_step(cfg, threads: int) -> tuple[dict, dict, dict]:
 # reward backprop runs split (rollout actors: the first T − K steps; the learner: the last K), the reference in one
 # process; DDPO samples on the rollout actors and updates in the learner
 ALGOS = {"ddpo": ([], ("loss/policy", "stats/clip_fraction")),
-         "backprop": (["algo.name=backprop", "algo.backprop_steps=2"], ("loss/backprop",))}
+         "backprop": (["algo.name=backprop", "algo.backprop_steps=2"], ("loss/backprop",)),
+         # nft: rollouts ship clean latents only, two inner steps against the frozen sampling outputs
+         "nft": (["algo.name=nft", "algo.eta=0.0", "algo.nft_inner_steps=2"], ("loss/nft", "stats/denoise_mse"))}
 
 
 @pytest.mark.float_sensitive

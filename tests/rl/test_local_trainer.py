@@ -122,3 +122,32 @@ def test_the_shipped_policy_is_the_mean_of_the_last_updates_and_training_keeps_t
         np.testing.assert_allclose(value, (live[2][name] + live[3][name]) / 2, rtol=1e-5, atol=1e-7)
         np.testing.assert_array_equal(trainable_arrays(trainer.pipe)[name], live[3][name])  # put back
     assert any(not np.allclose(shipped[n], live[3][n]) for n in shipped)
+
+
+def test_ppo_epochs_let_the_clip_act(micro_world):
+    """One optimizer step per batch takes the gradient at ratio 1: the PPO clip never acts (plain REINFORCE). With
+    a second epoch the ratio to the sampling policy has moved, and a tight clip range holds it."""
+    clipped = {}
+    for epochs in (1, 2):
+        trainer = trainer_for(micro_world, "algo.clip_range=0.0001", f"algo.ppo_epochs={epochs}")
+        with torch.no_grad():
+            trainer.pipe.icg.adapter.projection.gate.fill_(0.5)  # every ICG parameter has a gradient
+        clipped[epochs] = trainer.step()["stats/clip_fraction"]
+    assert clipped[1] == 0.0 and clipped[2] > 0.5, clipped
+
+
+def test_nft_trains_on_a_reward_with_no_gradient(micro_world):
+    """genre_hit (0/1, an argmax) in the mix: backprop refuses the config on the driver; nft takes a step on it."""
+    from icg_rl.config import ConfigError
+    from icg_rl.rl.local import LocalTrainer
+
+    cfg, _ = micro_world
+    weights = "reward.weights={aesthetic: 1.0, genre_hit: 1.0}"
+    with pytest.raises(ConfigError, match="genre_hit"):
+        LocalTrainer(load_config(MICRO_CONFIG, [f"world.dir={cfg.world.dir}", *FAST, weights, "algo.name=backprop"]))
+    trainer = trainer_for(micro_world, weights, "algo.name=nft", "algo.eta=0.0")
+    before = {k: v.clone() for k, v in trainer.pipe.trainable_state_dict().items()}
+    metrics = trainer.step()
+    assert "reward/genre_hit" in metrics and np.isfinite(metrics["loss/nft"]) and metrics["stats/grad_norm"] > 0
+    after = trainer.pipe.trainable_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -79,20 +79,30 @@ def test_optimality_maps_clipped_advantages_to_probabilities():
         optimality(np.array([1.0]), clip=0.0)
 
 
-def test_draws_come_from_the_sampling_schedule_and_are_shared_within_a_group():
+def test_draws_come_from_the_sampling_schedule_are_shared_within_a_group_and_ignore_the_split():
     scheduler = DDIMScheduler()
     x0 = torch.zeros(SHAPE)
     keys = np.array(["u1|a", "u1|a", "u1|a", "u2|b", "u2|b", "u2|b"])
-    draws = draw_noising(scheduler, 5, x0, keys, draws=3, shared=True, generator=torch.Generator().manual_seed(0))
+
+    def draw(rows=slice(None), shared=True, draws=3, iteration=0):
+        first = rows.start or 0
+        return draw_noising(scheduler, 5, x0[rows], keys[rows], first, draws, shared, seed=0, iteration=iteration)
+
+    draws = draw()
     schedule = set(scheduler.timesteps.tolist())
     assert len(draws) == 3 and all(set(t.tolist()) <= schedule for t, _ in draws)
     for t, noise in draws:
         assert torch.equal(noise[0], noise[2]) and torch.equal(noise[3], noise[5]) and t[0] == t[1] == t[2]
         assert not torch.equal(noise[0], noise[3])
-    own = draw_noising(scheduler, 5, x0, keys, draws=1, shared=False, generator=torch.Generator().manual_seed(0))
+    own = draw(shared=False, draws=1)
     assert not torch.equal(own[0][1][0], own[0][1][1])
-    again = draw_noising(scheduler, 5, x0, keys, draws=3, shared=True, generator=torch.Generator().manual_seed(0))
-    assert all(torch.equal(a[1], b[1]) and torch.equal(a[0], b[0]) for a, b in zip(draws, again))
+    assert not torch.equal(draw(iteration=1)[0][1], draws[0][1])  # a new iteration, new draws
+    for shared in (True, False):  # two learner ranks draw for their rows what one rank draws for them
+        whole = draw(shared=shared)
+        halves = [draw(slice(0, 2), shared), draw(slice(2, 6), shared)]
+        for d in range(3):
+            assert torch.equal(torch.cat([h[d][1] for h in halves]), whole[d][1])
+            assert torch.equal(torch.cat([h[d][0] for h in halves]), whole[d][0])
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])

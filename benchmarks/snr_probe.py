@@ -1,0 +1,92 @@
+"""How much of a batch's gradient is signal: NFT (and AWM) against GRPO on the same covers.
+
+    python benchmarks/snr_probe.py [--config configs/coverworld.yaml] [--batches 16] [--gate 0.5] [KEY=VALUE ...]
+
+At the policy's initial weights (the adapter gate set to `--gate`, so every ICG parameter has a gradient), each of
+`--batches` independent batches of groups is sampled once (GRPO's stochastic sampler: `algo.eta`, `algo.sde_window`),
+scored by the run's rewards and turned into group advantages; then the same covers give a GRPO gradient
+(`ddpo_gradients`, score function over the window's steps) and an NFT gradient (`nft_gradients` on their clean
+latents). The table is the mean cosine between the gradients of two different batches (0: pure noise; a gradient
+that points the same way whatever the batch has found the direction), and the mean norm. The same for the gate
+alone, the one scalar that opens the ICG path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import numpy as np
+import torch
+
+from icg_rl.config import load_config
+from icg_rl.models.images import to_float_images
+from icg_rl.rl.advantages import group_advantages
+from icg_rl.rl.backprop import reference_scores
+from icg_rl.rl.ddpo import ddpo_gradients
+from icg_rl.rl.local import LocalTrainer
+from icg_rl.rl.nft import draw_noising, nft_gradients, optimality
+from icg_rl.rl.sampling import sample_trajectory
+from icg_rl.rl.seeding import row_generators, update_generator
+
+
+def flat(grads: list[torch.Tensor | None], params) -> torch.Tensor:
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
+
+
+def mean_cosine(vectors: list[torch.Tensor]) -> float:
+    pairs = itertools.combinations(range(len(vectors)), 2)
+    return float(np.mean([torch.nn.functional.cosine_similarity(vectors[i], vectors[j], dim=0) for i, j in pairs]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/coverworld.yaml")
+    parser.add_argument("--batches", type=int, default=16)
+    parser.add_argument("--gate", type=float, default=0.5)
+    parser.add_argument("overrides", nargs="*", help="e.g. algo.sde_window=[0,4] data.pairs_per_batch=4")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    cfg = load_config(args.config, ["algo.name=grpo", "algo.eta=1.0", "algo.sde_window=[0,4]",
+                                    "data.pairs_per_batch=4", "data.samples_per_pair=4", *args.overrides])
+    trainer = LocalTrainer(cfg)
+    pipe, algo = trainer.pipe, cfg.algo
+    with torch.no_grad():
+        pipe.icg.adapter.projection.gate.fill_(args.gate)
+    params = pipe.trainable_parameters()
+    gate_index = next(i for i, p in enumerate(params) if p is pipe.icg.adapter.projection.gate)
+    objectives = {"grpo": [], "nft": [], "awm": []}
+    started = time.perf_counter()
+    for b in range(args.batches):
+        batch = next(trainer._batches)
+        noise = row_generators(cfg.train.seed, 10_000 + b, range(len(batch["group_key"])))
+        trajectory, _ = sample_trajectory(pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
+                                          noise, sde_window=algo.sde_window)
+        scores = trainer.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
+        total, _ = trainer.mixer(scores, reference_scores=reference_scores(trainer.rewards, trainer.mixer.floors,
+                                                                           trajectory.extra))
+        advantages, _ = group_advantages(total.numpy(), trajectory.group_key, global_std=algo.advantage_std == "batch")
+        grads, _ = ddpo_gradients(pipe, trajectory, torch.from_numpy(advantages), algo, update_generator(0, b))
+        objectives["grpo"].append(flat(grads, params))
+        r = torch.from_numpy(optimality(advantages, algo.nft_clip))
+        draws = draw_noising(pipe.scheduler, algo.num_inference_steps, trajectory.latents[:, -1],
+                             trajectory.group_key, 0, algo.nft_draws, algo.nft_shared_draws, cfg.train.seed, b)
+        for name in ("nft", "awm"):
+            grads, _ = nft_gradients(pipe, trajectory, r, algo.model_copy(update={"nft_objective": name}), draws)
+            objectives[name].append(flat(grads, params))
+    sizes = [p.numel() for p in params]
+    gate_at = sum(sizes[:gate_index])
+    print(f"\n{args.batches} batches of {len(batch['group_key'])} covers at gate {args.gate} "
+          f"({time.perf_counter() - started:.0f} s); {sum(sizes):,} trainable parameters")
+    print(f"{'objective':<10}{'cos(all)':>10}{'cos(gate)':>11}{'|grad|':>11}  (cos: mean over batch pairs)")
+    for name, vectors in objectives.items():
+        gate = [v[gate_at:gate_at + 1] for v in vectors]
+        gate_agreement = float(np.mean([float(torch.sign(a) == torch.sign(g)) for a, g in
+                                        itertools.combinations(gate, 2)]))
+        print(f"{name:<10}{mean_cosine(vectors):>10.3f}{2 * gate_agreement - 1:>11.3f}"
+              f"{float(torch.stack([v.norm() for v in vectors]).mean()):>11.3g}")
+
+
+if __name__ == "__main__":
+    main()
