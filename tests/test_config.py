@@ -42,7 +42,7 @@ def test_out_of_range_and_literal_choices():
         load_config(MICRO_CONFIG, ["world.num_genres=9", "algo.name=ppo", "world.image_size=48"])
     message = str(err.value)
     assert "world.num_genres: got 9; input should be less than or equal to 8" in message
-    assert "algo.name: got 'ppo'" in message and "'ddpo', 'grpo' or 'backprop'" in message
+    assert "algo.name: got 'ppo'" in message and "'ddpo', 'grpo', 'backprop' or 'nft'" in message
     assert "world.image_size: got 48" in message and "32 or 64" in message
 
 
