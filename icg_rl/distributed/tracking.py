@@ -103,7 +103,7 @@ def plot_curves(history: list[dict], prefixes: tuple[str, ...], path: str | Path
         ax.grid(alpha=0.3)
         panels.append(Panel(key, (key,)))
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the suptitle above the panels
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
