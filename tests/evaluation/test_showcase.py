@@ -55,7 +55,9 @@ def test_showcase_batch_is_items_by_the_same_users_each_with_one_history(tmp_pat
 
 
 class FakeRollout:
-    """`RolloutPool.sample`'s contract without Ray: each image says which call row, user and zeroing made it."""
+    """`RolloutPool.sample`'s contract without Ray: each image says which call row, user and zeroing made it.
+    A stand-in on purpose: real covers cannot show which call and noise row made them, and that routing is what
+    this test checks; the real pool draws the grid in tests/distributed/test_training.py's train-command test."""
 
     def __init__(self):
         self.calls = []
