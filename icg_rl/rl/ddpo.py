@@ -73,16 +73,18 @@ def ddpo_gradients(pipe, trajectory, advantages: torch.Tensor, algo, generator: 
             totals["loss/kl"] += float(kl.detach()) / len(chosen)
         step_grads = torch.autograd.grad(loss / len(chosen), [leaf, *params], allow_unused=True)
         leaf_grad += step_grads[0]
-        grads = _accumulate(grads, step_grads[1:])
+        grads = accumulate_gradients(grads, step_grads[1:])
         totals["loss/policy"] += float(loss.detach()) / len(chosen)
         totals["stats/approx_kl"] += float(stats["approx_kl"]) / len(chosen)
         totals["stats/clip_fraction"] += float(stats["clip_fraction"]) / len(chosen)
     # the accumulated dL/d(condition) into meta tokens, user encoder, refiner
-    grads = _accumulate(grads, torch.autograd.grad(features, params, grad_outputs=leaf_grad, allow_unused=True))
+    grads = accumulate_gradients(grads, torch.autograd.grad(features, params, grad_outputs=leaf_grad,
+                                                            allow_unused=True))
     return grads, totals
 
 
-def _accumulate(total: list, new) -> list:
+def accumulate_gradients(total: list, new) -> list:
+    """Element-wise sum of two per-parameter gradient lists (None = no gradient yet / unused)."""
     return [n if t is None else (t if n is None else t + n) for t, n in zip(total, new)]
 
 
@@ -104,12 +106,18 @@ def ddpo_update(pipe, trajectory, advantages: torch.Tensor, optimizer, algo,
     for _ in range(algo.ppo_epochs):
         grads, step = ddpo_gradients(pipe, trajectory, advantages, algo, generator)
         totals = step if not totals else totals | {k: v for k, v in step.items() if k.startswith("stats/")}
-        for p, g in zip(params, grads):
-            p.grad = g if g is not None else torch.zeros_like(p)
-        totals["stats/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, algo.max_grad_norm))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        totals["stats/grad_norm"] = apply_gradients(params, grads, optimizer, algo.max_grad_norm)
     return totals
+
+
+def apply_gradients(params, grads, optimizer, max_grad_norm: float) -> float:
+    """An in-process optimizer step with the given gradients, global-norm clipped; returns the norm before it."""
+    for p, g in zip(params, grads):
+        p.grad = g if g is not None else torch.zeros_like(p)
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
 
 
 def step_kl(pipe, latents, t, text, features, noise, algo, uncond) -> torch.Tensor:

@@ -28,7 +28,7 @@ from icg_rl.rewards.registry import build_reward, refuse_for_backprop
 from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
 from icg_rl.rl.averaging import TailAverage
 from icg_rl.rl.backprop import backprop_update, check_differentiable, reference_scores
-from icg_rl.rl.ddpo import ddpo_update
+from icg_rl.rl.ddpo import apply_gradients, ddpo_update
 from icg_rl.rl.nft import nft_update, optimality
 from icg_rl.rl.sampling import rollout_window, sample_trajectory
 from icg_rl.rl.seeding import EVALUATION, group_generators, row_generators, update_generator
@@ -119,14 +119,7 @@ class LocalTrainer:
         return metrics
 
     def _apply(self, grads) -> float:
-        """An optimizer step with the given gradients (global-norm clipped); returns the norm before clipping."""
-        params = self.pipe.trainable_parameters()
-        for p, g in zip(params, grads):
-            p.grad = g if g is not None else torch.zeros_like(p)
-        norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.algo.max_grad_norm))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return norm
+        return apply_gradients(self.pipe.trainable_parameters(), grads, self.optimizer, self.cfg.algo.max_grad_norm)
 
     def shipped_policy(self):
         """`with trainer.shipped_policy() as pipe:` the pipeline holding the policy that is evaluated and shipped —

@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from icg_rl.rl.ddpo import _accumulate
+from icg_rl.rl.ddpo import accumulate_gradients
 from icg_rl.rl.sampling import predict_noise
 from icg_rl.rl.seeding import NFT_DRAWS, group_generators, row_generators
 from icg_rl.rl.steps import is_flow
@@ -139,10 +139,11 @@ def nft_gradients(pipe, samples, r: torch.Tensor, algo, draws: list[tuple[torch.
             loss = nft_loss(output, old, target, r, algo.nft_beta).mean()
         step = torch.autograd.grad(loss / len(draws), [leaf, *params], allow_unused=True)
         leaf_grad += step[0]
-        grads = _accumulate(grads, step[1:])
+        grads = accumulate_gradients(grads, step[1:])
         totals["loss/nft"] += float(loss.detach()) / len(draws)
         totals["stats/denoise_mse"] += float(_per_sample(output.detach() - target).mean()) / len(draws)
-    grads = _accumulate(grads, torch.autograd.grad(features, params, grad_outputs=leaf_grad, allow_unused=True))
+    grads = accumulate_gradients(grads, torch.autograd.grad(features, params, grad_outputs=leaf_grad,
+                                                            allow_unused=True))
     return grads, totals
 
 
