@@ -272,7 +272,18 @@ class RayTrainer:
         self.version, mode = self.iteration, self.cfg.ray.weight_sync
         if mode == "object_store":
             weights_ref, size = self.learner.weights()
-            self.rollout.set_weights(self.version, weights_ref)
+
+            tries = []
+
+            def push() -> None:  # an actor that dies meanwhile (its node left, a preemption) is dropped or
+                # restarted by `retrying`; a retry then reloads only the actors that do not hold this version yet
+                if tries:
+                    self.rollout.resync()
+                else:
+                    tries.append(self.version)
+                    self.rollout.set_weights(self.version, weights_ref)
+
+            self.retrying(push, self.iteration, "the weight sync")
         else:
             if not self.weight_group_formed:
                 form_weight_group(mode, self.learner.source, self.rollout.actors)

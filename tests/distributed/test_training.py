@@ -263,7 +263,8 @@ def test_async_rollouts_overlap_the_update_one_step_off_policy(micro_world, ray_
     from icg_rl.commands.train import RayTrainer
     from icg_rl.config import ConfigError
 
-    with pytest.raises(ConfigError, match="rollout.async=true needs a policy-gradient algo.name"):
+    with pytest.raises(ConfigError, match=r"rollout.async=true needs a rollout-based algo.name \(ddpo, grpo, nft\), "
+                                          r"got 'backprop'"):
         RayTrainer(micro(micro_world, "rollout.async=true", "algo.name=backprop"))
     trainer = RayTrainer(micro(micro_world, "rollout.async=true"))
     try:
