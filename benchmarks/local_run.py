@@ -27,9 +27,15 @@ def oracle_eval(trainer: LocalTrainer, pairs, seed: int = 99) -> dict[str, float
     batch = frame_to_batch(frame)
     batch["group_key"] = np.char.add(batch["user_id"].astype(str), batch["item_id"].astype(str))
     algo = trainer.cfg.algo
-    traj, _ = sample_trajectory(trainer.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
-                                torch.Generator().manual_seed(seed), sde_window=rollout_window(algo))
-    return oracle_ctr(trainer.cfg.world.dir, batch["user_id"], batch["item_id"], traj.images)
+    out = {}
+    for zero_user in (False, True):  # the same covers' seeds with the user zeroed: what personalization adds
+        traj, _ = sample_trajectory(trainer.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
+                                    torch.Generator().manual_seed(seed), sde_window=rollout_window(algo),
+                                    zero_user=zero_user)
+        ctr = oracle_ctr(trainer.cfg.world.dir, batch["user_id"], batch["item_id"], traj.images)
+        out |= {"oracle/ctr_user_zeroed": ctr["oracle/ctr_generated"]} if zero_user else ctr
+    out["oracle/x_zeroed"] = out["oracle/ctr_generated"] / out["oracle/ctr_user_zeroed"]
+    return out
 
 
 def main() -> None:
@@ -38,6 +44,7 @@ def main() -> None:
     parser.add_argument("--algo", choices=["ddpo", "grpo", "backprop", "nft"], default="ddpo")
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--pairs", type=int, default=48, help="held-out (test) pairs scored by the oracle")
+    parser.add_argument("--log-every", type=int, default=1, help="print every n-th iteration's metrics")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -48,8 +55,10 @@ def main() -> None:
     start = time.perf_counter()
     for it in range(args.iterations):
         metrics = trainer.step()
-        print(f"iter {it + 1:3d}  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                                               if k.startswith(("reward/", "loss/", "stats/gate", "stats/clip"))))
+        if (it + 1) % args.log_every == 0:
+            print(f"iter {it + 1:3d}  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                                   if k.startswith(("reward/", "loss/", "stats/gate", "stats/clip"))),
+                  flush=True)
     per_iteration = (time.perf_counter() - start) / args.iterations
     after = oracle_eval(trainer, held_out)
     print(f"\nalgo={args.algo} iterations={args.iterations} batch={cfg.data.pairs_per_batch}x"

@@ -8,7 +8,11 @@ scored by the run's rewards and turned into group advantages; then the same cove
 (`ddpo_gradients`, score function over the window's steps) and an NFT gradient (`nft_gradients` on their clean
 latents). The table is the mean cosine between the gradients of two different batches (0: pure noise; a gradient
 that points the same way whatever the batch has found the direction), and the mean norm. The same for the gate
-alone, the one scalar that opens the ICG path.
+alone, the one scalar that opens the ICG path, and for the user path (the user encoder and the FiLM refiner: the
+parameters only personalization moves). `nft+shown` adds each cover shown to another user of the batch
+(rl/relabel.py); `pairs` is those pairs alone. Reward backprop's gradient on the same batch is the reference:
+`cos(bp)` is the cosine between an objective's mean gradient and backprop's mean gradient on the user path (does it
+point where the reward's own gradient points?).
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import torch
 from icg_rl.config import load_config
 from icg_rl.models.images import to_float_images
 from icg_rl.rl.advantages import group_advantages
-from icg_rl.rl.backprop import reference_scores
+from icg_rl.rl.backprop import backprop_loss, reference_scores
 from icg_rl.rl.ddpo import ddpo_gradients
 from icg_rl.rl.local import LocalTrainer
 from icg_rl.rl.nft import draw_noising, nft_gradients, optimality
+from icg_rl.rl.relabel import shown_rows
 from icg_rl.rl.sampling import sample_trajectory
 from icg_rl.rl.seeding import row_generators, update_generator
+from icg_rl.rl.trajectory import Trajectory
 
 
 def flat(grads: list[torch.Tensor | None], params) -> torch.Tensor:
@@ -56,7 +62,11 @@ def main() -> None:
         pipe.icg.adapter.projection.gate.fill_(args.gate)
     params = pipe.trainable_parameters()
     gate_index = next(i for i, p in enumerate(params) if p is pipe.icg.adapter.projection.gate)
-    objectives = {"grpo": [], "nft": [], "awm": []}
+    user_mask = torch.cat([torch.full((p.numel(),), name.startswith(("icg.user_encoder", "icg.refiner")))
+                           for name, p in pipe.trainable_named_parameters().items()])
+    objectives = {"grpo": [], "nft": [], "awm": [], "nft+shown": [], "pairs": [], "backprop": []}
+    backprop_algo = cfg.algo.model_copy(update={"name": "backprop", "eta": 1.0, "sde_window": None,
+                                                "backprop_steps": 5})
     started = time.perf_counter()
     for b in range(args.batches):
         batch = next(trainer._batches)
@@ -75,16 +85,38 @@ def main() -> None:
         for name in ("nft", "awm"):
             grads, _ = nft_gradients(pipe, trajectory, r, algo.model_copy(update={"nft_objective": name}), draws)
             objectives[name].append(flat(grads, params))
+        shown = shown_rows(trajectory, {n: s.numpy() for n, s in scores.items()}, trainer.mixer.weights,
+                           trainer.score_for, 1, cfg.train.seed, b)
+        both = Trajectory.concat([trajectory, shown[0]])
+        both_draws = draw_noising(pipe.scheduler, algo.num_inference_steps, both.latents[:, -1], both.group_key, 0,
+                                  algo.nft_draws, algo.nft_shared_draws, cfg.train.seed, b)
+        r_both = torch.cat([r, torch.from_numpy(optimality(shown[1], algo.nft_clip))])
+        grads, _ = nft_gradients(pipe, both, r_both, algo.model_copy(update={"nft_objective": "nft"}), both_draws)
+        objectives["nft+shown"].append(flat(grads, params))
+        grads, _ = nft_gradients(pipe, shown[0], torch.from_numpy(optimality(shown[1], algo.nft_clip)),
+                                 algo.model_copy(update={"nft_objective": "nft"}),
+                                 draw_noising(pipe.scheduler, algo.num_inference_steps, shown[0].latents[:, -1],
+                                              shown[0].group_key, 0, algo.nft_draws, True, cfg.train.seed, b))
+        objectives["pairs"].append(flat(grads, params))
+        loss, _, _ = backprop_loss(pipe, batch, trainer.rewards, trainer.mixer, backprop_algo,
+                                   update_generator(1, b), row_generators(cfg.train.seed, 20_000 + b,
+                                                                          range(len(batch["group_key"]))))
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        objectives["backprop"].append(flat(list(grads), params))
     sizes = [p.numel() for p in params]
     gate_at = sum(sizes[:gate_index])
     print(f"\n{args.batches} batches of {len(batch['group_key'])} covers at gate {args.gate} "
           f"({time.perf_counter() - started:.0f} s); {sum(sizes):,} trainable parameters")
-    print(f"{'objective':<10}{'cos(all)':>10}{'cos(gate)':>11}{'|grad|':>11}  (cos: mean over batch pairs)")
+    reference = torch.stack(objectives["backprop"]).mean(0)[user_mask]
+    print(f"{'objective':<11}{'cos(all)':>10}{'cos(gate)':>11}{'cos(user)':>11}{'cos(bp)':>9}{'|grad|':>11}"
+          f"  (cos: mean over batch pairs)")
     for name, vectors in objectives.items():
         gate = [v[gate_at:gate_at + 1] for v in vectors]
         gate_agreement = float(np.mean([float(torch.sign(a) == torch.sign(g)) for a, g in
                                         itertools.combinations(gate, 2)]))
-        print(f"{name:<10}{mean_cosine(vectors):>10.3f}{2 * gate_agreement - 1:>11.3f}"
+        to_backprop = torch.nn.functional.cosine_similarity(torch.stack(vectors).mean(0)[user_mask], reference, dim=0)
+        print(f"{name:<11}{mean_cosine(vectors):>10.3f}{2 * gate_agreement - 1:>11.3f}"
+              f"{mean_cosine([v[user_mask] for v in vectors]):>11.3f}{float(to_backprop):>9.3f}"
               f"{float(torch.stack([v.norm() for v in vectors]).mean()):>11.3g}")
 
 

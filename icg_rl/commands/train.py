@@ -126,7 +126,7 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
         name, files = store.resume(resume) if resume else (None, None)
         if name is not None:
             trainer.restore(files)
-            log.info("resumed from %s/%s at iteration %d", store.uri, name, trainer.iteration)
+            log.info("resumed from %s at iteration %d", store.where(name), trainer.iteration)
         elif resume:
             log.info("--resume %s: no checkpoint in %s yet; starting from iteration 0", resume, store.uri)
         first = trainer.evaluate()[0] if trainer.iteration == 0 else {}  # the untrained policy (none on resume)
@@ -135,23 +135,29 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
             log.info("before training: %s", _line(first))
         loop_start, totals = time.perf_counter(), {"time/iteration": 0.0}
         metrics, saved_stats = {}, None
-        bar = tqdm(range(trainer.iteration, cfg.train.iterations), desc=f"ICG {cfg.algo.name}", unit="it",
-                   dynamic_ncols=True, initial=trainer.iteration, total=cfg.train.iterations)
-        for it in bar:
+        bar = tqdm(desc=f"ICG {cfg.algo.name}", unit="it", dynamic_ncols=True, initial=trainer.iteration,
+                   total=cfg.train.iterations)
+        steps = learner_restarts = 0
+        while trainer.iteration < cfg.train.iterations:
             try:
                 metrics = trainer.step()
-            except RayActorError as err:  # a learner rank (no restarts: its optimizer state is not replicated)
-                raise RunInterrupted(
-                    f"an actor died at iteration {trainer.iteration + 1} and the run cannot continue ({err}). "
-                    f"Last intact checkpoint: {store.uri}/{store.latest() or '(none yet)'}. Continue with the same "
-                    f"command plus --resume auto") from err
+            except RayActorError as err:  # a learner rank (rollout and reward actors restart inside `step`)
+                learner_restarts += 1
+                recover_learner(trainer, store, err, learner_restarts, cfg.ray.max_learner_restarts)
+                tracker.rewind(trainer.iteration)
+                bar.n = trainer.iteration
+                bar.refresh()
+                continue
+            steps += 1
+            bar.update()
             for key in ("time/rollout", "time/reward", "time/learn", "sync/ms", "time/iteration"):
                 totals[key] = totals.get(key, 0.0) + metrics.get(key, 0.0)
-            if trainer.iteration % cfg.train.eval_every == 0 or it == cfg.train.iterations - 1:
+            last = trainer.iteration == cfg.train.iterations
+            if trainer.iteration % cfg.train.eval_every == 0 or last:
                 metrics |= trainer.evaluate()[0]
             tracker.log(metrics, step=trainer.iteration)
             bar.write(f"it {trainer.iteration:4d}  {_line(metrics)}")
-            if trainer.iteration % cfg.train.checkpoint_every == 0 or it == cfg.train.iterations - 1:
+            if trainer.iteration % cfg.train.checkpoint_every == 0 or last:
                 saved = time.perf_counter()
                 files = trainer.state_files()
                 where = store.write(checkpoint_name(trainer.iteration), files)
@@ -172,11 +178,12 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
         trainer.shutdown()
     summary = {
         "iterations": trainer.iteration,
-        "samples_per_s": rows * len(bar) / totals["time/iteration"] if totals["time/iteration"] else 0.0,
+        "samples_per_s": rows * steps / totals["time/iteration"] if totals["time/iteration"] else 0.0,
         "checkpoint": str(checkpoint), "seconds": {"setup": round(setup_s, 1), "loop": round(loop_s, 1)},
-        "time_per_iteration_s": {k.split("/")[1] if k.startswith("time") else "sync": v / max(1, len(bar))
+        "time_per_iteration_s": {k.split("/")[1] if k.startswith("time") else "sync": v / max(1, steps)
                                  / (1e3 if k == "sync/ms" else 1.0) for k, v in totals.items()},
         "sync_bytes": int(metrics.get("sync/bytes", 0)), "last_checkpoint": saved_stats,
+        "learner_restarts": learner_restarts,
         "eval": {k.removeprefix("eval/"): v for k, v in final.items() if k.startswith("eval/")},
         "samples": str(out / "samples.png"), "curves": str(out / "rewards.png"),
     }
@@ -190,6 +197,25 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
                                            f"only in CoverWorld (held-out rewards are in `eval`)"}
     summary["model_card"] = str(write_model_card(checkpoint, cfg, summary, samples=out / "samples.png"))
     return summary
+
+
+def recover_learner(trainer, store, err: Exception, restart: int, max_restarts: int) -> None:
+    """A learner rank died at the trainer's next iteration: rebuild the group from the newest intact checkpoint
+    and go on from there (restart `restart` of `max_restarts`), or, past them, stop naming that checkpoint."""
+    lost_at = trainer.iteration + 1
+    latest = store.latest()
+    if restart > max_restarts:
+        raise RunInterrupted(
+            f"a learner rank died at iteration {lost_at} and the run cannot continue ({err}); it was rebuilt "
+            f"{max_restarts} time(s) already (ray.max_learner_restarts). Last intact checkpoint: "
+            f"{store.where(latest or '(none yet)')}. Continue with the same command plus --resume auto") from err
+    name, files = store.resume("auto") if latest else (None, None)
+    log.warning("a learner rank died at iteration %d (%s); rebuilding the learner group from %s (restart %d of %d)",
+                lost_at, type(err).__name__, store.where(name) if name else "its initial weights (no checkpoint yet)",
+                restart, max_restarts)
+    trainer.recover_learner(files)
+    log.warning("learner group rebuilt: back at iteration %d, redoing %d iteration(s)", trainer.iteration,
+                lost_at - 1 - trainer.iteration)
 
 
 def _line(metrics: dict[str, float]) -> str:

@@ -51,6 +51,9 @@ class RayConfig(Section):
     resource_wait_s: float = Field(0.0, ge=0.0, description="seconds to wait for an autoscaler to add what the "
                                    "actors need before failing; 0 = check the cluster as it is")
     max_restarts: int = Field(3, ge=0, description="restarts of a rollout or reward actor (its work is retried)")
+    max_learner_restarts: int = Field(3, ge=0, description="times a run rebuilds a lost learner group by itself "
+                                      "(a rank's actor, process or node died) from its newest intact checkpoint and "
+                                      "redoes the iterations since; then it stops, naming the checkpoint")
     deepspeed_config: str = Field("configs/deepspeed/zero2.json", description="DeepSpeed JSON (ZeRO stage, "
                                   "precision); optimizer, clipping and batch sizes are filled from algo/data")
 

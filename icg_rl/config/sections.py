@@ -213,12 +213,20 @@ class AlgoConfig(Section):
     nft_shared_draws: bool = Field(True, description="nft: the samples of a group share their (t, ε) draws")
     nft_inner_steps: int = Field(1, ge=1, description="nft: optimizer steps per rollout batch, against the sampling "
                                  "policy's frozen outputs")
+    nft_relabel_users: int = Field(0, ge=0, description="nft: each cover is also trained as a pair under this many "
+                                   "other users of the batch and its own, weighted by how much more the other "
+                                   "likes it (rl/relabel.py); 0: off")
 
     @model_validator(mode="after")
     def _window_inside_steps(self):
         if self.shared_start and self.name in ("backprop", "nft"):
             raise ValueError(f"algo.shared_start is for the policy-gradient algorithms (ddpo, grpo), not "
                              f"{self.name}")
+        if self.nft_relabel_users and self.name != "nft":
+            raise ValueError(f"algo.nft_relabel_users={self.nft_relabel_users} is for algo.name=nft, not {self.name}")
+        if self.nft_relabel_users and not self.nft_shared_draws:
+            raise ValueError("algo.nft_relabel_users needs algo.nft_shared_draws=true: a cover and its copy shown to "
+                             "another user must meet the same (t, ε) draws (rl/relabel.py)")
         if self.sde_window is not None:
             if self.name in ("backprop", "nft"):
                 raise ValueError(f"algo.sde_window is for the policy-gradient algorithms (ddpo, grpo), not "

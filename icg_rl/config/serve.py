@@ -44,6 +44,25 @@ class Batching(BaseModel):
                                         "request that finds its replica idle does not wait)")
 
 
+class Recovery(BaseModel):
+    """Generator replicas that die (their requests are resent) or wedge (health checks get them replaced).
+    Generation is idempotent (the ingress fixes the seed before the first attempt), so a resent request gets the
+    response an undisturbed one would have (icg_rl/serve/recovery.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_retries: int = Field(2, ge=0, description="times the ingress resends a request whose generator replica "
+                             "died while holding it (its process killed, its node lost); Serve routes the resend "
+                             "to a live replica. After that the client gets a 503 naming the attempts; 0 = no resend")
+    retry_backoff_s: float = Field(0.2, ge=0.0, description="wait before the first resend, seconds, doubled for "
+                                   "each further one")
+    max_batch_s: float = Field(600.0, gt=0.0, description="a pipeline call running longer marks its replica "
+                               "wedged: its health check fails and Serve replaces it (its requests are then resent). "
+                               "Keep it above the slowest legitimate batch (max_batch_size × num_images × steps)")
+    max_failed_batches: int = Field(5, ge=1, description="pipeline calls failing in a row (a broken model or device) "
+                                    "that fail the replica's health check, so Serve replaces it")
+
+
 class ServeSettings(BaseModel):
     """The application's arguments (`args:` in configs/serve/*.yaml)."""
 
@@ -68,6 +87,7 @@ class ServeSettings(BaseModel):
     default_guidance_scale: float = Field(3.0, ge=1.0, description="CFG scale when a request names none")
     limits: Limits = Field(default_factory=Limits)
     batching: Batching = Field(default_factory=Batching)
+    recovery: Recovery = Field(default_factory=Recovery)
     auth_token_env: str | None = Field(None, description="name of an environment variable holding a bearer token; "
                                        "when set, every endpoint but /healthz requires `Authorization: Bearer <token>`")
     torch_threads: int = Field(0, ge=0, description="torch threads per generator replica (0 = torch's default); on "

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from icg_rl.distributed.placement import torch_threads
+from icg_rl.distributed.placement import in_object_store, torch_threads
 from icg_rl.distributed.weight_sync import WeightGroupMember
 from icg_rl.models.trainable import (
     TrainableParameters,
@@ -116,7 +116,7 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
 
             self.average = TailAverage(module, self.cfg.train.iterations, self.cfg.train.average_last)
         return {"rank": self.rank, "backend": backend, "zero_stage": self.engine.zero_optimization_stage(),
-                "parameters": sum(p.numel() for p in module.parameters())}
+                "parameters": sum(p.numel() for p in module.parameters()), "pid": os.getpid()}  # (which process)
 
     def _build_rewards(self) -> None:
         from icg_rl.rewards.mix import RewardMixer
@@ -272,7 +272,7 @@ class LearnerGroup:
         self.placement = placement_group([bundle] * num_workers, strategy="PACK")
         ray.get(self.placement.ready(), timeout=timeout_s)
         actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(LearnerWorker)
-        users_ref, features_ref = ray.put(user_ids), ray.put(item_features)
+        users_ref, features_ref = in_object_store(user_ids), in_object_store(item_features)  # one copy for all
         threads = torch_threads(num_cpus, threads)
         device = "cuda" if num_gpus > 0 else None
         self.actors = [actor_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
@@ -283,10 +283,13 @@ class LearnerGroup:
         self.info = ray.get([a.setup.remote(addr, port, self.rows_per_rank) for a in self.actors], timeout=timeout_s)
 
     def _shards(self, n: int) -> list[slice]:
-        if n != self.rows_per_rank * self.num_workers:
-            raise ValueError(f"learner batch has {n} rows; the group was set up for "
+        """Equal contiguous shards, one per rank: the batch the group was set up for, or (nft with covers shown to
+        other users, rl/relabel.py) a multiple of it."""
+        if n % (self.rows_per_rank * self.num_workers):
+            raise ValueError(f"learner batch has {n} rows; the group was set up for a multiple of "
                              f"{self.rows_per_rank * self.num_workers}")
-        return [slice(r * self.rows_per_rank, (r + 1) * self.rows_per_rank) for r in range(self.num_workers)]
+        per_rank = n // self.num_workers
+        return [slice(r * per_rank, (r + 1) * per_rank) for r in range(self.num_workers)]
 
     def update_ddpo(self, trajectory, advantages: np.ndarray, iteration: int) -> dict[str, float]:
         import ray

@@ -197,3 +197,11 @@ def largest_node_cpus() -> float:
 
     sizes = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
     return max(sizes, default=0.0) or float(os.cpu_count() or 1)
+
+
+def in_object_store(value):
+    """An ObjectRef of `value` (put now), or `value` itself when it already is one: what several actor groups
+    share, or a group rebuilt later gets, is put once."""
+    import ray
+
+    return value if isinstance(value, ray.ObjectRef) else ray.put(value)

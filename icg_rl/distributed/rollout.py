@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from icg_rl.distributed.placement import torch_threads
+from icg_rl.distributed.placement import in_object_store, torch_threads
 from icg_rl.distributed.reward import slice_batch
 from icg_rl.distributed.weight_sync import WeightGroupMember
 from icg_rl.distributed.weights import VersionedWeights
@@ -60,6 +60,10 @@ class RolloutWorker(WeightGroupMember):
 
     def version(self) -> int:
         return self.weights.version
+
+    def rewind(self) -> None:
+        """The run went back to a checkpoint: accept the (older) weights version it syncs next."""
+        self.weights.rewind()
 
     def held_weights(self) -> tuple[int, dict]:
         """(version, trainable arrays) this actor samples with: what a sync delivered, for checks and debugging."""
@@ -112,7 +116,7 @@ class RolloutPool:
         self.cfg, self.version, self._weights_ref = cfg, 0, None
         self._actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
                                      max_task_retries=max_restarts)(RolloutWorker)
-        users_ref, features_ref = ray.put(user_ids), ray.put(item_features)  # one copy for every actor
+        users_ref, features_ref = in_object_store(user_ids), in_object_store(item_features)  # one copy for all
         self._args = (cfg, users_ref, features_ref, torch_threads(num_cpus, threads), "cuda" if num_gpus > 0 else None)
         self.actors = [self._actor_cls.remote(*self._args) for _ in range(num_workers)]
         self.starting: list[tuple] = []  # (actor, ready ref): joining the pool once built and given the weights
@@ -195,6 +199,15 @@ class RolloutPool:
         dropped = len(self.actors) - len(alive)
         self.actors = [a for a in self.actors if a in alive]
         return dropped
+
+    def rewind(self) -> None:
+        """Every actor accepts an older weights version next (the run went back to a checkpoint)."""
+        import ray
+
+        ray.get([a.rewind.remote() for a in self.actors])
+        for actor, _, _ in self.starting:  # loading the newer weights: an elastic pool starts them again
+            ray.kill(actor, no_restart=True)
+        self.version, self._weights_ref, self.starting = -1, None, []
 
     def resync(self) -> None:
         """Give every actor the current weights again (after a restart an actor holds version 0)."""

@@ -44,6 +44,13 @@ class Tracker:
         if self.run is not None:
             self.run.log(metrics, step=step)
 
+    def rewind(self, step: int) -> None:
+        """The run went back to `step` (a rebuilt learner group redoes the iterations after its checkpoint): rows
+        after it leave the history and `metrics.jsonl`, so the curves show each iteration once. (wandb keeps what
+        it was sent, and skips a step it has already seen, with a warning.)"""
+        self.history = [row for row in self.history if row["step"] <= step]
+        atomic_write_bytes(self.history_path, "".join(json.dumps(row) + "\n" for row in self.history).encode())
+
     def log_image(self, key: str, image: np.ndarray, step: int) -> None:
         if self.run is not None:
             import wandb

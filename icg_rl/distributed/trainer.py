@@ -10,25 +10,26 @@ The driver owns the algorithm; actors own models and devices. `python -m icg_rl.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from icg_rl.config import ConfigError
+from icg_rl.distributed.trainer_state import TrainerState
 from icg_rl.metrics import timed
 
 log = logging.getLogger("icg_rl.train")
 
 
-class RayTrainer:
-    """The driver: owns the algorithm (this class reads like it); actors own models and devices."""
+class RayTrainer(TrainerState):
+    """The driver: owns the algorithm (this class reads like it); actors own models and devices. Checkpoints,
+    resume and rebuilding a lost learner group: `TrainerState` (trainer_state.py)."""
 
     def __init__(self, cfg):
+        import ray
+
         from icg_rl.data import load_from_config
         from icg_rl.data.stream import stream_from_config
         from icg_rl.distributed.learner import LearnerGroup
@@ -73,12 +74,15 @@ class RayTrainer:
                    "learner": role_threads(cfg, "learner", r.learner_workers)}
         log.info("torch threads per actor: %s", ", ".join(f"{k} {v}" for k, v in threads.items()))
         self.threads = threads
-        self.rollout = RolloutPool(cfg, user_ids, item_features, rollouts, *r.role("rollout"),
+        # the policy's context once in the object store: every actor's copy, and a rebuilt learner group's
+        self.context_refs = (ray.put(user_ids), ray.put(item_features))
+        user_ids = item_features = None
+        self.rollout = RolloutPool(cfg, *self.context_refs, rollouts, *r.role("rollout"),
                                    threads=threads["rollout"], max_restarts=0 if self.elastic else r.max_restarts)
         self.rewards = {n: RewardPool(n, cfg.reward, cfg.world.dir, r.reward_workers, *r.role("reward"),
                                       max_restarts=r.max_restarts, threads=threads["reward"], task_retries=0)
                         for n in pools}  # failures surface here, to be retried and logged by `finish`
-        self.learner = LearnerGroup(cfg, user_ids, item_features, r.learner_workers, *r.role("learner"),
+        self.learner = LearnerGroup(cfg, *self.context_refs, r.learner_workers, *r.role("learner"),
                                     threads=threads["learner"])
         self.rollout.ready()
         for pool in self.rewards.values():
@@ -89,6 +93,7 @@ class RayTrainer:
         self.pending, self.position = None, None  # async: the next iteration's rollouts in flight
         self.weight_group_formed = False  # ray.weight_sync collective / cuda_ipc: formed at the first sync
         self._batches = self._batch_stream()
+        self.initial_state = self.driver_state()  # what a learner group lost before any checkpoint rewinds to
         self.sync_weights()  # version 0: the rollouts sample exactly the learner's initial policy
 
     def _batch_stream(self):
@@ -134,7 +139,9 @@ class RayTrainer:
             metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
             learn_start = time.perf_counter()
             if algo.name == "nft":  # the covers' x₀ with each one's optimality probability (rl/nft.py)
-                metrics |= self.learner.update_nft(trajectory, optimality(advantages, algo.nft_clip), self.iteration)
+                r = optimality(advantages, algo.nft_clip)
+                trajectory, r = self.show_to_other_users(trajectory, scores, r, metrics)
+                metrics |= self.learner.update_nft(trajectory, r, self.iteration)
             else:
                 metrics |= self.learner.update_ddpo(trajectory, advantages, self.iteration)
             t["time/learn"] = time.perf_counter() - learn_start
@@ -145,6 +152,30 @@ class RayTrainer:
         t["time/iteration"] = time.perf_counter() - start
         rows = self.cfg.data.pairs_per_batch * self.cfg.data.samples_per_pair
         return metrics | t | {"perf/samples_per_s": rows / t["time/iteration"], "iteration": self.iteration}
+
+    def show_to_other_users(self, trajectory, scores: dict, r: np.ndarray, metrics: dict) -> tuple:
+        """`algo.nft_relabel_users` > 0: the batch's covers again, each under other users of the batch, scored for
+        them by the user-dependent reward pools (rl/relabel.py) -> (trajectory, optimality) with those rows added."""
+        import ray
+
+        from icg_rl.distributed.reward import RewardPool
+        from icg_rl.rl.nft import optimality
+        from icg_rl.rl.relabel import shown_rows
+        from icg_rl.rl.trajectory import Trajectory
+
+        def score_shown(images, inputs, names):
+            images_ref, inputs_ref = ray.put(images), ray.put(inputs)
+            refs = {name: self.rewards[name].score_refs(images_ref, inputs_ref) for name in names}
+            return {name: RewardPool.gather([ref]) for name, ref in refs.items()}
+
+        algo = self.cfg.algo
+        shown = self.retrying(lambda: shown_rows(trajectory, {n: s.numpy() for n, s in scores.items()}, self.weights,
+                                                 score_shown, algo.nft_relabel_users, self.cfg.train.seed,
+                                                 self.iteration), self.iteration, "the cross-user scores")
+        if shown is None:
+            return trajectory, r
+        metrics |= shown[2]
+        return Trajectory.concat([trajectory, shown[0]]), np.concatenate([r, optimality(shown[1], algo.nft_clip)])
 
     def backprop(self, batch: dict, timings: dict) -> dict[str, float]:
         """DRaFT-K in the mission's shape: the rollout actors run the first T − K denoising steps without gradient;
@@ -314,55 +345,6 @@ class RayTrainer:
         """The learner's averaged weights when `train.average_last` > 0 (the rollout actors sample with them for
         the evaluation only), else None: the live ones the actors hold."""
         return self.learner.weights(averaged=True)[0] if self.cfg.train.average_last > 0 else None
-
-    # ----------------------------------------------------------------------------------------------- checkpoints
-    def state_files(self) -> dict[str, bytes]:
-        """Everything an exact resume needs. Noise and timestep draws derive from (seed, iteration) (rl/seeding.py),
-        so the iteration counter stands for every actor's RNG; the driver's own RNG states are kept as well."""
-        import random
-
-        # with async rollouts the next batch is already drawn (and being sampled): record the position before it
-        epoch, batch_in_epoch = self.position if self.pending is not None else (self.epoch, self.batch_in_epoch)
-        state = {"iteration": self.iteration, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                 "version": self.version, "mixer": self.mixer.state_dict(), "tracker": self.tracker.state_dict(),
-                 "algo": self.cfg.algo.name, "learner_workers": self.cfg.ray.learner_workers,
-                 "rng": {"python": repr(random.getstate()), "numpy": repr(np.random.get_state(legacy=False)),
-                         "torch": torch.get_rng_state().tolist()}}
-        files = {"trainer_state.json": json.dumps(state).encode()}
-        files |= {f"icg/{name}": payload for name, payload in self.learner.export().items()}
-        files |= {f"learner/{name}": payload for name, payload in self.learner.save_state().items()}
-        return files
-
-    def restore(self, files: dict[str, bytes]) -> None:
-        from icg_rl.distributed.checkpoint import subtree
-
-        state = json.loads(files["trainer_state.json"])
-        for key, now in (("algo", self.cfg.algo.name), ("learner_workers", self.cfg.ray.learner_workers)):
-            if state[key] != now:
-                raise ValueError(f"resume: the checkpoint was written with {key}={state[key]!r}, this run has "
-                                 f"{now!r}; resume with the same setting")
-        self.learner.load_state(subtree(files, "learner"))
-        self.mixer.load_state_dict(state["mixer"])
-        self.tracker.load_state_dict(state["tracker"])
-        torch.set_rng_state(torch.tensor(state["rng"]["torch"], dtype=torch.uint8))
-        self._batches.close()
-        self.pending = None
-        self.iteration, self.epoch, self.batch_in_epoch = state["iteration"], state["epoch"], state["batch_in_epoch"]
-        self._batches = self._batch_stream()
-        self.sync_weights()
-
-    def export(self, folder: Path) -> Path:
-        """The ICG weights that ship (averaged when `train.average_last` > 0) into `folder`, atomically (written
-        beside it, then renamed into place)."""
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, payload in self.learner.export().items():
-            (tmp / name).write_bytes(payload)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-        return folder
 
     def shutdown(self) -> None:
         self._batches.close()  # ends the Ray Data iterator while Ray is still up

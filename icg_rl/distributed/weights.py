@@ -31,6 +31,11 @@ class VersionedWeights:
         load_trainable_arrays(pipe, arrays)
         self.version = version
 
+    def rewind(self) -> None:
+        """The run went back to a checkpoint (its learner group was rebuilt): the next weights may be older than
+        the held ones, and are taken as the first sync is."""
+        self.version = -1
+
     def accept(self, version: int) -> bool:
         """A group sync (`weight_sync.py`) of `version`: True = load it (newer, or the first sync); False = this
         actor holds it already (a resync after another actor restarted); older: StaleWeightsError."""

@@ -30,16 +30,23 @@ REWARDS: dict[str, RewardFactory] = {
 # Rewards with no useful gradient (a decision, a rule, a service): known before any is built, so a run that would
 # backprop through one fails on the driver at once, naming it
 NOT_DIFFERENTIABLE: set[str] = {"genre_hit"}
+# Rewards that read the user (their id and history): the ones cross-user relabelling (rl/relabel.py) scores again for
+# another user; the others score a cover the same for everyone
+USER_DEPENDENT: set[str] = {"preference", "preference_lift"}
 
 
-def register_reward(name: str, factory: RewardFactory, differentiable: bool = True) -> RewardFactory:
+def register_reward(name: str, factory: RewardFactory, differentiable: bool = True,
+                    user_dependent: bool = False) -> RewardFactory:
     """Add `factory` under `name` (a reward of your own; the process that builds it must have registered it).
-    `differentiable=False`: its scores carry no gradient (reward backprop refuses it; ddpo, grpo and nft take it)."""
+    `differentiable=False`: its scores carry no gradient (reward backprop refuses it; ddpo, grpo and nft take it).
+    `user_dependent=True`: its score of a cover depends on the batch's `user_id`/`history` (a personal model)."""
     if name in REWARDS:
         raise ValueError(f"reward {name!r} is already registered")
     REWARDS[name] = factory
     if not differentiable:
         NOT_DIFFERENTIABLE.add(name)
+    if user_dependent:
+        USER_DEPENDENT.add(name)
     return factory
 
 

@@ -30,8 +30,10 @@ from icg_rl.rl.averaging import TailAverage
 from icg_rl.rl.backprop import backprop_update, check_differentiable, reference_scores
 from icg_rl.rl.ddpo import apply_gradients, ddpo_update
 from icg_rl.rl.nft import nft_update, optimality
+from icg_rl.rl.relabel import shown_rows
 from icg_rl.rl.sampling import rollout_window, sample_trajectory
 from icg_rl.rl.seeding import EVALUATION, group_generators, row_generators, update_generator
+from icg_rl.rl.trajectory import Trajectory
 
 
 @contextmanager
@@ -80,6 +82,12 @@ class LocalTrainer:
         with torch.no_grad():
             return {name: reward.score(images, batch) for name, reward in self.rewards.items()}
 
+    def score_for(self, images: np.ndarray, batch: dict, names: list[str]) -> dict[str, np.ndarray]:
+        """uint8 covers scored by some of the rewards (cross-user relabelling's scores for other users)."""
+        with torch.no_grad():
+            x = to_float_images(images, "rollout")
+            return {name: self.rewards[name].score(x, batch).numpy() for name in names}
+
     def step(self) -> dict[str, float]:
         algo, timings, seed = self.cfg.algo, {}, self.cfg.train.seed
         batch = next(self._batches)
@@ -106,8 +114,15 @@ class LocalTrainer:
             metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
             with timed("update", timings):
                 if algo.name == "nft":
-                    r = torch.from_numpy(optimality(advantages, algo.nft_clip))
-                    metrics |= nft_update(self.pipe, trajectory, r, algo, seed, self.iteration, 0, self._apply)
+                    r = optimality(advantages, algo.nft_clip)
+                    shown = shown_rows(trajectory, {n: s.numpy() for n, s in scores.items()}, self.mixer.weights,
+                                       self.score_for, algo.nft_relabel_users, seed, self.iteration)
+                    if shown is not None:  # the covers shown to other users too (rl/relabel.py)
+                        trajectory = Trajectory.concat([trajectory, shown[0]])
+                        r = np.concatenate([r, optimality(shown[1], algo.nft_clip)])
+                        metrics |= shown[2]
+                    metrics |= nft_update(self.pipe, trajectory, torch.from_numpy(r), algo, seed, self.iteration, 0,
+                                          self._apply)
                 else:
                     metrics |= ddpo_update(self.pipe, trajectory, torch.from_numpy(advantages), self.optimizer, algo,
                                            generator)

@@ -4,9 +4,11 @@ Routes: `POST /v1/covers`, `GET /v1/models` (policies and experiments), `GET /v1
 detail), `GET /v1/stats` (a generator replica's counters), `GET /healthz`; the OpenAPI schema at `/openapi.json`
 comes from the pydantic models in schema.py. Order of checks on a cover request: body size (middleware) → auth →
 schema (422) → limits, policy or experiment, reference image (400) → generation, on the generator handle for the
-request's policy (Serve's `multiplexed_model_id`: routed to a replica holding that policy). Every refusal is JSON
+request's policy (Serve's `multiplexed_model_id`: routed to a replica holding that policy), resent when the replica
+dies under it (recovery.py; 503 once `recovery.max_retries` resends also died). Every refusal is JSON
 `{"error": "<field>: <what is wrong>"}`; every cover response names its policy and model version and carries a
-`Server-Timing` header (where its time went: ingress work, generator round trip, weight swap, pipeline, encoding).
+`Server-Timing` header (where its time went: ingress work, generator round trip, weight swap, pipeline, encoding;
+`attempts`: generator calls made).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from icg_rl.serve.generator import CoverJob, CoverResult, random_seed
 from icg_rl.serve.images import BadImage, decode_reference_image, encode_image
 from icg_rl.serve.limits import BodyLimit
 from icg_rl.serve.metrics import PolicyMetrics
+from icg_rl.serve.recovery import ReplicaLost, with_retries
 from icg_rl.serve.schema import (
     CoverRequest,
     CoverResponse,
@@ -34,7 +37,9 @@ from icg_rl.serve.schema import (
     ReplicaStats,
 )
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 413, 422)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 413, 422)} | {
+    503: {"model": ErrorBody, "description": "the generator replica died under the request on every attempt "
+                                             "(recovery.max_retries)"}}
 
 
 class Refused(Exception):
@@ -73,6 +78,17 @@ def create_api(settings: ServeSettings, generator, token: str | None) -> FastAPI
     async def refused(_: Request, exc: Refused) -> JSONResponse:
         return refusal(exc.status, exc.message, headers=exc.headers)
 
+    @api.exception_handler(ReplicaLost)
+    async def replica_lost(_: Request, exc: ReplicaLost) -> JSONResponse:
+        return refusal(503, str(exc), headers={"Retry-After": "1"})
+
+    async def ask(method: str) -> dict:
+        """A generator method without arguments (`info`, `stats`), resent like a cover request if its replica dies
+        (so /healthz stays 200 while a replica is lost and another lives)."""
+        result, _ = await with_retries(lambda: getattr(generator, method).remote(), settings.recovery,
+                                       f"generator.{method}")
+        return result
+
     async def authorized(request: Request) -> None:
         """Dependency: runs before the body is parsed, so unauthenticated clients learn nothing about the schema."""
         if token is None:
@@ -85,25 +101,25 @@ def create_api(settings: ServeSettings, generator, token: str | None) -> FastAPI
     @api.get("/healthz")
     async def healthz() -> dict:
         """Liveness and readiness (no token: for load balancers and Kubernetes probes)."""
-        info = await generator.info.remote()
+        info = await ask("info")
         return {"status": "ok", "model_version": info["model_version"]}
 
     @api.get("/v1/model", response_model=ModelInfo, responses=ERRORS, dependencies=[Depends(authorized)])
     async def model() -> ModelInfo:
-        info = await generator.info.remote()
+        info = await ask("info")
         return ModelInfo(model_version=info["model_version"], checkpoint=info["checkpoint"], config=info["config"],
                          versions=info["versions"], limits=settings.limits, batching=info["batching"],
                          image_size=info["image_size"])
 
     @api.get("/v1/models", response_model=ModelsList, responses=ERRORS, dependencies=[Depends(authorized)])
     async def models() -> ModelsList:
-        info = await generator.info.remote()
+        info = await ask("info")
         return ModelsList(default_policy=info["default_policy"], policies=info["policies"],
                           experiments=settings.experiments, max_policies_per_replica=settings.max_policies_per_replica)
 
     @api.get("/v1/stats", response_model=ReplicaStats, responses=ERRORS, dependencies=[Depends(authorized)])
     async def stats() -> ReplicaStats:
-        return ReplicaStats.model_validate(await generator.stats.remote())
+        return ReplicaStats.model_validate(await ask("stats"))
 
     @api.post("/v1/covers", response_model=CoverResponse, responses=ERRORS, dependencies=[Depends(authorized)])
     async def covers(body: CoverRequest, response: Response) -> CoverResponse:
@@ -111,15 +127,17 @@ def create_api(settings: ServeSettings, generator, token: str | None) -> FastAPI
         job = cover_job(body, settings)
         policy, experiment = choose_policy(body, job.seed, settings)
         sent = time.perf_counter()
-        try:
-            result = await handles[policy].generate.remote(job)
-        except Exception:
+        try:  # the job is complete, seed included: a resend after a replica death makes the same images
+            result, attempts = await with_retries(lambda: handles[policy].generate.remote(job), settings.recovery,
+                                                  f"cover request (policy {policy}, seed {job.seed})")
+        except Exception:  # ReplicaLost included: its handler answers 503
             metrics.record(policy, experiment, ok=False, seconds=time.perf_counter() - sent)
             raise
         returned = time.perf_counter()
         images = [encode_image(image) for image in result.images]
         metrics.record(policy, experiment, ok=True, seconds=time.perf_counter() - sent)
-        response.headers["Server-Timing"] = server_timing(result, started, sent, returned, time.perf_counter())
+        response.headers["Server-Timing"] = server_timing(result, started, sent, returned, time.perf_counter(),
+                                                          attempts)
         height, width = result.images[0].shape[:2]
         return CoverResponse(images=images, model_version=result.model_version, policy=result.policy,
                              experiment=experiment, user_mode=result.user_mode, seed=job.seed, width=width,
@@ -145,15 +163,17 @@ def choose_policy(body: CoverRequest, seed: int, settings: ServeSettings) -> tup
     return body.policy or known[0], None
 
 
-def server_timing(result: CoverResult, started: float, sent: float, returned: float, encoded: float) -> str:
+def server_timing(result: CoverResult, started: float, sent: float, returned: float, encoded: float,
+                  attempts: int = 1) -> str:
     """The W3C Server-Timing header (ms): `ingress` (validation, image decoding), `generator` (the handle's round
-    trip: routing, batch wait, weight swap, pipeline), `swap` and `pipeline` (inside it, for the whole batch of
-    `batch` requests), `encode` (PNG + base64)."""
+    trip: routing, batch wait, weight swap, pipeline; every attempt's), `swap` and `pipeline` (inside it, for the
+    whole batch of `batch` requests, the last attempt's), `encode` (PNG + base64); `attempts`: generator calls made
+    (more than 1: a replica died under the request and it was resent)."""
     timings = result.timings
     parts = [("ingress", sent - started), ("generator", returned - sent), ("swap", timings.get("swap", 0.0)),
              ("pipeline", timings.get("pipeline", 0.0)), ("encode", encoded - returned)]
     return ", ".join([f"{name};dur={seconds * 1000.0:.2f}" for name, seconds in parts]
-                     + [f'batch;desc="{int(timings.get("batch_size", 1))}"'])
+                     + [f'batch;desc="{int(timings.get("batch_size", 1))}"', f'attempts;desc="{attempts}"'])
 
 
 def field_name(error: dict) -> str:

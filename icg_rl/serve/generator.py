@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import threading
 import time
@@ -32,6 +33,7 @@ from icg_rl.models.pipeline import ICGPipeline, load_checkpoint
 from icg_rl.models.user import ICGUser
 from icg_rl.rl.seeding import derive_seed
 from icg_rl.serve.policies import PolicyInfo, PolicyWeights, live_tensors, read_policies
+from icg_rl.serve.recovery import BatchWatch
 from icg_rl.serve.schema import MAX_SEED
 
 log = logging.getLogger("icg_rl.serve")
@@ -92,7 +94,11 @@ def random_seed() -> int:
     return secrets.randbelow(MAX_SEED)
 
 
-@serve.deployment(name="CoverGenerator", max_ongoing_requests=32, health_check_period_s=10)
+# Health: Serve calls check_health every 10 s and replaces the replica after 3 failures in a row; a check that takes
+# over 30 s counts as failed (a blocked event loop; a hung pipeline call does not block it, BatchWatch times that).
+# So a dead model or a hung pipeline call is out of rotation about 30 s after the check first sees it.
+@serve.deployment(name="CoverGenerator", max_ongoing_requests=32, health_check_period_s=10,
+                  health_check_timeout_s=30)
 class CoverGenerator:
     def __init__(self, settings: dict):
         self.settings = ServeSettings.model_validate(settings)
@@ -104,6 +110,7 @@ class CoverGenerator:
         self.lock = threading.Lock()  # one of: a policy load, a weight swap, a pipeline call
         self.counters = {"base_loads": 0, "weight_swaps": 0, "batches": 0}
         self.in_flight = 0  # requests in this replica: queued for a batch or in one
+        self.watch = BatchWatch(self.settings.recovery)
         self.policy_loads: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.pipe = self.load_base(self.catalog[self.default_policy])
@@ -153,9 +160,14 @@ class CoverGenerator:
         self.batching = batching
 
     def check_health(self) -> None:
-        """Serve calls this periodically; raising marks the replica unhealthy and it gets replaced."""
+        """Serve calls this every `health_check_period_s`; raising (3 times in a row) gets the replica replaced, and
+        requests it still held are resent by the ingress (recovery.py)."""
         if self.pipe is None:
             raise RuntimeError("CoverGenerator: no pipeline loaded")
+        problem = self.watch.problem()
+        if problem is not None:
+            log.error("CoverGenerator: unhealthy: %s", problem)
+            raise RuntimeError(f"CoverGenerator: {problem}")
 
     def info(self) -> dict:
         """The catalog and the default policy's details (every replica reads the same checkpoints)."""
@@ -168,9 +180,11 @@ class CoverGenerator:
                              for name, info in self.catalog.items()]}
 
     def stats(self) -> dict:
-        """This replica's own counters (GET /v1/stats)."""
-        return {"replica": serve.get_replica_context().replica_id.unique_id, **self.counters,
-                "policy_loads": dict(self.policy_loads), "requests": dict(self.requests)}
+        """This replica's own counters (GET /v1/stats shows ReplicaStats' fields; `pid` and `in_flight` only reach
+        handle callers: an operator's script, tests/serve/test_replica_death.py)."""
+        return {"replica": serve.get_replica_context().replica_id.unique_id, "pid": os.getpid(),
+                "in_flight": self.in_flight, **self.counters, "policy_loads": dict(self.policy_loads),
+                "requests": dict(self.requests)}
 
     async def generate(self, job: CoverJob) -> CoverResult:
         """One request. It waits for batch-mates only when it has company: a request that finds the replica idle
@@ -191,7 +205,7 @@ class CoverGenerator:
         return await asyncio.to_thread(self.generate_now, jobs, policy)
 
     def generate_now(self, jobs: list[CoverJob], policy: PolicyWeights) -> list[CoverResult]:
-        with self.lock:
+        with self.lock, self.watch.batch():
             started = time.perf_counter()
             if self.active != policy.info.name:
                 policy.apply(self.live)

@@ -2,8 +2,13 @@
 in-process reference trainer's first step, 2 learner ranks take the 1-rank step, the command writes what it
 promises, and a run that cannot fit fails at once instead of hanging."""
 
+import gc
 import json
+import logging
+import os
+import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,15 +52,21 @@ def local_first_step(cfg, threads: int) -> tuple[dict, dict, dict]:
 ALGOS = {"ddpo": ([], ("loss/policy", "stats/clip_fraction")),
          "backprop": (["algo.name=backprop", "algo.backprop_steps=2"], ("loss/backprop",)),
          # nft: rollouts ship clean latents only, two inner steps against the frozen sampling outputs
-         "nft": (["algo.name=nft", "algo.eta=0.0", "algo.nft_inner_steps=2"], ("loss/nft", "stats/denoise_mse"))}
+         "nft": (["algo.name=nft", "algo.eta=0.0", "algo.nft_inner_steps=2"], ("loss/nft", "stats/denoise_mse")),
+         # …and each cover shown to the other group's user, scored for them by the preference pool (rl/relabel.py)
+         "nft_shown": (["algo.name=nft", "algo.eta=0.0", "algo.nft_relabel_users=1",
+                        "reward.weights={aesthetic: 1.0, clip_t: 0.5, preference: 1.0}"],
+                       ("loss/nft", "stats/relabel_abs_advantage"))}
 
 
 @pytest.mark.float_sensitive
 @pytest.mark.parametrize("algo", list(ALGOS))
-def test_first_iteration_equals_the_local_trainer(micro_world, ray_cluster, tmp_path, algo):
+def test_first_iteration_equals_the_local_trainer(micro_world, ray_cluster, tmp_path, algo, request):
     from icg_rl.commands.train import RayTrainer
 
     overrides, loss_keys = ALGOS[algo]
+    if any("preference" in o for o in overrides):
+        request.getfixturevalue("micro_preference")  # trained once per session, where the reward finds it
     cfg = micro(micro_world, *overrides)
     # The reference three times, with 1, 2 and 3 torch threads: the same algorithm in three summation orders. Their
     # spread is this step's float noise floor here (rollout images are uint8, so a last-bit change can flip a pixel
@@ -199,8 +210,6 @@ def test_train_command_writes_weights_grids_curves_and_summary(micro_world, micr
 
 def test_killed_rollout_and_reward_actors_restart_and_the_iteration_is_retried(micro_world, ray_cluster, tmp_path,
                                                                               caplog):
-    import logging
-
     from icg_rl.commands.train import RayTrainer
 
     trainer = RayTrainer(micro(micro_world))
@@ -236,25 +245,61 @@ def test_reward_backprop_survives_killed_rollout_and_reward_actors(micro_world, 
     assert metrics["iteration"] == 2 and np.isfinite(metrics["loss/backprop"]) and np.isfinite(metrics["pool/clip_t"])
 
 
-def test_a_lost_learner_rank_stops_the_run_with_the_checkpoint_and_how_to_resume(micro_world, ray_cluster,
-                                                                                  tmp_path, monkeypatch):
-    from icg_rl.commands.train import RunInterrupted, train
-    from icg_rl.distributed.checkpoint import CheckpointStore
+def kill_learner_rank_0_at(monkeypatch, calls_to_kill: set[int]) -> list:
+    """SIGKILL learner rank 0's process as update call n (1-based) of the run starts, for n in `calls_to_kill`: the
+    kill is real; the patch only picks the moment. Returns the list of calls made."""
     from icg_rl.distributed.learner import LearnerGroup
 
     original, calls = LearnerGroup.update_ddpo, []
 
-    def update_then_lose_rank_0(self, *args, **kwargs):  # the kill is real; the patch only picks the moment
+    def update_after_kill(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
-            ray_cluster.kill(self.actors[0])  # learners have no restarts: their optimizer state is not replicated
+        if len(calls) in calls_to_kill:
+            os.kill(self.info[0]["pid"], signal.SIGKILL)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(LearnerGroup, "update_ddpo", update_then_lose_rank_0)
-    cfg = micro(micro_world, "train.iterations=4", "train.checkpoint_every=2", "train.eval_every=100",
-                "train.eval_pairs=4")
-    with pytest.raises(RunInterrupted, match=r"(?s)iteration 3.*checkpoints/iter_000002.*--resume auto"):
+    monkeypatch.setattr(LearnerGroup, "update_ddpo", update_after_kill)
+    return calls
+
+
+LOST_LEARNER_RUN = ["train.iterations=4", "train.checkpoint_every=2", "train.eval_every=100", "train.eval_pairs=4"]
+
+
+def test_a_lost_learner_rank_is_rebuilt_from_the_checkpoint_and_the_run_ends_as_if_it_never_failed(
+        micro_world, ray_cluster, tmp_path, monkeypatch, caplog):
+    from icg_rl.commands.train import train
+
+    cfg = micro(micro_world, *LOST_LEARNER_RUN)
+    undisturbed = train(cfg, tmp_path / "undisturbed")
+    calls = kill_learner_rank_0_at(monkeypatch, {4})  # iteration 4: the checkpoint at 2 is the newest
+    with caplog.at_level(logging.WARNING, logger="icg_rl.train"):
+        recovered = train(cfg, tmp_path / "recovered")
+    assert "a learner rank died at iteration 4" in caplog.text and "iter_000002" in caplog.text
+    assert "back at iteration 2, redoing 1 iteration(s)" in caplog.text
+    assert recovered["learner_restarts"] == 1 and recovered["iterations"] == 4 and len(calls) == 6
+    from safetensors.torch import load_file
+
+    weights = sorted(Path(undisturbed["checkpoint"]).glob("*.safetensors"))
+    assert weights
+    for path in weights:  # the shipped weights, bit for bit (the files' JSON headers may order their keys apart)
+        calm, rebuilt = load_file(path), load_file(Path(recovered["checkpoint"]) / path.name)
+        assert calm.keys() == rebuilt.keys() and all(torch.equal(calm[k], rebuilt[k]) for k in calm), path.name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "recovered" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # the redone iteration is in the curves once
+
+
+def test_a_learner_lost_more_often_than_allowed_stops_the_run_with_the_checkpoint_and_how_to_resume(
+        micro_world, ray_cluster, tmp_path, monkeypatch):
+    from icg_rl.commands.train import RunInterrupted, train
+    from icg_rl.distributed.checkpoint import CheckpointStore
+
+    kill_learner_rank_0_at(monkeypatch, {3, 4})  # iteration 3, and again when it is redone after the rebuild
+    cfg = micro(micro_world, *LOST_LEARNER_RUN, "ray.max_learner_restarts=1")
+    with pytest.raises(RunInterrupted, match=r"(?s)iteration 3.*rebuilt 1 time.*checkpoints/iter_000002.*"
+                                             r"--resume auto") as stopped:
         train(cfg, tmp_path / "run")
+    del stopped  # its traceback holds the run's frames: freed now, while Ray is up, not at the session's end
+    gc.collect()
     name, files = CheckpointStore(tmp_path / "run" / "checkpoints").resume("auto")
     assert name == "iter_000002" and "trainer_state.json" in files  # intact and verified
 
