@@ -37,18 +37,18 @@ USER_CONDITION_KEYS = ("user_index", "history", "history_mask")  # what the ICG 
 USER_REWARD_INPUTS = ("user_id", "history")  # what a user-dependent reward reads about the user
 
 
-def group_order(group_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(keys of the groups in order of first appearance, each row's group number)."""
-    keys, first, inverse = np.unique(np.asarray(group_key).astype(str), return_index=True, return_inverse=True)
-    rank = np.empty(len(keys), dtype=np.int64)
-    rank[np.argsort(first)] = np.arange(len(keys))  # numbering by first appearance, not by sorted key
-    return keys[np.argsort(first)], rank[inverse]
+def group_of_rows(group_key: np.ndarray) -> np.ndarray:
+    """Each row's group number, groups numbered by first appearance (not by sorted key)."""
+    _, first, inverse = np.unique(np.asarray(group_key).astype(str), return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[inverse]
 
 
 def partner_rows(group_key: np.ndarray, seed: int, iteration: int, shift: int = 1) -> np.ndarray | None:
     """Row -> the first row of the group its covers are shown to: the groups in a random cycle (seeded by the run
     and iteration), each meeting the group `shift` places on. None when the batch has a single group."""
-    _, group_of_row = group_order(group_key)
+    group_of_row = group_of_rows(group_key)
     groups = int(group_of_row.max()) + 1
     if groups < 2:
         return None
@@ -80,7 +80,7 @@ def personal_advantages(own: np.ndarray, shown: np.ndarray, group_key: np.ndarra
     advantages [N] (batch std units): how much more the partner likes each cover than its own user does, centred
     within the group."""
     diff = np.asarray(shown, dtype=np.float64) - np.asarray(own, dtype=np.float64)
-    _, group_of_row = group_order(group_key)
+    group_of_row = group_of_rows(group_key)
     means = np.bincount(group_of_row, weights=diff) / np.bincount(group_of_row)
     centred = diff - means[group_of_row]
     return (centred / (centred.std() + eps)).astype(np.float32)
