@@ -10,9 +10,9 @@ import pytest
 
 from icg_rl.config import ConfigError
 from icg_rl.distributed.checkpoint import CheckpointError, CheckpointStore, checkpoint_name
+from tests.s3_server import BUCKET, s3_server, s3_uri
 
 pytest.importorskip("moto.server", reason="moto[server] is in the dev extra: pip install -e '.[dev]'")
-BUCKET = "icg-checkpoints"
 BIG = bytes(range(256)) * (12 * 4096 + 7)  # ~12.6 MB: past pyarrow's 10 MB part size, so a multipart upload
 
 
@@ -23,31 +23,13 @@ class Crash(Exception):
 @pytest.fixture(scope="module")
 def s3():
     """moto's S3 server on 127.0.0.1 (a free port), one bucket, dummy credentials; yields (endpoint, boto3 client)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask a metadata service for credentials or region
-        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            env.delenv(name, raising=False)
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            endpoint = f"{host}:{port}"
-            client = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1")
-            client.create_bucket(Bucket=BUCKET)
-            yield endpoint, client
-        finally:
-            server.stop()
+    with s3_server() as (endpoint, client, _):
+        yield endpoint, client
 
 
 def uri(s3, prefix: str | None = None, bucket: str = BUCKET, extra: str = "") -> str:
     """The form pyarrow takes for an S3-compatible endpoint; a fresh prefix per call keeps tests apart."""
-    return f"s3://{bucket}/{prefix or uuid.uuid4().hex}?endpoint_override={s3[0]}&scheme=http{extra}"
+    return s3_uri(s3[0], prefix or uuid.uuid4().hex, bucket, extra)
 
 
 def keys(s3, prefix: str) -> list[str]:
