@@ -279,8 +279,13 @@ class LearnerGroup:
             self.placement, placement_group_bundle_index=rank)).remote(
             cfg, rank, num_workers, users_ref, features_ref, threads, device, initial_weights)
             for rank in range(num_workers)]
-        addr, port = ray.get(self.actors[0].node_address.remote(), timeout=timeout_s)
-        self.info = ray.get([a.setup.remote(addr, port, self.rows_per_rank) for a in self.actors], timeout=timeout_s)
+        try:
+            addr, port = ray.get(self.actors[0].node_address.remote(), timeout=timeout_s)
+            self.info = ray.get([a.setup.remote(addr, port, self.rows_per_rank) for a in self.actors],
+                                timeout=timeout_s)
+        except BaseException:  # a rank died while starting: nothing of this group may outlive the error
+            self.shutdown()
+            raise
 
     def _shards(self, n: int) -> list[slice]:
         """Equal contiguous shards, one per rank: the batch the group was set up for, or (nft with covers shown to
@@ -357,8 +362,9 @@ class LearnerGroup:
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        remove_placement_group(self.placement)
-        self.actors = []
+        if self.placement is not None:  # shut down twice when a rebuild after a loss fails too
+            remove_placement_group(self.placement)
+        self.actors, self.placement = [], None
 
 
 def mean_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:

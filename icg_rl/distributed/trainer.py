@@ -329,8 +329,9 @@ class RayTrainer(TrainerState):
         (the rollout actors sample with them for the evaluation only), else the live ones."""
         from icg_rl.evaluation.heldout import evaluate_heldout
 
-        return evaluate_heldout(self.cfg, self.rollout, self.rewards, self.heldout,
-                                with_oracle=self.cfg.data.kind == "coverworld", weights_ref=self._shipped_weights())
+        return self.retrying(lambda: evaluate_heldout(
+            self.cfg, self.rollout, self.rewards, self.heldout, with_oracle=self.cfg.data.kind == "coverworld",
+            weights_ref=self._shipped_weights()), self.iteration, "the evaluation")
 
     def showcase(self) -> dict:
         """The sample grid's covers (evaluation/showcase.py): a few held-out items, each made by the policy that
@@ -338,8 +339,9 @@ class RayTrainer(TrainerState):
         CoverWorld. Its own batch: `evaluate`'s numbers do not depend on it."""
         from icg_rl.evaluation.showcase import sample_showcase
 
-        return sample_showcase(self.cfg, self.rollout, self.showcase_batch,
-                               with_oracle=self.cfg.data.kind == "coverworld", weights_ref=self._shipped_weights())
+        return self.retrying(lambda: sample_showcase(
+            self.cfg, self.rollout, self.showcase_batch, with_oracle=self.cfg.data.kind == "coverworld",
+            weights_ref=self._shipped_weights()), self.iteration, "the sample grid")
 
     def _shipped_weights(self):
         """The learner's averaged weights when `train.average_last` > 0 (the rollout actors sample with them for
