@@ -1,6 +1,6 @@
 """Chaos: training and serving while processes and a node are killed under them.
 
-    python benchmarks/chaos.py [--part train|serve|both] [--config configs/micro.yaml] [--iterations 100]
+    python benchmarks/chaos.py [--part train|serve|both] [--config configs/micro.yaml] [--iterations 300]
                                [--kill-every 30] [--serve-seconds 60] [--serve-kill-every 15] [--clients 16]
 
 **train** — a `ray.cluster_utils.Cluster` of 3 nodes (a head and two workers, 3 logical CPUs each; one CPU per actor,
@@ -15,7 +15,9 @@ undisturbed run's.
 
 **serve** — two generator replicas behind the HTTP endpoint (default `recovery`: a request whose replica died is
 resent, same seed); --clients closed-loop clients for --serve-seconds undisturbed, then again while a replica that
-holds requests is SIGKILLed every --serve-kill-every seconds. Printed: requests sent, failed, p50/p99.
+holds requests is SIGKILLed every --serve-kill-every seconds — the second time SIGSTOPped instead (a wedged replica:
+it answers nothing, and only Serve's health check, every 2 s with a 5 s timeout here, takes it out and replaces it).
+Printed: requests sent, failed, p50/p99.
 
 Both parts start their own Ray; on a 2-core box the three "nodes" share the same two cores.
 """
@@ -178,9 +180,14 @@ def train_part(args) -> dict:
 
 # --------------------------------------------------------------------------------------------------------- serve
 def generator_stats(app: str) -> dict:
+    """One replica's counters (pid, in_flight), whichever the router picks; {"in_flight": 0, "pid": None} when the
+    call went to a frozen or dying replica."""
     from ray import serve
 
-    return serve.get_deployment_handle("CoverGenerator", app_name=app).stats.remote().result(timeout_s=60)
+    try:
+        return serve.get_deployment_handle("CoverGenerator", app_name=app).stats.remote().result(timeout_s=5)
+    except Exception:  # noqa: BLE001 - any failure of the probe just means: ask again
+        return {"in_flight": 0, "pid": None}
 
 
 def serve_part(args) -> dict:
@@ -196,7 +203,8 @@ def serve_part(args) -> dict:
     settings = serve_load.app_settings(policies, args.steps, 1)
     options = {"CoverAPI": {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 256},
                "CoverGenerator": {"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 64,
-                                  "num_replicas": 2, "user_config": {"max_batch_size": 8,
+                                  "num_replicas": 2, "health_check_period_s": 2, "health_check_timeout_s": 5,
+                                  "user_config": {"max_batch_size": 8,
                                                                      "batch_wait_timeout_s": 0.02}}}
     serve.run(application(settings, options), name="chaos", route_prefix="/chaos")
     url, route = f"{base}/chaos/v1/covers", {"experiment": serve_load.EXPERIMENT}
@@ -208,10 +216,14 @@ def serve_part(args) -> dict:
     def kill_every() -> None:
         while not done.wait(args.serve_kill_every):
             deadline, stats = time.monotonic() + 10, generator_stats("chaos")
-            while stats["in_flight"] == 0 and time.monotonic() < deadline:  # a replica that holds requests, if any
-                stats = generator_stats("chaos")
-            os.kill(stats["pid"], signal.SIGKILL)
-            kills.append({"pid": stats["pid"], "in_flight": stats["in_flight"]})
+            while (stats["in_flight"] == 0 or stats["pid"] is None) and time.monotonic() < deadline:
+                stats = generator_stats("chaos")  # a replica that holds requests, if any
+            if stats["pid"] is None:
+                continue
+            wedge = len(kills) == 1  # the second event freezes the replica instead: only its health check tells
+            os.kill(stats["pid"], signal.SIGSTOP if wedge else signal.SIGKILL)
+            kills.append({"pid": stats["pid"], "in_flight": stats["in_flight"], "how": "SIGSTOP" if wedge
+                          else "SIGKILL"})
 
     killer = threading.Thread(target=kill_every, daemon=True)
     killer.start()
@@ -242,7 +254,8 @@ def print_train(result: dict) -> None:
 
 def print_serve(result: dict) -> None:
     print(f"\nServing, {result['clients']} closed-loop clients × {result['seconds']:g} s, 2 generator replicas, "
-          f"{result['steps']} steps per cover; {len(result['kills'])} replica kills:\n")
+          f"{result['steps']} steps per cover; replicas killed or wedged: "
+          f"{', '.join(k['how'] for k in result['kills'])}:\n")
     print("| run | requests | failed | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
     for name, row in result["rows"].items():
         print(f"| {name} | {row['requests'] + row['errors']} | {row['errors']} | {row['req_per_s']:.2f} | "
@@ -253,7 +266,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["train", "serve", "both"], default="both")
     parser.add_argument("--config", default="configs/micro.yaml", help="world (and base config) of both parts")
-    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0, help="train.seed and the killer's choices")
     parser.add_argument("--kill-every", type=float, default=30.0, help="seconds between training kills")
     parser.add_argument("--node-down", type=float, default=20.0, help="seconds before the removed node is replaced")

@@ -268,15 +268,26 @@ LOST_LEARNER_RUN = ["train.iterations=4", "train.checkpoint_every=2", "train.eva
 def test_a_lost_learner_rank_is_rebuilt_from_the_checkpoint_and_the_run_ends_as_if_it_never_failed(
         micro_world, ray_cluster, tmp_path, monkeypatch, caplog):
     from icg_rl.commands.train import train
+    from icg_rl.distributed.learner import LearnerGroup
 
     cfg = micro(micro_world, *LOST_LEARNER_RUN)
     undisturbed = train(cfg, tmp_path / "undisturbed")
     calls = kill_learner_rank_0_at(monkeypatch, {4})  # iteration 4: the checkpoint at 2 is the newest
+    load_state, restores = LearnerGroup.load_state, []
+
+    def dies_while_restoring(self, files):  # …and the group rebuilt for it loses its rank too, once, mid-restore
+        restores.append(1)
+        if len(restores) == 1:
+            os.kill(self.info[0]["pid"], signal.SIGKILL)
+        return load_state(self, files)
+
+    monkeypatch.setattr(LearnerGroup, "load_state", dies_while_restoring)
     with caplog.at_level(logging.WARNING, logger="icg_rl.train"):
         recovered = train(cfg, tmp_path / "recovered")
     assert "a learner rank died at iteration 4" in caplog.text and "iter_000002" in caplog.text
+    assert "(restart 2 of 3)" in caplog.text and len(restores) == 2  # the second rebuild restored
     assert "back at iteration 2, redoing 1 iteration(s)" in caplog.text
-    assert recovered["learner_restarts"] == 1 and recovered["iterations"] == 4 and len(calls) == 6
+    assert recovered["learner_restarts"] == 2 and recovered["iterations"] == 4 and len(calls) == 6
     from safetensors.torch import load_file
 
     weights = sorted(Path(undisturbed["checkpoint"]).glob("*.safetensors"))
