@@ -1,7 +1,8 @@
 """Where things are: the one resolver of model folders, and where a run's outputs go.
 
 Model folders: a config names each model by a folder (or a hub id), or by the keyword `coverworld`, which means the
-embedded world's tiny model of that kind under `WORLD/models/` (`coverworld_flow` for the flow-matching base). Every
+embedded world's tiny model of that kind under `WORLD/models/` (`coverworld_flow` for the flow-matching base,
+`coverworld_xl` for the SDXL-layout one). Every
 part that loads a model asks here, so the keyword's meaning lives in one place.
 
 `resolve_output`: where a run's outputs go, so that a `ray job submit` run's results outlive Ray's temporary copy
@@ -18,8 +19,9 @@ from icg_rl.config import section_hash
 
 COVERWORLD = "coverworld"
 COVERWORLD_FLOW = "coverworld_flow"
-COVERWORLD_KEYWORDS = (COVERWORLD, COVERWORLD_FLOW)
-BASE_FOLDERS = {COVERWORLD: "sd", COVERWORLD_FLOW: "sd3"}  # under WORLD/models/
+COVERWORLD_XL = "coverworld_xl"
+COVERWORLD_KEYWORDS = (COVERWORLD, COVERWORLD_FLOW, COVERWORLD_XL)
+BASE_FOLDERS = {COVERWORLD: "sd", COVERWORLD_FLOW: "sd3", COVERWORLD_XL: "sdxl"}  # under WORLD/models/
 
 
 # ------------------------------------------------------------------------------------------------ model folders
@@ -29,7 +31,8 @@ def world_models(world_dir: str | Path) -> Path:
 
 
 def base_folder(cfg) -> str:
-    """`model.base` as a loadable path or hub id ('coverworld' → models/sd, 'coverworld_flow' → models/sd3)."""
+    """`model.base` as a loadable path or hub id ('coverworld' → models/sd, 'coverworld_flow' → models/sd3,
+    'coverworld_xl' → models/sdxl)."""
     if cfg.model.base in BASE_FOLDERS:
         return str(world_models(cfg.world.dir) / BASE_FOLDERS[cfg.model.base])
     return cfg.model.base

@@ -74,6 +74,7 @@ def prepare(cfg):
     from icg_rl.paths import (
         COVERWORLD,
         COVERWORLD_FLOW,
+        COVERWORLD_XL,
         default_preference_dir,
         resolve_preference,
         uses_coverworld_models,
@@ -90,6 +91,11 @@ def prepare(cfg):
 
         log.info("CoverWorld's flow-matching base at %s/models/sd3 (built once, then reused)", cfg.world.dir)
         ensure_flow_base(cfg.world.dir, cfg.world, cfg.zoo)
+    if cfg.model.base == COVERWORLD_XL:
+        from icg_rl.models.xl_base import ensure_xl_base
+
+        log.info("CoverWorld's SDXL-layout base at %s/models/sdxl (built once, then reused)", cfg.world.dir)
+        ensure_xl_base(cfg.world.dir, cfg.world, cfg.zoo)
     preference = default_preference_dir(cfg)
     personal = any(cfg.reward.weights.get(name, 0) != 0 for name in ("preference", "preference_lift"))
     if personal and cfg.reward.preference == COVERWORLD \
@@ -142,8 +148,13 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
             try:
                 metrics = trainer.step()
             except RayActorError as err:  # a learner rank (rollout and reward actors restart inside `step`)
-                learner_restarts += 1
-                recover_learner(trainer, store, err, learner_restarts, cfg.ray.max_learner_restarts)
+                while True:
+                    learner_restarts += 1
+                    try:
+                        recover_learner(trainer, store, err, learner_restarts, cfg.ray.max_learner_restarts)
+                        break
+                    except RayActorError as again:  # the new group lost a rank while starting: rebuild again
+                        err = again
                 tracker.rewind(trainer.iteration)
                 bar.n = trainer.iteration
                 bar.refresh()

@@ -85,6 +85,9 @@ class ZooConfig(Section):
     flow_width: int = Field(128, ge=32, multiple_of=32, description="flow base: transformer width (heads of 32)")
     flow_layers: int = Field(4, ge=2, description="flow base: joint transformer blocks")
     flow_shift: float = Field(1.0, gt=0.0, description="flow base: sampling-sigma shift of its flow-matching scheduler")
+    xl_steps: int = Field(600, ge=1, description="SDXL-layout base (models/sdxl, built on demand): denoising steps")
+    xl_time_embed_dim: int = Field(8, ge=2, multiple_of=2, description="SDXL-layout base: width of each of the six "
+                                   "size/crop micro-conditioning ids' sinusoidal embedding")
 
 
 class DataConfig(Section):
@@ -116,7 +119,8 @@ class LoraConfig(Section):
 class ModelConfig(Section):
     """The ICG model (docs/architecture.md §3): which base, MLLM and sizes."""
 
-    base: str = Field("coverworld", description="SD1.x/2.x, SDXL or SD3 folder; 'coverworld'/'coverworld_flow': tiny")
+    base: str = Field("coverworld", description="SD1.x/2.x, SDXL or SD3 folder; 'coverworld'/'coverworld_flow'/"
+                      "'coverworld_xl': the world's tiny UNet, SD3-layout or SDXL-layout base")
     mllm: str = Field("coverworld", description="image-text model folder, or 'coverworld' for the tiny LLaVA")
     meta_tokens: int = Field(4, ge=1, le=256, description="learnable meta tokens appended to the MLLM prompt")
     user_dim: int = Field(64, ge=4, description="width of the user embedding")

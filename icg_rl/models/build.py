@@ -53,11 +53,23 @@ class PhaseTimer:
         self._last = now
 
 
+# ZooConfig field prefixes of the bases built on demand, each cached by its own marker: `flow_*` shape only the flow
+# base (models/flow_base.py), `xl_*` only the SDXL-layout base (models/xl_base.py).
+ON_DEMAND_PREFIXES = ("flow_", "xl_")
+
+
+def zoo_key_fields(zoo_cfg: ZooConfig, own_prefix: str | None = None) -> dict:
+    """The zoo config as a cache key sees it: without the on-demand bases' budgets, but for `own_prefix`'s (the base
+    whose key this is). Adding a base's fields then moves neither the zoo's key nor another base's."""
+    others = {name for name in ZooConfig.model_fields
+              if name.startswith(ON_DEMAND_PREFIXES) and not (own_prefix and name.startswith(own_prefix))}
+    return zoo_cfg.model_dump(mode="json", exclude=others)
+
+
 def models_key(world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> str:
     """Cache key of the zoo: the zoo budgets and the world's catalog (users and clicks do not change the models).
-    The `flow_*` budgets are left out: they shape only the flow base (models/flow_base.py), cached on its own."""
-    flow_fields = {name for name in ZooConfig.model_fields if name.startswith("flow_")}
-    return section_hash(world_cfg.catalog(), zoo_cfg.model_dump(mode="json", exclude=flow_fields))
+    The on-demand bases' budgets (`ON_DEMAND_PREFIXES`) are left out: each is cached on its own."""
+    return section_hash(world_cfg.catalog(), zoo_key_fields(zoo_cfg))
 
 
 def models_are_current(models_dir: Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> bool:

@@ -38,7 +38,7 @@ from icg_rl.config import WorldConfig, ZooConfig, section_hash
 from icg_rl.data.coverworld import load_coverworld
 from icg_rl.io import atomic_write_json, atomic_write_png, image_grid, read_image
 from icg_rl.models import pretrain, zoo
-from icg_rl.models.build import _heldout_titles, _save_folder, models_are_current
+from icg_rl.models.build import _heldout_titles, _save_folder, models_are_current, zoo_key_fields
 from icg_rl.paths import BASE_FOLDERS, COVERWORLD_FLOW, world_models
 from icg_rl.world.judge import GenreJudge, accuracy
 
@@ -51,9 +51,9 @@ EVAL_INFERENCE_STEPS = 10  # Euler steps of the judged samples (what zoo.flow_sh
 
 
 def flow_key(world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> str:
-    """Cache key of the flow base: the world's catalog and the whole zoo config (the zoo it is built from, and the
-    `flow_*` budgets)."""
-    return section_hash(world_cfg.catalog(), zoo_cfg, {"flow_format_version": FORMAT_VERSION})
+    """Cache key of the flow base: the world's catalog and the zoo config (the zoo it is built from, and the
+    `flow_*` budgets; not the other on-demand bases')."""
+    return section_hash(world_cfg.catalog(), zoo_key_fields(zoo_cfg, "flow_"), {"flow_format_version": FORMAT_VERSION})
 
 
 def flow_base_is_current(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> bool:
@@ -83,7 +83,7 @@ def build_flow_base(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooC
 
     pipe = _untrained_pipeline(models_dir, zoo_cfg)
     data = load_coverworld(world_dir)
-    images, titles = _covers(world_dir, data)
+    images, titles = world_covers(world_dir, data)
     latent_mean, latent_std = pretrain.encode_latents(pipe.vae, images)  # (N, 4, h, w), × scale, shift 0
     embeds, pooled, uncond, uncond_pooled = _prompt_embeds(pipe, titles)
     summary = pretrain.train_flow_transformer(pipe.transformer, latent_mean, latent_std, embeds, pooled, uncond,
@@ -122,7 +122,7 @@ def _untrained_pipeline(models_dir: Path, zoo_cfg: ZooConfig) -> StableDiffusion
         text_encoder_3=None, tokenizer_3=None)
 
 
-def _covers(world_dir: str | Path, data) -> tuple[torch.Tensor, list[str]]:
+def world_covers(world_dir: str | Path, data) -> tuple[torch.Tensor, list[str]]:
     """Every cover variant of `data` (load_coverworld's) as float [N, 3, H, W] in [0, 1], with its item's title."""
     variants = data.variants.merge(data.items[["item_id", "title"]], on="item_id")
     images = torch.from_numpy(np.stack([read_image(Path(world_dir) / p) for p in variants["image_path"]]))

@@ -3,7 +3,8 @@
 - CLIP: symmetric InfoNCE over (cover, text) pairs (CLIPModel's own `return_loss`): titles and alt-text captions,
   plus one-attribute prompts on a curriculum (`clip_step_plan`), cosine learning rate.
 - VAE: reconstruction (MSE) + a small KL to N(0, I); afterwards `scaling_factor` = 1 / std(latents), as SD sets it.
-- UNet: epsilon prediction under the SD noise schedule, 10% of prompts dropped to "" so CFG works.
+- UNet: epsilon prediction under the SD noise schedule, 10% of prompts dropped to "" so CFG works (SDXL's layout: to
+  zero text and pooled embeddings, what its pipeline's CFG uses).
 - SD3 transformer (the flow base): rectified flow with logit-normal times, as SD3 trains; the same 10% dropout.
 - Aesthetic head: MSE to the public ratings, on frozen CLIP image embeddings.
 
@@ -169,8 +170,11 @@ def clipped_step(loss, module, optimizer, schedule) -> float:
 
 
 def train_unet(unet, latent_mean, latent_std, text_states, uncond_state, steps, batch_size, lr, generator,
-               progress=True) -> dict:
-    """text_states [N, L, D] per image; uncond_state [1, L, D] (the "" prompt) for condition dropout."""
+               progress=True, added=None) -> dict:
+    """text_states [N, L, D] per image; uncond_state [1, L, D] (the "" prompt) for condition dropout. `added`: SDXL's
+    "text_time" conditioning, (pooled [N, P] per image, uncond_pooled [1, P] swapped in with the text, time_ids
+    [1, 6] for every row); None for a UNet without it. Returns the mean loss of the first and the last 50 steps (a
+    quarter of the steps in short runs)."""
     unet.train()
     noise_scheduler = train_noise_scheduler()
     optimizer, schedule = denoiser_optimizer(unet.parameters(), lr, steps)
@@ -182,11 +186,17 @@ def train_unet(unet, latent_mean, latent_std, text_states, uncond_state, steps, 
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
         drop = torch.rand(batch_size, generator=generator) < CONDITION_DROPOUT
         states = torch.where(drop[:, None, None], uncond_state.expand_as(text_states[idx]), text_states[idx])
-        pred = unet(noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=states).sample
+        extra = {}
+        if added is not None:
+            pooled, uncond_pooled, time_ids = added
+            extra["added_cond_kwargs"] = {"text_embeds": torch.where(drop[:, None], uncond_pooled, pooled[idx]),
+                                          "time_ids": time_ids.expand(batch_size, -1)}  # (B, P), (B, 6)
+        pred = unet(noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=states, **extra).sample
         loss = F.mse_loss(pred, noise)
         losses.append(clipped_step(loss, unet, optimizer, schedule))
     unet.eval()
-    return {"final_loss": sum(losses[-50:]) / len(losses[-50:])}
+    window = max(1, min(50, steps // 4))
+    return {"initial_loss": sum(losses[:window]) / window, "final_loss": sum(losses[-window:]) / window}
 
 
 def train_flow_transformer(transformer, latent_mean, latent_std, prompt_embeds, pooled_embeds, uncond_embeds,

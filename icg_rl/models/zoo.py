@@ -11,6 +11,8 @@ checkpoint would):
     judge/      the genre judge used to evaluate base samples (evaluation only)
     sd3/        StableDiffusion3Pipeline folder, built on demand (models/flow_base.py): an SD3Transformer2DModel trained
                 by rectified flow, the same VAE, the CLIP text tower twice (CLIPTextModelWithProjection), no T5
+    sdxl/       StableDiffusionXLPipeline folder, built on demand (models/xl_base.py): a UNet with SDXL's "text_time"
+                conditioning, warm-started from sd/unet, the same VAE, the CLIP text tower as both text encoders
 
 Sizes follow what trained well on 2 CPU cores (docs/architecture.md §4): 32×32 covers, a ×4 VAE to 8×8×4 latents, a UNet
 that also sees a pooled text embedding (`addition_embed_type="text"`, computed inside the UNet from the same
@@ -105,6 +107,21 @@ def build_unet(cfg: ZooConfig, image_size: int) -> UNet2DConditionModel:
         block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=cfg.text_width,
         attention_head_dim=2,  # in diffusers' UNet this is the number of heads
         addition_embed_type="text", addition_embed_type_num_heads=2,
+    )
+
+
+def build_xl_unet(cfg: ZooConfig, image_size: int, text_width: int, projection_dim: int) -> UNet2DConditionModel:
+    """`build_unet`'s levels and widths with SDXL's conditioning (so the SD UNet's weights mostly carry over):
+    cross-attention over both CLIPs' penultimate states side by side (2 × text_width wide), linear attention
+    projections, and "text_time" added conditioning — the second CLIP's pooled projection (projection_dim) beside the
+    six size/crop ids, each id in a sinusoidal embedding of `xl_time_embed_dim` channels."""
+    return UNet2DConditionModel(
+        sample_size=image_size // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=2 * text_width,
+        attention_head_dim=2, use_linear_projection=True,  # heads, as in build_unet; SDXL projects linearly
+        addition_embed_type="text_time", addition_time_embed_dim=cfg.xl_time_embed_dim,
+        projection_class_embeddings_input_dim=projection_dim + 6 * cfg.xl_time_embed_dim,
     )
 
 
