@@ -72,6 +72,32 @@ def models_key(world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> str:
     return section_hash(world_cfg.catalog(), zoo_key_fields(zoo_cfg))
 
 
+def on_demand_key(world_cfg: WorldConfig, zoo_cfg: ZooConfig, prefix: str, format_version: int) -> str:
+    """Cache key of a base built on demand (`prefix` "flow_", "xl_"): the world's catalog, the zoo it is built from
+    with its own `prefix*` budgets (not the other on-demand bases'), and its format version."""
+    return section_hash(world_cfg.catalog(), zoo_key_fields(zoo_cfg, prefix),
+                        {f"{prefix}format_version": format_version})
+
+
+def cached_summary(marker: Path, key: str) -> dict | None:
+    """The summary an on-demand base's marker (written last by its build) recorded under `key`; None when the marker
+    is missing or was written for another key (the base must be built)."""
+    if not marker.is_file():
+        return None
+    meta = json.loads(marker.read_text())
+    return meta["summary"] if meta.get("config_hash") == key else None
+
+
+def require_zoo(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> Path:
+    """The world's models folder, or FileNotFoundError naming the command that builds the zoo an on-demand base
+    starts from."""
+    models_dir = world_models(world_dir)
+    if not models_are_current(models_dir, world_cfg, zoo_cfg):
+        raise FileNotFoundError(f"world_dir: {world_dir} has no current base models (models/build.json missing or "
+                                f"built with another zoo/world config); build them first: python -m icg_rl.world build")
+    return models_dir
+
+
 def models_are_current(models_dir: Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> bool:
     marker = models_dir / MARKER
     if not marker.is_file():

@@ -34,11 +34,11 @@ from diffusers import AutoencoderKL, StableDiffusion3Pipeline
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPTokenizer
 
-from icg_rl.config import WorldConfig, ZooConfig, section_hash
+from icg_rl.config import WorldConfig, ZooConfig
 from icg_rl.data.coverworld import load_coverworld
 from icg_rl.io import atomic_write_json, atomic_write_png, image_grid, read_image
 from icg_rl.models import pretrain, zoo
-from icg_rl.models.build import _heldout_titles, _save_folder, models_are_current, zoo_key_fields
+from icg_rl.models.build import _heldout_titles, _save_folder, cached_summary, on_demand_key, require_zoo
 from icg_rl.paths import BASE_FOLDERS, COVERWORLD_FLOW, world_models
 from icg_rl.world.judge import GenreJudge, accuracy
 
@@ -53,12 +53,11 @@ EVAL_INFERENCE_STEPS = 10  # Euler steps of the judged samples (what zoo.flow_sh
 def flow_key(world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> str:
     """Cache key of the flow base: the world's catalog and the zoo config (the zoo it is built from, and the
     `flow_*` budgets; not the other on-demand bases')."""
-    return section_hash(world_cfg.catalog(), zoo_key_fields(zoo_cfg, "flow_"), {"flow_format_version": FORMAT_VERSION})
+    return on_demand_key(world_cfg, zoo_cfg, "flow_", FORMAT_VERSION)
 
 
 def flow_base_is_current(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> bool:
-    marker = world_models(world_dir) / FOLDER / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("config_hash") == flow_key(world_cfg, zoo_cfg)
+    return cached_summary(world_models(world_dir) / FOLDER / MARKER, flow_key(world_cfg, zoo_cfg)) is not None
 
 
 def ensure_flow_base(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig, progress: bool = True) -> Path:
@@ -70,12 +69,10 @@ def ensure_flow_base(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: Zoo
 def build_flow_base(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig, progress: bool = True,
                     force: bool = False) -> dict:
     """Build (or reuse) `models/sd3`; returns its summary: losses, genre accuracy of samples, seconds, params."""
-    models_dir = world_models(world_dir)
-    if not models_are_current(models_dir, world_cfg, zoo_cfg):
-        raise FileNotFoundError(f"world_dir: {world_dir} has no current base models (models/build.json missing or "
-                                f"built with another zoo/world config); build them first: python -m icg_rl.world build")
-    if not force and flow_base_is_current(world_dir, world_cfg, zoo_cfg):
-        return json.loads((models_dir / FOLDER / MARKER).read_text())["summary"] | {"cached": True}
+    models_dir = require_zoo(world_dir, world_cfg, zoo_cfg)
+    cached = None if force else cached_summary(models_dir / FOLDER / MARKER, flow_key(world_cfg, zoo_cfg))
+    if cached is not None:
+        return cached | {"cached": True}
     start = time.perf_counter()
     torch.manual_seed(zoo_cfg.seed)
     torch.set_num_threads(zoo_cfg.threads)

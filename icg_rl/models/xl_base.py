@@ -39,11 +39,11 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionM
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPTokenizer
 
-from icg_rl.config import WorldConfig, ZooConfig, section_hash
+from icg_rl.config import WorldConfig, ZooConfig
 from icg_rl.data.coverworld import load_coverworld
 from icg_rl.io import atomic_write_json, atomic_write_png, image_grid
 from icg_rl.models import pretrain, zoo
-from icg_rl.models.build import _heldout_titles, _save_folder, models_are_current, zoo_key_fields
+from icg_rl.models.build import _heldout_titles, _save_folder, cached_summary, on_demand_key, require_zoo
 from icg_rl.models.flow_base import world_covers
 from icg_rl.paths import BASE_FOLDERS, COVERWORLD_XL, world_models
 from icg_rl.world.judge import GenreJudge, accuracy
@@ -57,12 +57,11 @@ LEARNING_RATE = 1e-3  # half the SD UNet's 2e-3: most weights start trained (war
 def xl_key(world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> str:
     """Cache key of the SDXL-layout base: the world's catalog and the zoo config (the zoo it is built from, and the
     `xl_*` budgets; not the other on-demand bases')."""
-    return section_hash(world_cfg.catalog(), zoo_key_fields(zoo_cfg, "xl_"), {"xl_format_version": FORMAT_VERSION})
+    return on_demand_key(world_cfg, zoo_cfg, "xl_", FORMAT_VERSION)
 
 
 def xl_base_is_current(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig) -> bool:
-    marker = world_models(world_dir) / FOLDER / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("config_hash") == xl_key(world_cfg, zoo_cfg)
+    return cached_summary(world_models(world_dir) / FOLDER / MARKER, xl_key(world_cfg, zoo_cfg)) is not None
 
 
 def ensure_xl_base(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig, progress: bool = True) -> Path:
@@ -74,12 +73,10 @@ def ensure_xl_base(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooCo
 def build_xl_base(world_dir: str | Path, world_cfg: WorldConfig, zoo_cfg: ZooConfig, progress: bool = True,
                   force: bool = False) -> dict:
     """Build (or reuse) `models/sdxl`; returns its summary: losses, genre accuracy of samples, seconds, params."""
-    models_dir = world_models(world_dir)
-    if not models_are_current(models_dir, world_cfg, zoo_cfg):
-        raise FileNotFoundError(f"world_dir: {world_dir} has no current base models (models/build.json missing or "
-                                f"built with another zoo/world config); build them first: python -m icg_rl.world build")
-    if not force and xl_base_is_current(world_dir, world_cfg, zoo_cfg):
-        return json.loads((models_dir / FOLDER / MARKER).read_text())["summary"] | {"cached": True}
+    models_dir = require_zoo(world_dir, world_cfg, zoo_cfg)
+    cached = None if force else cached_summary(models_dir / FOLDER / MARKER, xl_key(world_cfg, zoo_cfg))
+    if cached is not None:
+        return cached | {"cached": True}
     start = time.perf_counter()
     torch.manual_seed(zoo_cfg.seed)
     torch.set_num_threads(zoo_cfg.threads)
