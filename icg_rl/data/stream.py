@@ -20,6 +20,8 @@ reference covers and builds the history windows.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -197,6 +199,17 @@ class PairStream:
                 ReadPairs(self.pairs_ref, self.load), batch_format="numpy", batch_size=block)
             for batch in dataset.iter_batches(batch_size=self.P, batch_format="numpy", drop_last=True):
                 yield expand_groups(batch, self.K)
+
+
+def join_reader_threads(timeout_s: float = 10.0) -> None:
+    """Waits for Ray Data's batch-reader threads to end after a stream was closed. Closing `iter_batches` only
+    signals its workers ("iter_threaded" threads, ray/data/_internal/block_batching/util.py); one can still be inside a
+    `ray.get` for ~0.5 s, and if `ray.shutdown()` lands meanwhile the core worker ends the whole process with exit
+    code 1 ("The core worker has already been shutdown")."""
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread.name == "iter_threaded" and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def stream_from_config(cfg, data: RecDataset, split: str | None = "train", seed: int | None = None) -> PairStream:

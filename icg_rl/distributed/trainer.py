@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from icg_rl.config import ConfigError
+from icg_rl.data.stream import join_reader_threads
 from icg_rl.distributed.trainer_state import TrainerState
 from icg_rl.metrics import timed
 
@@ -350,6 +351,7 @@ class RayTrainer(TrainerState):
 
     def shutdown(self) -> None:
         self._batches.close()  # ends the Ray Data iterator while Ray is still up
+        join_reader_threads()
         self.learner.shutdown()
         self.rollout.shutdown()
         for pool in self.rewards.values():
