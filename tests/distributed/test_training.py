@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +80,9 @@ def test_first_iteration_equals_the_local_trainer(micro_world, ray_cluster, tmp_
         ray_weights, _ = ray_cluster.get(ray_trainer.learner.actors[0].weights.remote())
     finally:
         ray_trainer.shutdown()
+    # Ray Data's batch readers are gone when shutdown returns: one left inside ray.get when ray.shutdown() lands
+    # ends the process with exit code 1 (data/stream.py: join_reader_threads)
+    assert [t.name for t in threading.enumerate() if t.name == "iter_threaded"] == []
     for key in ("reward/aesthetic", "reward/clip_t", "reward/total", *loss_keys):
         assert_within_floor(got[key], [metrics[key] for metrics, _, _ in runs], key)
     if algo == "backprop":  # the reward pools scored the covers the learner made: the learner's own scores
