@@ -176,6 +176,7 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
                                "seconds": round(time.perf_counter() - saved, 3)}
                 bar.write(f"checkpoint {where}: {saved_stats['mb']:.2f} MB in {saved_stats['seconds']:.2f} s")
         loop_s = time.perf_counter() - loop_start
+        bar.close()  # now, not when the collector gets to it: a late close redraws the bar below the summary line
         final, _ = trainer.evaluate()
         checkpoint = trainer.export(out / "checkpoint")
         rows = cfg.data.pairs_per_batch * cfg.data.samples_per_pair
