@@ -57,7 +57,8 @@ def main() -> None:
         metrics = trainer.step()
         if (it + 1) % args.log_every == 0:
             print(f"iter {it + 1:3d}  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                                                   if k.startswith(("reward/", "loss/", "stats/gate", "stats/clip"))),
+                                                   if k.startswith(("reward/", "loss/", "stats/gate", "stats/clip",
+                                                                    "critic/"))),
                   flush=True)
     per_iteration = (time.perf_counter() - start) / args.iterations
     after = oracle_eval(trainer, held_out)

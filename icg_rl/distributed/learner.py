@@ -111,6 +111,9 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
                                                                        cuda=self.pipe.device.type == "cuda"))
         if self.cfg.algo.name == "backprop":
             self._build_rewards()
+        from icg_rl.rl.critic import build_critic
+
+        self.critic = build_critic(self.cfg, self.pipe)  # nft's learned critic (rl/critic.py), else None
         if self.cfg.train.average_last > 0:
             from icg_rl.rl.averaging import TailAverage
 
@@ -159,14 +162,23 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
         return metrics | {"perf/learner_gradients_s": gradients_done - start,
                           "perf/learner_optimizer_s": time.perf_counter() - gradients_done}
 
-    def nft_step(self, wire: dict, optimality: np.ndarray, iteration: int, first_row: int) -> dict[str, float]:
+    def nft_step(self, wire: dict, optimality: np.ndarray, iteration: int, first_row: int,
+                 critic_input: dict | None = None) -> dict[str, float]:
         """DiffusionNFT on this rank's clean samples, rows `first_row …` of the batch (`rl/nft.py`):
-        `algo.nft_inner_steps` engine steps."""
+        `algo.nft_inner_steps` engine steps. With a critic, `critic_input` holds the whole sampled batch and its
+        advantages (every rank fits the same critic) and the rows this rank climbs it on."""
+        from icg_rl.rl.critic import critic_term
         from icg_rl.rl.ddpo import gradient_surrogate
         from icg_rl.rl.nft import nft_update
         from icg_rl.rl.trajectory import Trajectory
 
         start = time.perf_counter()
+        term, critic_metrics = None, {}
+        if self.critic is not None:
+            sampled = Trajectory.from_wire(critic_input["samples"]).to(self.pipe.device)
+            term, critic_metrics = critic_term(self.pipe, sampled, torch.as_tensor(critic_input["advantages"]),
+                                               self.critic, self.cfg.algo, self.cfg.train.seed, iteration,
+                                               critic_input["rows"][self.rank])
         samples = Trajectory.from_wire(wire).to(self.pipe.device)
         params, steps = self.pipe.trainable_parameters(), self.cfg.algo.nft_inner_steps
         taken = []
@@ -177,8 +189,8 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
 
         with autocast(self.pipe.device, self.cfg.learner.precision):
             metrics = nft_update(self.pipe, samples, torch.as_tensor(optimality).to(self.pipe.device),
-                                 self.cfg.algo, self.cfg.train.seed, iteration, first_row, apply)
-        return metrics | {"perf/learner_update_s": time.perf_counter() - start}
+                                 self.cfg.algo, self.cfg.train.seed, iteration, first_row, apply, term)
+        return metrics | critic_metrics | {"perf/learner_update_s": time.perf_counter() - start}
 
     def backprop_step(self, batch: dict, prefix_wire: dict, iteration: int) -> tuple[dict[str, float], np.ndarray]:
         """The last K steps from the rollout actors' x_{T−K}, the rewards, one step -> (metrics, uint8 covers)."""
@@ -223,6 +235,8 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
             files["mixer.json"] = json.dumps(self.mixer.state_dict()).encode()
         if self.rank == 0 and self.average is not None:
             files["average.pt"] = self.average.state_bytes()
+        if self.rank == 0 and self.critic is not None:
+            files["critic.pt"] = self.critic.state_bytes()
         return files
 
     def load_state(self, files: dict[str, bytes]) -> None:
@@ -238,6 +252,11 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
                                f"({sorted(files)[:6]})")
         if "mixer.json" in files and getattr(self, "mixer", None) is not None:
             self.mixer.load_state_dict(json.loads(files["mixer.json"]))
+        if self.critic is not None:
+            if "critic.pt" not in files:
+                raise ValueError("resume: algo.nft_critic_weight > 0 but the checkpoint holds no critic (written "
+                                 "without one); resume with the same setting")
+            self.critic.load_state_bytes(files["critic.pt"])
         if self.average is not None:
             if "average.pt" not in files:
                 raise ValueError("resume: train.average_last > 0 but the checkpoint holds no averaged weights "
@@ -267,7 +286,7 @@ class LearnerGroup:
         if rows % num_workers:
             raise ValueError(f"ray.learner_workers={num_workers} must divide the batch of data.pairs_per_batch × "
                              f"data.samples_per_pair = {rows} rows (every rank takes an equal share)")
-        self.rows_per_rank, self.num_workers = rows // num_workers, num_workers
+        self.rows_per_rank, self.num_workers, self.cfg = rows // num_workers, num_workers, cfg
         bundle = {"CPU": num_cpus} | ({"GPU": num_gpus} if num_gpus > 0 else {})
         self.placement = placement_group([bundle] * num_workers, strategy="PACK")
         ray.get(self.placement.ready(), timeout=timeout_s)
@@ -303,10 +322,18 @@ class LearnerGroup:
                 for a, s in zip(self.actors, self._shards(len(trajectory)))]
         return mean_metrics(ray.get(refs))
 
-    def update_nft(self, samples, optimality: np.ndarray, iteration: int) -> dict[str, float]:
+    def update_nft(self, samples, optimality: np.ndarray, iteration: int, sampled=None,
+                   advantages: np.ndarray | None = None) -> dict[str, float]:
+        """NFT on `samples` (the sampled covers, plus any shown to other users); with a critic (rl/critic.py) the
+        sampled batch and its advantages go to every rank, which climbs the critic on its share of them."""
         import ray
 
-        refs = [a.nft_step.remote(samples.rows(s).to_wire(), optimality[s], iteration, s.start)
+        critic_input = None
+        if self.cfg.algo.nft_critic_weight > 0:
+            share = len(sampled) // self.num_workers
+            critic_input = ray.put({"samples": sampled.to_wire(), "advantages": advantages,
+                                    "rows": [slice(r * share, (r + 1) * share) for r in range(self.num_workers)]})
+        refs = [a.nft_step.remote(samples.rows(s).to_wire(), optimality[s], iteration, s.start, critic_input)
                 for a, s in zip(self.actors, self._shards(len(samples)))]
         return mean_metrics(ray.get(refs))
 

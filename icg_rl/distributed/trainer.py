@@ -141,8 +141,8 @@ class RayTrainer(TrainerState):
             learn_start = time.perf_counter()
             if algo.name == "nft":  # the covers' x₀ with each one's optimality probability (rl/nft.py)
                 r = optimality(advantages, algo.nft_clip)
-                trajectory, r = self.show_to_other_users(trajectory, scores, r, metrics)
-                metrics |= self.learner.update_nft(trajectory, r, self.iteration)
+                shown, r = self.show_to_other_users(trajectory, scores, r, metrics)
+                metrics |= self.learner.update_nft(shown, r, self.iteration, trajectory, advantages)
             else:
                 metrics |= self.learner.update_ddpo(trajectory, advantages, self.iteration)
             t["time/learn"] = time.perf_counter() - learn_start

@@ -28,6 +28,7 @@ from icg_rl.rewards.registry import build_reward, refuse_for_backprop
 from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
 from icg_rl.rl.averaging import TailAverage
 from icg_rl.rl.backprop import backprop_update, check_differentiable, reference_scores
+from icg_rl.rl.critic import build_critic, critic_term
 from icg_rl.rl.ddpo import apply_gradients, ddpo_update
 from icg_rl.rl.nft import nft_update, optimality
 from icg_rl.rl.relabel import shown_rows
@@ -60,6 +61,7 @@ class LocalTrainer:
             check_differentiable(self.rewards, weights)
         self.mixer = RewardMixer.from_config(weights, cfg.reward)
         self.tracker = PerKeyStatTracker(max_keys=cfg.train.tracker_max_keys)
+        self.critic = build_critic(cfg, self.pipe)  # nft with a learned critic (rl/critic.py), else None
         self.optimizer = torch.optim.AdamW(self.pipe.trainable_parameters(), lr=cfg.algo.lr)
         self.average = TailAverage(TrainableParameters(self.pipe.trainable_named_parameters()), cfg.train.iterations,
                                    cfg.train.average_last) if cfg.train.average_last > 0 else None
@@ -115,6 +117,11 @@ class LocalTrainer:
             with timed("update", timings):
                 if algo.name == "nft":
                     r = optimality(advantages, algo.nft_clip)
+                    term = None
+                    if self.critic is not None:
+                        term, critic_metrics = critic_term(self.pipe, trajectory, torch.from_numpy(advantages),
+                                                           self.critic, algo, seed, self.iteration)
+                        metrics |= critic_metrics
                     shown = shown_rows(trajectory, {n: s.numpy() for n, s in scores.items()}, self.mixer.weights,
                                        self.score_for, algo.nft_relabel_users, seed, self.iteration)
                     if shown is not None:  # the covers shown to other users too (rl/relabel.py)
@@ -122,7 +129,7 @@ class LocalTrainer:
                         r = np.concatenate([r, optimality(shown[1], algo.nft_clip)])
                         metrics |= shown[2]
                     metrics |= nft_update(self.pipe, trajectory, torch.from_numpy(r), algo, seed, self.iteration, 0,
-                                          self._apply)
+                                          self._apply, term)
                 else:
                     metrics |= ddpo_update(self.pipe, trajectory, torch.from_numpy(advantages), self.optimizer, algo,
                                            generator)

@@ -160,10 +160,11 @@ def old_predictions(pipe, samples, draws: list[tuple[torch.Tensor, torch.Tensor]
 
 
 def nft_update(pipe, samples, r: torch.Tensor, algo, seed: int, iteration: int, first_row: int,
-               apply) -> dict[str, float]:
+               apply, extra_term=None) -> dict[str, float]:
     """One batch of NFT on rows `first_row …` of the iteration's batch: draw the (t, ε) pairs, freeze the sampling
-    policy's outputs when there are several inner steps, then `algo.nft_inner_steps` × (gradients →
-    `apply(grads)`, which takes the optimizer step and returns the gradient norm). The in-process trainer's
+    policy's outputs when there are several inner steps, then `algo.nft_inner_steps` × (gradients, plus
+    `extra_term()`'s when given → `apply(grads)`, which takes the optimizer step and returns the gradient norm).
+    The in-process trainer's
     `apply` is AdamW, the learner's a DeepSpeed engine step."""
     draws = draw_noising(pipe.scheduler, algo.num_inference_steps, samples.latents[:, -1], samples.group_key,
                          first_row, algo.nft_draws, algo.nft_shared_draws, seed, iteration)
@@ -171,6 +172,9 @@ def nft_update(pipe, samples, r: torch.Tensor, algo, seed: int, iteration: int, 
     metrics: dict[str, float] = {}
     for inner in range(algo.nft_inner_steps):
         grads, step_metrics = nft_gradients(pipe, samples, r, algo, draws, old)
+        if extra_term is not None:  # the learned critic's gradient (rl/critic.py), at the same weights
+            more, extra_metrics = extra_term()
+            grads, step_metrics = accumulate_gradients(grads, more), step_metrics | extra_metrics
         step_metrics["stats/grad_norm"] = apply(grads)
         metrics = step_metrics if inner == 0 else metrics  # the first step's loss is the batch's (f_θ = f_old)
         metrics["stats/grad_norm"] = step_metrics["stats/grad_norm"]

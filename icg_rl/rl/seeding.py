@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-ROLLOUT, UPDATE, EVALUATION, GROUP_START, NFT_DRAWS, RELABEL = 0, 1, 2, 3, 4, 5  # independent streams
+ROLLOUT, UPDATE, EVALUATION, GROUP_START, NFT_DRAWS, RELABEL, CRITIC = 0, 1, 2, 3, 4, 5, 6  # independent streams
 
 
 def derive_seed(*keys: int) -> int:

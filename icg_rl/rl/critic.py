@@ -1,0 +1,205 @@
+"""A learned reward critic for reward-only RL: a small differentiable model of what the reward pools said.
+
+The pools' rewards may have no gradient (a CTR service, a judge, a rule). NFT alone turns them into one scalar
+weight per cover, and at 16 covers per iteration each draw's own denoising error drowns the user's part of that
+signal (benchmarks/RESULTS.md, issue 34: NFT gains over the untrained policy but not over the user-zeroed one). The
+critic turns the same scores into a direction: it learns, from every scored cover, how the advantage varies with
+the cover's looks for this user and this item, and the policy climbs it by backprop (ReFL-style, one denoising
+step from a forward-noised cover to its predicted x₀, then the VAE decode).
+
+    φ(x)   = the cover's frozen-CLIP image embedding, standardised like the catalogue's item features
+    u, i   = the user's pooled history and the item's feature, in that same space (what ICG conditions on)
+    f(x)   = ⟨q, φ⟩ + ⟨P φ, Q u⟩ + ⟨R φ, S i⟩           looks everybody likes, looks this user likes, looks of the item
+    fit    : Σ_groups Σ_k (f_k − mean_g f − A_k)²       group-centred regression on the advantages A (std units)
+    policy : L = −λ · mean f(φ(decode(x̂₀(x_t, c_θ))))    x_t: a cover noised forward at a late step
+
+Centring within the group matches what the advantages are: the samples of a (user, item) group share u and i, so
+only the covers' looks separate them, and the critic is never asked to predict a user's or an item's base rate. The
+fit sees a replay of recent batches (the policy moves slowly; the scores of its recent covers still describe the
+rewards); before a batch enters it, the critic's correlation with that batch's advantages is measured (held out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from icg_rl.models.clip_embedder import CLIPEmbedder
+from icg_rl.rl.nft import flow_sigmas
+from icg_rl.rl.sampling import decode, predict_noise
+from icg_rl.rl.steps import is_flow
+
+
+class CoverCritic(nn.Module):
+    def __init__(self, embedder: CLIPEmbedder, catalogue: torch.Tensor, rank: int = 16, lr: float = 3e-3,
+                 replay_rows: int = 1024, fit_steps: int = 20, seed: int = 0):
+        super().__init__()
+        self.embedder = embedder.requires_grad_(False)
+        dim = catalogue.shape[1]
+        self.register_buffer("mean", catalogue.mean(0), persistent=False)
+        self.register_buffer("std", catalogue.std(0).clamp_min(1e-3), persistent=False)
+        generator = torch.Generator().manual_seed(seed)
+
+        def projection() -> nn.Parameter:
+            return nn.Parameter(torch.randn(rank, dim, generator=generator) / dim ** 0.5)
+
+        self.quality = nn.Parameter(torch.zeros(dim))
+        self.image_user, self.user = projection(), projection()
+        self.image_item, self.item = projection(), projection()
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=1e-4)
+        self.replay_rows, self.fit_steps = replay_rows, fit_steps
+        self.replay: list[tuple[torch.Tensor, ...]] = []
+        self.next_group = 0
+
+    def parameters(self, recurse: bool = True):  # the frozen CLIP is not the critic's to train
+        return (p for name, p in self.named_parameters(recurse=recurse) if not name.startswith("embedder."))
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images [B, 3, H, W] in [0, 1] -> standardised CLIP embeddings [B, D] (differentiable)."""
+        embeds = F.normalize(self.embedder.image_embeds(images), dim=-1)
+        return (embeds - self.mean) / self.std
+
+    def forward(self, image: torch.Tensor, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """φ [B, D], u [B, D], i [B, D] -> predicted advantage [B] (up to a per-group constant)."""
+        personal = ((image @ self.image_user.T) * (user @ self.user.T)).sum(-1)
+        relevant = ((image @ self.image_item.T) * (item @ self.item.T)).sum(-1)
+        return image @ self.quality + personal + relevant
+
+    def state_bytes(self) -> bytes:
+        """Its weights, optimizer moments and replay (a resumed run fits on the same recent covers)."""
+        import io
+
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("embedder.")}
+        buffer = io.BytesIO()
+        torch.save({"model": own, "optimizer": self.optimizer.state_dict(), "replay": self.replay,
+                    "next_group": self.next_group}, buffer)
+        return buffer.getvalue()
+
+    def load_state_bytes(self, payload: bytes) -> None:
+        import io
+
+        state = torch.load(io.BytesIO(payload), map_location=self.mean.device, weights_only=True)
+        self.load_state_dict(state["model"], strict=False)  # the frozen CLIP is the run's own, not saved
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.replay, self.next_group = [tuple(row) for row in state["replay"]], state["next_group"]
+
+    @torch.no_grad()
+    def held_out_correlation(self, image, user, item, groups, advantages) -> float:
+        """Pearson correlation of the group-centred prediction with a batch's advantages, before fitting on it."""
+        predicted = centred(self(image, user, item), groups)
+        target = advantages - advantages.mean()
+        denominator = predicted.norm() * target.norm()
+        return float((predicted * target).sum() / denominator) if denominator > 0 else 0.0
+
+    def observe(self, image, user, item, group_key: np.ndarray, advantages: torch.Tensor) -> dict[str, float]:
+        """Add a scored batch (features detached) to the replay and fit on the replay -> metrics."""
+        _, groups = np.unique(np.asarray(group_key).astype(str), return_inverse=True)
+        groups = torch.as_tensor(groups + self.next_group)
+        self.next_group = int(groups.max()) + 1
+        row = (image.detach(), user.detach(), item.detach(), groups, advantages.detach().float())
+        metrics = {"critic/held_out_corr": self.held_out_correlation(*row)} if self.replay else {}
+        self.replay.append(row)
+        while sum(len(r[0]) for r in self.replay) > self.replay_rows:
+            self.replay.pop(0)
+        image, user, item, groups, target = (torch.cat(parts) for parts in zip(*self.replay))
+        _, groups = torch.unique(groups, return_inverse=True)
+        with torch.enable_grad():
+            for _ in range(self.fit_steps):
+                loss = (centred(self(image, user, item), groups) - target).pow(2).mean()
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.optimizer.step()
+        return metrics | {"critic/fit_mse": float(loss.detach()), "critic/replay_rows": float(len(target))}
+
+
+def centred(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """values [N] minus the mean of their group (groups [N] in 0..G−1)."""
+    count = torch.bincount(groups).clamp_min(1).to(values.dtype)
+    sums = torch.zeros(len(count), dtype=values.dtype, device=values.device).index_add_(0, groups, values)
+    return values - (sums / count)[groups]
+
+
+def condition_vectors(pipe, samples) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u [B, D], i [B, D]): each row's pooled history and its item's feature, standardised like the history."""
+    history = samples.condition["history"].to(pipe.device, torch.float32)  # (B, L, D), standardised entries
+    mask = samples.condition["history_mask"].to(pipe.device, torch.float32)  # (B, L)
+    user = (history * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
+    table = pipe.icg.feature_table()
+    item = torch.stack([table[str(i)] for i in samples.extra["item_id"]]).to(pipe.device, torch.float32)
+    return user, item
+
+
+def predicted_clean(scheduler, x_t: torch.Tensor, output: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """x̂₀ from the denoiser's output at x_t (ε, v or the flow's velocity)."""
+    if is_flow(scheduler):
+        sigma = flow_sigmas(scheduler, timesteps).to(x_t.dtype).view(-1, *[1] * (x_t.ndim - 1))
+        return x_t - sigma * output
+    alpha_bar = scheduler.alphas_cumprod.to(x_t.device)[timesteps].to(x_t.dtype).view(-1, *[1] * (x_t.ndim - 1))
+    if scheduler.config.prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * x_t - (1 - alpha_bar).sqrt() * output
+    return (x_t - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
+
+
+def critic_gradients(pipe, samples, critic: CoverCritic, weight: float, num_steps: int, late_fraction: float,
+                     generator: torch.Generator) -> tuple[list[torch.Tensor | None], dict[str, float]]:
+    """−weight · the critic's score of x̂₀ predicted from each cover noised at one of the schedule's late steps
+    (the last `late_fraction` of them: x̂₀ there is a cover, not a blur the critic never saw) -> gradients."""
+    params = pipe.trainable_parameters()
+    x0 = samples.latents[:, -1]
+    pipe.scheduler.set_timesteps(num_steps, device=x0.device)
+    schedule = pipe.scheduler.timesteps.cpu()
+    late = schedule[-max(1, round(late_fraction * len(schedule))):]
+    timesteps = late[torch.randint(len(late), (len(x0),), generator=generator)].to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    if is_flow(pipe.scheduler):
+        sigma = flow_sigmas(pipe.scheduler, timesteps).to(x0.dtype).view(-1, *[1] * (x0.ndim - 1))
+        x_t = (1 - sigma) * x0 + sigma * noise
+    else:
+        x_t = pipe.scheduler.add_noise(x0, noise, timesteps)
+    features = pipe.encode_condition_inputs(samples.condition)
+    output = predict_noise(pipe, x_t, timesteps, samples.text, features, guidance_scale=1.0)
+    images = decode(pipe, predicted_clean(pipe.scheduler, x_t, output, timesteps).to(pipe.vae.dtype))
+    user, item = condition_vectors(pipe, samples)
+    score = critic(critic.image_features(images.float()), user, item)
+    grads = torch.autograd.grad(-weight * score.mean(), params, allow_unused=True)
+    return list(grads), {"critic/policy_score": float(score.detach().mean())}
+
+
+def build_critic(cfg, pipe) -> CoverCritic | None:
+    """The run's critic (`algo.nft_critic_weight` > 0), on the frozen CLIP the catalogue's features came from."""
+    from icg_rl.paths import clip_folder
+
+    algo = cfg.algo
+    if algo.name != "nft" or algo.nft_critic_weight <= 0:
+        return None
+    embedder = CLIPEmbedder.from_pretrained(clip_folder(cfg.reward, cfg.world.dir))
+    catalogue = F.normalize(pipe.icg.item_features.detach().float().cpu(), dim=-1)
+    return CoverCritic(embedder, catalogue, algo.nft_critic_rank, replay_rows=algo.nft_critic_replay,
+                       fit_steps=algo.nft_critic_fit_steps, seed=cfg.train.seed).to(pipe.device)
+
+
+def critic_term(pipe, samples, advantages: torch.Tensor, critic: CoverCritic, algo, seed: int, iteration: int,
+                gradient_rows: slice | None = None):
+    """An iteration's critic work: fit it on the batch's scored covers (all of them, on every learner rank: the
+    ranks' critics stay equal), then (after the warm-up) a callable that returns the policy's gradient of the
+    critic term at the current weights (one per NFT inner step), over `gradient_rows` (a rank's share)."""
+    from icg_rl.models.images import to_float_images
+    from icg_rl.rl.seeding import CRITIC, derive_seed
+
+    with torch.no_grad():
+        image = critic.image_features(to_float_images(samples.images, "critic").to(pipe.device))
+        user, item = condition_vectors(pipe, samples)
+    metrics = critic.observe(image, user, item, samples.group_key, advantages.to(pipe.device))
+    if iteration < algo.nft_critic_warmup:
+        return None, metrics
+    rows = samples if gradient_rows is None else samples.rows(gradient_rows)
+    generator = torch.Generator().manual_seed(derive_seed(seed, CRITIC, iteration, 0 if gradient_rows is None
+                                                          else gradient_rows.start))
+
+    def gradients():
+        return critic_gradients(pipe, rows, critic, algo.nft_critic_weight, algo.num_inference_steps,
+                                algo.nft_critic_late, generator)
+
+    return gradients, metrics
