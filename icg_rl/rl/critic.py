@@ -8,7 +8,8 @@ the cover's looks for this user and this item, and the policy climbs it by backp
 step from a forward-noised cover to its predicted x₀, then the VAE decode).
 
     φ(x)   = the cover's frozen-CLIP image embedding, standardised like the catalogue's item features
-    u, i   = the user's pooled history and the item's feature, in that same space (what ICG conditions on)
+    u      = the user's pooled history, in that same space (what ICG conditions on)
+    i      = the item: its feature (as u's entries) and its title's CLIP text embedding (what relevance is scored on)
     f(x)   = ⟨q, φ⟩ + ⟨P φ, Q u⟩ + ⟨R φ, S i⟩           looks everybody likes, looks this user likes, looks of the item
     fit    : Σ_groups Σ_k (f_k − mean_g f − A_k)²       group-centred regression on the advantages A (std units)
     policy : L = −λ · mean f(φ(decode(x̂₀(x_t, c_θ))))    x_t: a cover noised forward at a late step
@@ -47,7 +48,8 @@ class CoverCritic(nn.Module):
 
         self.quality = nn.Parameter(torch.zeros(dim))
         self.image_user, self.user = projection(), projection()
-        self.image_item, self.item = projection(), projection()
+        self.image_item = projection()
+        self.item = nn.Parameter(torch.randn(rank, 2 * dim, generator=generator) / (2 * dim) ** 0.5)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=1e-4)
         self.replay_rows, self.fit_steps = replay_rows, fit_steps
         self.replay: list[tuple[torch.Tensor, ...]] = []
@@ -62,7 +64,7 @@ class CoverCritic(nn.Module):
         return (embeds - self.mean) / self.std
 
     def forward(self, image: torch.Tensor, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        """φ [B, D], u [B, D], i [B, D] -> predicted advantage [B] (up to a per-group constant)."""
+        """φ [B, D], u [B, D], i [B, 2D] -> predicted advantage [B] (up to a per-group constant)."""
         personal = ((image @ self.image_user.T) * (user @ self.user.T)).sum(-1)
         relevant = ((image @ self.image_item.T) * (item @ self.item.T)).sum(-1)
         return image @ self.quality + personal + relevant
@@ -121,14 +123,17 @@ def centred(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     return values - (sums / count)[groups]
 
 
-def condition_vectors(pipe, samples) -> tuple[torch.Tensor, torch.Tensor]:
-    """(u [B, D], i [B, D]): each row's pooled history and its item's feature, standardised like the history."""
+def condition_vectors(pipe, samples, critic: CoverCritic) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u [B, D], i [B, 2D]): each row's pooled history; its item's feature, standardised like the history, beside
+    its title's normalised CLIP text embedding (× √D: entries of the history's scale)."""
     history = samples.condition["history"].to(pipe.device, torch.float32)  # (B, L, D), standardised entries
     mask = samples.condition["history_mask"].to(pipe.device, torch.float32)  # (B, L)
     user = (history * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
     table = pipe.icg.feature_table()
     item = torch.stack([table[str(i)] for i in samples.extra["item_id"]]).to(pipe.device, torch.float32)
-    return user, item
+    with torch.no_grad():
+        title = F.normalize(critic.embedder.text_embeds([str(t) for t in samples.extra["title"]]), dim=-1)
+    return user, torch.cat([item, title.to(item) * item.shape[1] ** 0.5], dim=1)
 
 
 def predicted_clean(scheduler, x_t: torch.Tensor, output: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -161,7 +166,7 @@ def critic_gradients(pipe, samples, critic: CoverCritic, weight: float, num_step
     features = pipe.encode_condition_inputs(samples.condition)
     output = predict_noise(pipe, x_t, timesteps, samples.text, features, guidance_scale=1.0)
     images = decode(pipe, predicted_clean(pipe.scheduler, x_t, output, timesteps).to(pipe.vae.dtype))
-    user, item = condition_vectors(pipe, samples)
+    user, item = condition_vectors(pipe, samples, critic)
     score = critic(critic.image_features(images.float()), user, item)
     grads = torch.autograd.grad(-weight * score.mean(), params, allow_unused=True)
     return list(grads), {"critic/policy_score": float(score.detach().mean())}
@@ -184,13 +189,13 @@ def critic_term(pipe, samples, advantages: torch.Tensor, critic: CoverCritic, al
                 gradient_rows: slice | None = None):
     """An iteration's critic work: fit it on the batch's scored covers (all of them, on every learner rank: the
     ranks' critics stay equal), then (after the warm-up) a callable that returns the policy's gradient of the
-    critic term at the current weights (one per NFT inner step), over `gradient_rows` (a rank's share)."""
+    critic term at the current weights (called on each NFT inner step), over `gradient_rows` (a rank's share)."""
     from icg_rl.models.images import to_float_images
     from icg_rl.rl.seeding import CRITIC, derive_seed
 
     with torch.no_grad():
         image = critic.image_features(to_float_images(samples.images, "critic").to(pipe.device))
-        user, item = condition_vectors(pipe, samples)
+        user, item = condition_vectors(pipe, samples, critic)
     metrics = critic.observe(image, user, item, samples.group_key, advantages.to(pipe.device))
     if iteration < algo.nft_critic_warmup:
         return None, metrics

@@ -65,7 +65,7 @@ def test_the_critic_recovers_a_planted_user_preference_from_group_centred_advant
     correlations = []
     for batch in range(30):
         users = torch.randn(8, DIM, generator=gen).repeat_interleave(4, 0)  # 8 groups of 4 covers
-        items = torch.randn(8, DIM, generator=gen).repeat_interleave(4, 0)
+        items = torch.randn(8, 2 * DIM, generator=gen).repeat_interleave(4, 0)
         looks = torch.randn(32, DIM, generator=gen)
         reward = ((looks @ planted) * users).sum(-1) + 5 * (users.sum(-1))  # + a per-user rate it must ignore
         keys = np.repeat([f"b{batch}g{g}" for g in range(8)], 4)
@@ -74,9 +74,32 @@ def test_the_critic_recovers_a_planted_user_preference_from_group_centred_advant
         advantages = advantages / advantages.std()
         metrics = critic.observe(looks, users, items, keys, advantages)
         correlations.append(metrics.get("critic/held_out_corr", 0.0))
-    assert np.mean(correlations[:2]) < 0.5 < 0.9 < np.mean(correlations[-5:])
+    assert np.mean(correlations[:2]) < 0.5 < 0.75 < np.mean(correlations[-5:])
 
 
 def test_the_critic_is_for_nft_only(tmp_path):
     with pytest.raises(ValueError, match="nft_critic_weight"):
         load_config(None, ["algo.name=grpo", "algo.nft_critic_weight=1.0"])
+
+
+def test_a_critic_restored_from_its_state_continues_exactly(tmp_path):
+    """What a checkpoint holds (weights, Adam moments, replay) is all the fit depends on: a resumed run's critic
+    takes the next batch exactly as the uninterrupted one."""
+    gen = torch.Generator().manual_seed(3)
+    embedder = tiny_embedder(tmp_path)
+    catalogue = torch.randn(50, DIM, generator=gen)
+    batches = [(torch.randn(8, DIM, generator=gen), torch.randn(8, DIM, generator=gen),
+                torch.randn(8, 2 * DIM, generator=gen), np.repeat([f"b{b}g0", f"b{b}g1"], 4),
+                torch.randn(8, generator=gen)) for b in range(3)]
+    straight = CoverCritic(embedder, catalogue, rank=4, fit_steps=5)
+    for batch in batches[:2]:
+        straight.observe(*batch)
+    resumed = CoverCritic(embedder, catalogue, rank=4, fit_steps=5, seed=1)  # another init: the state must win
+    resumed.load_state_bytes(straight.state_bytes())
+    assert not any(name.startswith("embedder.") for name in torch.load(
+        __import__("io").BytesIO(straight.state_bytes()), weights_only=True)["model"])  # CLIP is not saved
+    for critic in (straight, resumed):
+        critic.observe(*batches[2])
+    restored = dict(resumed.named_parameters())
+    for name, value in straight.named_parameters():
+        assert torch.equal(value, restored[name]), name
