@@ -21,8 +21,6 @@ from icg_rl.config.runtime import LearnerConfig, RayConfig, RolloutConfig
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "coverworld.yaml"
 
 
-
-
 CATALOG_FIELDS = {"seed", "num_genres", "items_per_genre", "variants_per_item", "image_size", "ratings_per_image"}
 
 
@@ -220,25 +218,19 @@ class AlgoConfig(Section):
     nft_relabel_users: int = Field(0, ge=0, description="nft: each cover is also trained as a pair under this many "
                                    "other users of the batch and its own, weighted by how much more the other "
                                    "likes it (rl/relabel.py); 0: off")
-    nft_critic_weight: float = Field(0.0, ge=0.0, description="nft: λ of the learned critic's term (rl/critic.py): "
-                                     "the policy also climbs a differentiable model of the pools' advantages; 0: off")
-    nft_critic_late: float = Field(0.5, gt=0.0, le=1.0, description="nft critic: share of the schedule's last "
-                                   "(least noisy) steps it noises covers to before predicting x0")
-    nft_critic_rank: int = Field(16, ge=1, description="nft critic: rank of its user and item interaction terms")
-    nft_critic_replay: int = Field(1024, ge=1, description="nft critic: recent scored covers it is fitted on")
-    nft_critic_fit_steps: int = Field(20, ge=1, description="nft critic: Adam steps on the replay per iteration")
-    nft_critic_warmup: int = Field(20, ge=0, description="nft critic: iterations it only learns before the policy "
-                                   "climbs it")
+    nft_critic_weight: float = Field(0.0, ge=0.0, description="nft: weight of the learned critic (rl/critic.py), 0 off")
+    nft_critic_late: float = Field(0.5, gt=0.0, le=1.0, description="nft critic: last share of steps it noises to")
+    nft_critic_rank: int = Field(16, ge=1, description="nft critic: rank of its user and item terms")
+    nft_critic_warmup: int = Field(20, ge=0, description="nft critic: iterations it learns before it is climbed")
 
     @model_validator(mode="after")
     def _window_inside_steps(self):
         if self.shared_start and self.name in ("backprop", "nft"):
             raise ValueError(f"algo.shared_start is for the policy-gradient algorithms (ddpo, grpo), not "
                              f"{self.name}")
-        if self.nft_relabel_users and self.name != "nft":
-            raise ValueError(f"algo.nft_relabel_users={self.nft_relabel_users} is for algo.name=nft, not {self.name}")
-        if self.nft_critic_weight and self.name != "nft":
-            raise ValueError(f"algo.nft_critic_weight={self.nft_critic_weight} is for algo.name=nft, not {self.name}")
+        for key in ("nft_relabel_users", "nft_critic_weight"):
+            if getattr(self, key) and self.name != "nft":
+                raise ValueError(f"algo.{key}={getattr(self, key)} is for algo.name=nft, not {self.name}")
         if self.nft_relabel_users and not self.nft_shared_draws:
             raise ValueError("algo.nft_relabel_users needs algo.nft_shared_draws=true: a cover and its copy shown to "
                              "another user must meet the same (t, ε) draws (rl/relabel.py)")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icg_rl.models.clip_embedder import CLIPEmbedder
-from icg_rl.rl.nft import flow_sigmas
+from icg_rl.rl.nft import flow_sigmas, noised_and_target
 from icg_rl.rl.sampling import decode, predict_noise
 from icg_rl.rl.steps import is_flow
 
@@ -158,11 +158,7 @@ def critic_gradients(pipe, samples, critic: CoverCritic, weight: float, num_step
     late = schedule[-max(1, round(late_fraction * len(schedule))):]
     timesteps = late[torch.randint(len(late), (len(x0),), generator=generator)].to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-    if is_flow(pipe.scheduler):
-        sigma = flow_sigmas(pipe.scheduler, timesteps).to(x0.dtype).view(-1, *[1] * (x0.ndim - 1))
-        x_t = (1 - sigma) * x0 + sigma * noise
-    else:
-        x_t = pipe.scheduler.add_noise(x0, noise, timesteps)
+    x_t, _ = noised_and_target(pipe.scheduler, x0, noise, timesteps)
     features = pipe.encode_condition_inputs(samples.condition)
     output = predict_noise(pipe, x_t, timesteps, samples.text, features, guidance_scale=1.0)
     images = decode(pipe, predicted_clean(pipe.scheduler, x_t, output, timesteps).to(pipe.vae.dtype))
@@ -181,8 +177,7 @@ def build_critic(cfg, pipe) -> CoverCritic | None:
         return None
     embedder = CLIPEmbedder.from_pretrained(clip_folder(cfg.reward, cfg.world.dir))
     catalogue = F.normalize(pipe.icg.item_features.detach().float().cpu(), dim=-1)
-    return CoverCritic(embedder, catalogue, algo.nft_critic_rank, replay_rows=algo.nft_critic_replay,
-                       fit_steps=algo.nft_critic_fit_steps, seed=cfg.train.seed).to(pipe.device)
+    return CoverCritic(embedder, catalogue, algo.nft_critic_rank, seed=cfg.train.seed).to(pipe.device)
 
 
 def critic_term(pipe, samples, advantages: torch.Tensor, critic: CoverCritic, algo, seed: int, iteration: int,
