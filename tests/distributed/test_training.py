@@ -52,11 +52,11 @@ def local_first_step(cfg, threads: int) -> tuple[dict, dict, dict]:
 # process; DDPO samples on the rollout actors and updates in the learner
 ALGOS = {"ddpo": ([], ("loss/policy", "stats/clip_fraction")),
          "backprop": (["algo.name=backprop", "algo.backprop_steps=2"], ("loss/backprop",)),
-         # nft: rollouts ship clean latents only, two inner steps against the frozen sampling outputs
-         "nft": (["algo.name=nft", "algo.eta=0.0", "algo.nft_inner_steps=2"], ("loss/nft", "stats/denoise_mse")),
-         # …with the learned critic (rl/critic.py): every rank fits it on the whole batch, climbs it on its rows
-         "nft_critic": (["algo.name=nft", "algo.eta=0.0", "algo.nft_critic_weight=1.0", "algo.nft_critic_warmup=0"],
-                        ("loss/nft", "critic/policy_score", "critic/fit_mse")),
+         # nft: rollouts ship clean latents only, two inner steps against the frozen sampling outputs, plus the
+         # learned critic (rl/critic.py): every rank fits it on the whole batch and climbs it on its own rows
+         "nft": (["algo.name=nft", "algo.eta=0.0", "algo.nft_inner_steps=2", "algo.nft_critic_weight=1.0",
+                  "algo.nft_critic_warmup=0"], ("loss/nft", "stats/denoise_mse", "critic/policy_score",
+                                                "critic/fit_mse")),
          # …and each cover shown to the other group's user, scored for them by the preference pool (rl/relabel.py)
          "nft_shown": (["algo.name=nft", "algo.eta=0.0", "algo.nft_relabel_users=1",
                         "reward.weights={aesthetic: 1.0, clip_t: 0.5, preference: 1.0}"],
