@@ -147,10 +147,12 @@ def predicted_clean(scheduler, x_t: torch.Tensor, output: torch.Tensor, timestep
     return (x_t - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
 
 
-def critic_gradients(pipe, samples, critic: CoverCritic, weight: float, num_steps: int, late_fraction: float,
+def critic_gradients(pipe, samples, critic: CoverCritic, user: torch.Tensor, item: torch.Tensor, weight: float,
+                     num_steps: int, late_fraction: float,
                      generator: torch.Generator) -> tuple[list[torch.Tensor | None], dict[str, float]]:
     """−weight · the critic's score of x̂₀ predicted from each cover noised at one of the schedule's late steps
-    (the last `late_fraction` of them: x̂₀ there is a cover, not a blur the critic never saw) -> gradients."""
+    (the last `late_fraction` of them: x̂₀ there is a cover, not a blur the critic never saw) -> gradients.
+    `user`, `item`: the rows' `condition_vectors` (fixed for the batch: computed once, not per inner step)."""
     params = pipe.trainable_parameters()
     x0 = samples.latents[:, -1]
     pipe.scheduler.set_timesteps(num_steps, device=x0.device)
@@ -162,7 +164,6 @@ def critic_gradients(pipe, samples, critic: CoverCritic, weight: float, num_step
     features = pipe.encode_condition_inputs(samples.condition)
     output = predict_noise(pipe, x_t, timesteps, samples.text, features, guidance_scale=1.0)
     images = decode(pipe, predicted_clean(pipe.scheduler, x_t, output, timesteps).to(pipe.vae.dtype))
-    user, item = condition_vectors(pipe, samples, critic)
     score = critic(critic.image_features(images.float()), user, item)
     grads = torch.autograd.grad(-weight * score.mean(), params, allow_unused=True)
     return list(grads), {"critic/policy_score": float(score.detach().mean())}
@@ -194,12 +195,13 @@ def critic_term(pipe, samples, advantages: torch.Tensor, critic: CoverCritic, al
     metrics = critic.observe(image, user, item, samples.group_key, advantages.to(pipe.device))
     if iteration < algo.nft_critic_warmup:
         return None, metrics
-    rows = samples if gradient_rows is None else samples.rows(gradient_rows)
+    share = slice(None) if gradient_rows is None else gradient_rows
+    rows, user, item = samples.rows(share), user[share], item[share]
     generator = torch.Generator().manual_seed(derive_seed(seed, CRITIC, iteration, 0 if gradient_rows is None
                                                           else gradient_rows.start))
 
     def gradients():
-        return critic_gradients(pipe, rows, critic, algo.nft_critic_weight, algo.num_inference_steps,
+        return critic_gradients(pipe, rows, critic, user, item, algo.nft_critic_weight, algo.num_inference_steps,
                                 algo.nft_critic_late, generator)
 
     return gradients, metrics
