@@ -10,9 +10,14 @@ step from a forward-noised cover to its predicted x₀, then the VAE decode).
     φ(x)   = the cover's frozen-CLIP image embedding, standardised like the catalogue's item features
     u      = the user's pooled history, in that same space (what ICG conditions on)
     i      = the item: its feature (as u's entries) and its title's CLIP text embedding (what relevance is scored on)
-    f(x)   = ⟨q, φ⟩ + ⟨P φ, Q u⟩ + ⟨R φ, S i⟩           looks everybody likes, looks this user likes, looks of the item
+    f(x)   = ⟨q, φ⟩ + ⟨P φ, Q u⟩ + ⟨R φ, S i⟩ + ⟨m, [φ, φ] ⊙ i⟩
+             looks everybody likes, looks this user likes, looks of the item (low rank, and dimension by dimension)
     fit    : Σ_groups Σ_k (f_k − mean_g f − A_k)²       group-centred regression on the advantages A (std units)
     policy : L = −λ · mean f(φ(decode(x̂₀(x_t, c_θ))))    x_t: a cover noised forward at a late step
+
+The last term is there for relevance: CLIP-T-like rewards are an agreement between the cover's embedding and the
+title's, a full-rank bilinear form that the rank-16 term cannot hold (on world seed 1's untrained covers it raised
+the held-out correlation from 0.827 to 0.835, and from 0.878 to 0.903 at weight decay 0.1: benchmarks/critic_fit.py).
 
 Centring within the group matches what the advantages are: the samples of a (user, item) group share u and i, so
 only the covers' looks separate them, and the critic is never asked to predict a user's or an item's base rate. The
@@ -50,6 +55,7 @@ class CoverCritic(nn.Module):
         self.image_user, self.user = projection(), projection()
         self.image_item = projection()
         self.item = nn.Parameter(torch.randn(rank, 2 * dim, generator=generator) / (2 * dim) ** 0.5)
+        self.match = nn.Parameter(torch.zeros(2 * dim))  # φ's agreement with i's halves, dimension by dimension
         self.optimizer = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=1e-4)
         self.replay_rows, self.fit_steps = replay_rows, fit_steps
         self.replay: list[tuple[torch.Tensor, ...]] = []
@@ -66,7 +72,7 @@ class CoverCritic(nn.Module):
     def forward(self, image: torch.Tensor, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """φ [B, D], u [B, D], i [B, 2D] -> predicted advantage [B] (up to a per-group constant)."""
         personal = ((image @ self.image_user.T) * (user @ self.user.T)).sum(-1)
-        relevant = ((image @ self.image_item.T) * (item @ self.item.T)).sum(-1)
+        relevant = ((image @ self.image_item.T) * (item @ self.item.T)).sum(-1) + (image.repeat(1, 2) * item) @ self.match
         return image @ self.quality + personal + relevant
 
     def state_bytes(self) -> bytes:
