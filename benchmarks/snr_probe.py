@@ -12,7 +12,8 @@ alone, the one scalar that opens the ICG path, and for the user path (the user e
 parameters only personalization moves). `nft+shown` adds each cover shown to another user of the batch
 (rl/relabel.py); `pairs` is those pairs alone. Reward backprop's gradient on the same batch is the reference:
 `cos(bp)` is the cosine between an objective's mean gradient and backprop's mean gradient on the user path (does it
-point where the reward's own gradient points?).
+point where the reward's own gradient points?). `critic` is the learned critic's term (rl/critic.py, the gradient
+`algo.nft_critic_weight` adds to NFT's), fitted first on `--critic-warmup` batches of the same policy's covers.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from icg_rl.config import load_config
 from icg_rl.models.images import to_float_images
 from icg_rl.rl.advantages import group_advantages
 from icg_rl.rl.backprop import backprop_loss, reference_scores
+from icg_rl.rl.critic import build_critic, condition_vectors, critic_gradients
 from icg_rl.rl.ddpo import ddpo_gradients
 from icg_rl.rl.local import LocalTrainer
 from icg_rl.rl.nft import draw_noising, nft_gradients, optimality
@@ -46,16 +48,47 @@ def mean_cosine(vectors: list[torch.Tensor]) -> float:
     return float(np.mean([torch.nn.functional.cosine_similarity(vectors[i], vectors[j], dim=0) for i, j in pairs]))
 
 
+def scored_batch(trainer: LocalTrainer, iteration: int):
+    """A fresh batch sampled with the run's sampler -> (trajectory, scores, advantages)."""
+    cfg, algo = trainer.cfg, trainer.cfg.algo
+    batch = next(trainer._batches)
+    noise = row_generators(cfg.train.seed, iteration, range(len(batch["group_key"])))
+    trajectory, _ = sample_trajectory(trainer.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
+                                      noise, sde_window=algo.sde_window)
+    scores = trainer.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
+    total, _ = trainer.mixer(scores, reference_scores=reference_scores(trainer.rewards, trainer.mixer.floors,
+                                                                       trajectory.extra))
+    advantages, _ = group_advantages(total.numpy(), trajectory.group_key, global_std=algo.advantage_std == "batch")
+    return batch, trajectory, scores, advantages
+
+
+def fitted_critic(trainer: LocalTrainer, batches: int):
+    """The run's critic (rl/critic.py), fitted on `batches` fresh batches of the policy's covers."""
+    cfg = trainer.cfg
+    critic = build_critic(cfg.model_copy(update={"algo": cfg.algo.model_copy(
+        update={"name": "nft", "nft_critic_weight": 1.0})}), trainer.pipe)
+    for b in range(batches):
+        _, trajectory, _, advantages = scored_batch(trainer, 30_000 + b)
+        with torch.no_grad():
+            image = critic.image_features(to_float_images(trajectory.images, "critic"))
+            user, item = condition_vectors(trainer.pipe, trajectory, critic)
+        metrics = critic.observe(image, user, item, trajectory.group_key, torch.from_numpy(advantages))
+    print(f"critic fitted on {batches} batches: held-out correlation on the last {metrics['critic/held_out_corr']:.3f}")
+    return critic
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/coverworld.yaml")
     parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--gate", type=float, default=0.5)
+    parser.add_argument("--critic-warmup", type=int, default=40, help="batches the critic is fitted on first")
     parser.add_argument("overrides", nargs="*", help="e.g. algo.sde_window=[0,4] data.pairs_per_batch=4")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cfg = load_config(args.config, ["algo.name=grpo", "algo.eta=1.0", "algo.sde_window=[0,4]",
-                                    "data.pairs_per_batch=4", "data.samples_per_pair=4", *args.overrides])
+                                    "data.pairs_per_batch=4", "data.samples_per_pair=4", "algo.nft_critic_weight=0.0",
+                                    *args.overrides])  # the critic row builds its own (a critic is nft's only)
     trainer = LocalTrainer(cfg)
     pipe, algo = trainer.pipe, cfg.algo
     with torch.no_grad():
@@ -64,19 +97,13 @@ def main() -> None:
     gate_index = next(i for i, p in enumerate(params) if p is pipe.icg.adapter.projection.gate)
     user_mask = torch.cat([torch.full((p.numel(),), name.startswith(("icg.user_encoder", "icg.refiner")))
                            for name, p in pipe.trainable_named_parameters().items()])
-    objectives = {"grpo": [], "nft": [], "awm": [], "nft+shown": [], "pairs": [], "backprop": []}
+    objectives = {"grpo": [], "nft": [], "awm": [], "nft+shown": [], "pairs": [], "critic": [], "backprop": []}
+    critic = fitted_critic(trainer, args.critic_warmup)
     backprop_algo = cfg.algo.model_copy(update={"name": "backprop", "eta": 1.0, "sde_window": None,
                                                 "backprop_steps": 5})
     started = time.perf_counter()
     for b in range(args.batches):
-        batch = next(trainer._batches)
-        noise = row_generators(cfg.train.seed, 10_000 + b, range(len(batch["group_key"])))
-        trajectory, _ = sample_trajectory(pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
-                                          noise, sde_window=algo.sde_window)
-        scores = trainer.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
-        total, _ = trainer.mixer(scores, reference_scores=reference_scores(trainer.rewards, trainer.mixer.floors,
-                                                                           trajectory.extra))
-        advantages, _ = group_advantages(total.numpy(), trajectory.group_key, global_std=algo.advantage_std == "batch")
+        batch, trajectory, scores, advantages = scored_batch(trainer, 10_000 + b)
         grads, _ = ddpo_gradients(pipe, trajectory, torch.from_numpy(advantages), algo, update_generator(0, b))
         objectives["grpo"].append(flat(grads, params))
         r = torch.from_numpy(optimality(advantages, algo.nft_clip))
@@ -98,6 +125,10 @@ def main() -> None:
                                  draw_noising(pipe.scheduler, algo.num_inference_steps, shown[0].latents[:, -1],
                                               shown[0].group_key, 0, algo.nft_draws, True, cfg.train.seed, b))
         objectives["pairs"].append(flat(grads, params))
+        user, item = condition_vectors(pipe, trajectory, critic)
+        grads, _ = critic_gradients(pipe, trajectory, critic, user, item, 1.0, algo.num_inference_steps,
+                                    algo.nft_critic_late, update_generator(2, b))
+        objectives["critic"].append(flat(grads, params))
         loss, _, _ = backprop_loss(pipe, batch, trainer.rewards, trainer.mixer, backprop_algo,
                                    update_generator(1, b), row_generators(cfg.train.seed, 20_000 + b,
                                                                           range(len(batch["group_key"]))))
