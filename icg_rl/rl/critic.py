@@ -72,7 +72,8 @@ class CoverCritic(nn.Module):
     def forward(self, image: torch.Tensor, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """φ [B, D], u [B, D], i [B, 2D] -> predicted advantage [B] (up to a per-group constant)."""
         personal = ((image @ self.image_user.T) * (user @ self.user.T)).sum(-1)
-        relevant = ((image @ self.image_item.T) * (item @ self.item.T)).sum(-1) + (image.repeat(1, 2) * item) @ self.match
+        relevant = ((image @ self.image_item.T) * (item @ self.item.T)).sum(-1)
+        relevant = relevant + (image.repeat(1, 2) * item) @ self.match
         return image @ self.quality + personal + relevant
 
     def state_bytes(self) -> bytes:

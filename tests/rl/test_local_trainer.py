@@ -47,9 +47,10 @@ SETTINGS = {
     "ddpo": (20, 0.5, ["algo.lr=0.06", "algo.clip_range=0.2", "data.pairs_per_batch=4", "data.samples_per_pair=8"]),
     "backprop": (20, 0.0, ["algo.backprop_steps=2"]),
     # Reward-only: NFT plus the learned critic (rl/critic.py), fitted on the covers' scores and climbed through one
-    # denoising step. Seeds 0/1/2: +0.108/+0.098/+0.086 (with the critic's agreement term; +0.088 on seed 2 without);
-    # the same runs with the advantages shuffled across the batch (a critic fitted to noise) −0.043/−0.014/+0.018. NFT alone gained +0.029/+0.060/+0.052 and its shuffled
-    # control up to +0.045: no bar separated them (benchmarks/RESULTS.md, issue 34).
+    # denoising step. Seeds 0/1/2: +0.108/+0.098/+0.086 (+0.088 on seed 2 before the critic's agreement term); the
+    # same runs with the advantages shuffled across the batch (a critic fitted to noise) −0.043/−0.014/+0.018. NFT
+    # alone gained +0.029/+0.060/+0.052 and its shuffled control up to +0.045: no bar separated them
+    # (benchmarks/RESULTS.md, issue 34).
     "nft": (20, 0.0, ["algo.eta=0.0", "algo.lr=0.01", "algo.nft_critic_weight=1.0", "algo.nft_critic_warmup=4",
                       "algo.nft_inner_steps=2"]),
 }
