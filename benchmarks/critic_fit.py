@@ -18,10 +18,7 @@ import numpy as np
 import torch
 
 from icg_rl.config import load_config
-from icg_rl.models.images import to_float_images
-from icg_rl.rl.advantages import group_advantages
-from icg_rl.rl.backprop import reference_scores
-from icg_rl.rl.critic import CoverCritic, build_critic, centred, condition_vectors
+from icg_rl.rl.critic import CoverCritic, build_critic, centred, cover_features, pearson
 from icg_rl.rl.local import LocalTrainer
 from icg_rl.rl.sampling import rollout_window, sample_trajectory
 from icg_rl.rl.seeding import row_generators
@@ -46,24 +43,14 @@ def collect(trainer: LocalTrainer, batches: int):
             trajectory, _ = sample_trajectory(trainer.pipe, batch, algo.num_inference_steps, algo.eta,
                                               algo.guidance_scale, noise,
                                               sde_window=rollout_window(algo), keep_chain=False)
-        scores = trainer.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
-        total, _ = trainer.mixer(scores, reference_scores=reference_scores(trainer.rewards, trainer.mixer.floors,
-                                                                           trajectory.extra))
-        advantages, _ = group_advantages(total.numpy(), trajectory.group_key, global_std=algo.advantage_std == "batch")
-        with torch.no_grad():
-            image = probe.image_features(to_float_images(trajectory.images, "critic"))
-            user, item = condition_vectors(trainer.pipe, trajectory, probe)
+        scores, advantages, _ = trainer.scored(trajectory)
+        image, user, item = cover_features(trainer.pipe, trajectory, probe)
         _, groups = np.unique(trajectory.group_key.astype(str), return_inverse=True)
         groups = torch.as_tensor(groups)
         lift = scores.get("preference_lift", torch.zeros(len(groups))).float()
         rows.append((image, user, item, trajectory.group_key, torch.from_numpy(advantages),
                      centred(lift, groups), groups))
     return probe, rows
-
-
-def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
 
 
 def evaluate(probe: CoverCritic, rows, rank, replay, steps, decay, target, seed=0) -> dict[str, float]:
@@ -82,7 +69,7 @@ def evaluate(probe: CoverCritic, rows, rank, replay, steps, decay, target, seed=
     with torch.no_grad():
         predicted = torch.cat([centred(critic(r[0], r[1], r[2]), r[6]) for r in rows[split:]])
     advantages, lift = torch.cat([r[4] for r in rows[split:]]), torch.cat([r[5] for r in rows[split:]])
-    return {"corr(advantage)": correlation(predicted, advantages), "corr(lift)": correlation(predicted, lift),
+    return {"corr(advantage)": pearson(predicted, advantages), "corr(lift)": pearson(predicted, lift),
             "fit s": seconds}
 
 
@@ -99,7 +86,7 @@ def main() -> None:
     probe, rows = collect(trainer, args.batches)
     print(f"collected {args.batches} batches of {len(rows[0][0])} covers in {time.perf_counter() - start:.0f} s")
     advantages, lift = torch.cat([r[4] for r in rows]), torch.cat([r[5] for r in rows])
-    print(f"corr(advantage, lift) over all rows: {correlation(advantages, lift):.3f}")
+    print(f"corr(advantage, lift) over all rows: {pearson(advantages, lift):.3f}")
     print("| critic | held-out corr(advantage) | corr(lift) | fit s |\n|---|---|---|---|")
     for name, variant in VARIANTS.items():
         result = evaluate(probe, rows, *variant)

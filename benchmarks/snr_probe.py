@@ -26,10 +26,8 @@ import numpy as np
 import torch
 
 from icg_rl.config import load_config
-from icg_rl.models.images import to_float_images
-from icg_rl.rl.advantages import group_advantages
-from icg_rl.rl.backprop import backprop_loss, reference_scores
-from icg_rl.rl.critic import build_critic, condition_vectors, critic_gradients
+from icg_rl.rl.backprop import backprop_loss
+from icg_rl.rl.critic import build_critic, condition_vectors, cover_features, critic_gradients
 from icg_rl.rl.ddpo import ddpo_gradients
 from icg_rl.rl.local import LocalTrainer
 from icg_rl.rl.nft import draw_noising, nft_gradients, optimality
@@ -49,16 +47,13 @@ def mean_cosine(vectors: list[torch.Tensor]) -> float:
 
 
 def scored_batch(trainer: LocalTrainer, iteration: int):
-    """A fresh batch sampled with the run's sampler -> (trajectory, scores, advantages)."""
+    """A fresh batch sampled with the run's sampler -> (batch, trajectory, scores, advantages)."""
     cfg, algo = trainer.cfg, trainer.cfg.algo
     batch = next(trainer._batches)
     noise = row_generators(cfg.train.seed, iteration, range(len(batch["group_key"])))
     trajectory, _ = sample_trajectory(trainer.pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
                                       noise, sde_window=algo.sde_window)
-    scores = trainer.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
-    total, _ = trainer.mixer(scores, reference_scores=reference_scores(trainer.rewards, trainer.mixer.floors,
-                                                                       trajectory.extra))
-    advantages, _ = group_advantages(total.numpy(), trajectory.group_key, global_std=algo.advantage_std == "batch")
+    scores, advantages, _ = trainer.scored(trajectory)
     return batch, trajectory, scores, advantages
 
 
@@ -69,10 +64,8 @@ def fitted_critic(trainer: LocalTrainer, batches: int):
         update={"name": "nft", "nft_critic_weight": 1.0})}), trainer.pipe)
     for b in range(batches):
         _, trajectory, _, advantages = scored_batch(trainer, 30_000 + b)
-        with torch.no_grad():
-            image = critic.image_features(to_float_images(trajectory.images, "critic"))
-            user, item = condition_vectors(trainer.pipe, trajectory, critic)
-        metrics = critic.observe(image, user, item, trajectory.group_key, torch.from_numpy(advantages))
+        metrics = critic.observe(*cover_features(trainer.pipe, trajectory, critic), trajectory.group_key,
+                                 torch.from_numpy(advantages))
     print(f"critic fitted on {batches} batches: held-out correlation on the last {metrics['critic/held_out_corr']:.3f}")
     return critic
 

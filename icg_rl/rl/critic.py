@@ -97,10 +97,7 @@ class CoverCritic(nn.Module):
     @torch.no_grad()
     def held_out_correlation(self, image, user, item, groups, advantages) -> float:
         """Pearson correlation of the group-centred prediction with a batch's advantages, before fitting on it."""
-        predicted = centred(self(image, user, item), groups)
-        target = advantages - advantages.mean()
-        denominator = predicted.norm() * target.norm()
-        return float((predicted * target).sum() / denominator) if denominator > 0 else 0.0
+        return pearson(centred(self(image, user, item), groups), advantages)
 
     def observe(self, image, user, item, group_key: np.ndarray, advantages: torch.Tensor) -> dict[str, float]:
         """Add a scored batch (features detached) to the replay and fit on the replay -> metrics."""
@@ -128,6 +125,22 @@ def centred(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     count = torch.bincount(groups).clamp_min(1).to(values.dtype)
     sums = torch.zeros(len(count), dtype=values.dtype, device=values.device).index_add_(0, groups, values)
     return values - (sums / count)[groups]
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The Pearson correlation of two [N] vectors (0 where either is constant)."""
+    a, b = a - a.mean(), b - b.mean()
+    denominator = a.norm() * b.norm()
+    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+@torch.no_grad()
+def cover_features(pipe, samples, critic: CoverCritic) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the critic reads of a scored batch: (φ [B, D] of its uint8 covers, u [B, D], i [B, 2D])."""
+    from icg_rl.models.images import to_float_images
+
+    image = critic.image_features(to_float_images(samples.images, "critic").to(pipe.device))
+    return (image, *condition_vectors(pipe, samples, critic))
 
 
 def condition_vectors(pipe, samples, critic: CoverCritic) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,12 +206,9 @@ def critic_term(pipe, samples, advantages: torch.Tensor, critic: CoverCritic, al
     """An iteration's critic work: fit it on the batch's scored covers (all of them, on every learner rank: the
     ranks' critics stay equal), then (after the warm-up) a callable that returns the policy's gradient of the
     critic term at the current weights (called on each NFT inner step), over `gradient_rows` (a rank's share)."""
-    from icg_rl.models.images import to_float_images
     from icg_rl.rl.seeding import CRITIC, derive_seed
 
-    with torch.no_grad():
-        image = critic.image_features(to_float_images(samples.images, "critic").to(pipe.device))
-        user, item = condition_vectors(pipe, samples, critic)
+    image, user, item = cover_features(pipe, samples, critic)
     metrics = critic.observe(image, user, item, samples.group_key, advantages.to(pipe.device))
     if iteration < algo.nft_critic_warmup:
         return None, metrics

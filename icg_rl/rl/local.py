@@ -90,6 +90,20 @@ class LocalTrainer:
             x = to_float_images(images, "rollout")
             return {name: self.rewards[name].score(x, batch).numpy() for name in names}
 
+    def scored(self, trajectory) -> tuple[dict[str, torch.Tensor], np.ndarray, dict[str, float]]:
+        """A rollout's covers scored by every reward, and their group advantages -> (scores, advantages, metrics)."""
+        scores = self.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
+        return scores, *self.mixed_advantages(trajectory, scores)
+
+    def mixed_advantages(self, trajectory, scores: dict[str, torch.Tensor]) -> tuple[np.ndarray, dict[str, float]]:
+        """Scores (of the uint8 covers a rollout records and ships to reward actors, not the float decode) ->
+        the mix, then group advantages -> (advantages [N], metrics)."""
+        reference = reference_scores(self.rewards, self.mixer.floors, trajectory.extra)  # floored rewards
+        total, metrics = self.mixer(scores, reference_scores=reference)
+        advantages, stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker,
+                                             global_std=self.cfg.algo.advantage_std == "batch")
+        return advantages, metrics | {f"stats/{k}": v for k, v in stats.items()}
+
     def step(self) -> dict[str, float]:
         algo, timings, seed = self.cfg.algo, {}, self.cfg.train.seed
         batch = next(self._batches)
@@ -107,13 +121,8 @@ class LocalTrainer:
                                                        sde_window=rollout_window(algo), start_generator=start,
                                                        keep_chain=algo.name != "nft")
             with timed("reward", timings):
-                # score the uint8 images a rollout records (and ships to reward actors), not the float decode
                 scores = self.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
-            reference = reference_scores(self.rewards, self.mixer.floors, trajectory.extra)  # floored rewards
-            total, metrics = self.mixer(scores, reference_scores=reference)
-            advantages, adv_stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker,
-                                                     global_std=algo.advantage_std == "batch")
-            metrics |= {f"stats/{k}": v for k, v in adv_stats.items()}
+            advantages, metrics = self.mixed_advantages(trajectory, scores)
             with timed("update", timings):
                 if algo.name == "nft":
                     r = optimality(advantages, algo.nft_clip)
