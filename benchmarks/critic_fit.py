@@ -18,22 +18,25 @@ import numpy as np
 import torch
 
 from icg_rl.config import load_config
-from icg_rl.rl.critic import CoverCritic, build_critic, centred, cover_features, pearson
+from icg_rl.rl.backprop import reference_scores
+from icg_rl.rl.critic import CoverCritic, build_critic, centred, cover_features, pearson, shown_differences
 from icg_rl.rl.local import LocalTrainer
 from icg_rl.rl.sampling import rollout_window, sample_trajectory
 from icg_rl.rl.seeding import row_generators
 
-VARIANTS = {  # name: (rank, replay rows, fit steps, weight decay, target)
-    "as shipped (rank 16, weight decay 1e-4)": (16, 1024, 20, 1e-4, "advantage"),
-    "weight decay 0.1": (16, 1024, 20, 0.1, "advantage"),
-    "rank 4": (4, 1024, 20, 1e-4, "advantage"),
-    "40 fit steps": (16, 1024, 40, 1e-4, "advantage"),
-    "fitted on the lift alone (a bound: how well it can know the personal part)": (16, 1024, 20, 1e-4, "lift"),
+VARIANTS = {  # name: (rank, replay rows, fit steps, weight decay, target, with the covers shown to other users)
+    "advantages only (rank 16, weight decay 1e-4)": (16, 1024, 20, 1e-4, "advantage", False),
+    "+ each cover scored for 2 other users (shipped: algo.nft_critic_shown=2)": (16, 1024, 20, 1e-4, "advantage", True),
+    "weight decay 0.1": (16, 1024, 20, 0.1, "advantage", False),
+    "rank 4": (4, 1024, 20, 1e-4, "advantage", False),
+    "40 fit steps": (16, 1024, 40, 1e-4, "advantage", False),
+    "fitted on the lift alone (a bound: how well it can know the personal part)": (16, 1024, 20, 1e-4, "lift", False),
 }
 
 
 def collect(trainer: LocalTrainer, batches: int):
-    """`batches` scored batches of the untrained policy -> per batch (φ, u, i, groups, advantages, lift)."""
+    """`batches` scored batches of the untrained policy -> per batch (φ, u, i, group keys, advantages, lift, groups,
+    the covers' differences when shown to 2 other users: `shown_differences`)."""
     algo, rows = trainer.cfg.algo, []
     probe = build_critic(trainer.cfg, trainer.pipe)
     for it in range(batches):
@@ -42,18 +45,20 @@ def collect(trainer: LocalTrainer, batches: int):
         with torch.no_grad():
             trajectory, _ = sample_trajectory(trainer.pipe, batch, algo.num_inference_steps, algo.eta,
                                               algo.guidance_scale, noise,
-                                              sde_window=rollout_window(algo), keep_chain=False)
+                                              sde_window=rollout_window(algo), keep_steps=0)
         scores, advantages, _ = trainer.scored(trajectory)
         image, user, item = cover_features(trainer.pipe, trajectory, probe)
         _, groups = np.unique(trajectory.group_key.astype(str), return_inverse=True)
         groups = torch.as_tensor(groups)
         lift = scores.get("preference_lift", torch.zeros(len(groups))).float()
+        shown = shown_differences(trajectory, scores, trainer.mixer, reference_scores(
+            trainer.rewards, trainer.mixer.floors, trajectory.extra), trainer.score_for, 2, 1000, it)
         rows.append((image, user, item, trajectory.group_key, torch.from_numpy(advantages),
-                     centred(lift, groups), groups))
+                     centred(lift, groups), groups, shown))
     return probe, rows
 
 
-def evaluate(probe: CoverCritic, rows, rank, replay, steps, decay, target, seed=0) -> dict[str, float]:
+def evaluate(probe: CoverCritic, rows, rank, replay, steps, decay, target, with_shown, seed=0) -> dict[str, float]:
     critic = CoverCritic(probe.embedder, torch.zeros(2, probe.mean.shape[0]), rank, replay_rows=replay,
                          fit_steps=steps, seed=seed)
     critic.mean.copy_(probe.mean)
@@ -63,8 +68,9 @@ def evaluate(probe: CoverCritic, rows, rank, replay, steps, decay, target, seed=
     split = len(rows) * 3 // 4
     start = time.perf_counter()
     scale = float(torch.cat([r[5] for r in rows[:split]]).std())
-    for image, user, item, key, advantages, lift, _ in rows[:split]:
-        critic.observe(image, user, item, key, advantages if target == "advantage" else lift / scale)
+    for image, user, item, key, advantages, lift, _, shown in rows[:split]:
+        critic.observe(image, user, item, key, advantages if target == "advantage" else lift / scale,
+                       shown if with_shown else None)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         predicted = torch.cat([centred(critic(r[0], r[1], r[2]), r[6]) for r in rows[split:]])

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from icg_rl.config import load_config
-from icg_rl.rl.backprop import backprop_loss
-from icg_rl.rl.critic import build_critic, condition_vectors, cover_features, critic_gradients
+from icg_rl.rl.backprop import backprop_loss, reference_scores
+from icg_rl.rl.critic import build_critic, condition_vectors, cover_features, critic_gradients, shown_differences
 from icg_rl.rl.ddpo import ddpo_gradients
 from icg_rl.rl.local import LocalTrainer
 from icg_rl.rl.nft import draw_noising, nft_gradients, optimality
@@ -57,17 +57,23 @@ def scored_batch(trainer: LocalTrainer, iteration: int):
     return batch, trajectory, scores, advantages
 
 
-def fitted_critic(trainer: LocalTrainer, batches: int):
-    """The run's critic (rl/critic.py), fitted on `batches` fresh batches of the policy's covers."""
+def fitted_critics(trainer: LocalTrainer, batches: int) -> dict:
+    """The run's critic (rl/critic.py), fitted on `batches` fresh batches of the policy's covers -> {"critic": on
+    the advantages, "critic+shown": on them and on each cover scored for 2 other users (`algo.nft_critic_shown`)}."""
     cfg = trainer.cfg
-    critic = build_critic(cfg.model_copy(update={"algo": cfg.algo.model_copy(
-        update={"name": "nft", "nft_critic_weight": 1.0})}), trainer.pipe)
+    nft = cfg.model_copy(update={"algo": cfg.algo.model_copy(update={"name": "nft", "nft_critic_weight": 1.0})})
+    critics = {"critic": build_critic(nft, trainer.pipe), "critic+shown": build_critic(nft, trainer.pipe)}
     for b in range(batches):
-        _, trajectory, _, advantages = scored_batch(trainer, 30_000 + b)
-        metrics = critic.observe(*cover_features(trainer.pipe, trajectory, critic), trajectory.group_key,
-                                 torch.from_numpy(advantages))
-    print(f"critic fitted on {batches} batches: held-out correlation on the last {metrics['critic/held_out_corr']:.3f}")
-    return critic
+        _, trajectory, scores, advantages = scored_batch(trainer, 30_000 + b)
+        shown = shown_differences(trajectory, scores, trainer.mixer, reference_scores(
+            trainer.rewards, trainer.mixer.floors, trajectory.extra), trainer.score_for, 2, cfg.train.seed, b)
+        for name, critic in critics.items():
+            metrics = critic.observe(*cover_features(trainer.pipe, trajectory, critic), trajectory.group_key,
+                                     torch.from_numpy(advantages), shown if name == "critic+shown" else None)
+            if b == batches - 1:
+                held_out = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if "held_out" in k)
+                print(f"{name} fitted on {batches} batches, held out on the last: {held_out}")
+    return critics
 
 
 def main() -> None:
@@ -90,8 +96,9 @@ def main() -> None:
     gate_index = next(i for i, p in enumerate(params) if p is pipe.icg.adapter.projection.gate)
     user_mask = torch.cat([torch.full((p.numel(),), name.startswith(("icg.user_encoder", "icg.refiner")))
                            for name, p in pipe.trainable_named_parameters().items()])
-    objectives = {"grpo": [], "nft": [], "awm": [], "nft+shown": [], "pairs": [], "critic": [], "backprop": []}
-    critic = fitted_critic(trainer, args.critic_warmup)
+    critics = fitted_critics(trainer, args.critic_warmup)
+    objectives = {"grpo": [], "nft": [], "awm": [], "nft+shown": [], "pairs": [], **{n: [] for n in critics},
+                  "backprop": []}
     backprop_algo = cfg.algo.model_copy(update={"name": "backprop", "eta": 1.0, "sde_window": None,
                                                 "backprop_steps": 5})
     started = time.perf_counter()
@@ -118,10 +125,10 @@ def main() -> None:
                                  draw_noising(pipe.scheduler, algo.num_inference_steps, shown[0].latents[:, -1],
                                               shown[0].group_key, 0, algo.nft_draws, True, cfg.train.seed, b))
         objectives["pairs"].append(flat(grads, params))
-        user, item = condition_vectors(pipe, trajectory, critic)
-        grads, _ = critic_gradients(pipe, trajectory, critic, user, item, 1.0, algo.num_inference_steps,
-                                    algo.nft_critic_late, update_generator(2, b))
-        objectives["critic"].append(flat(grads, params))
+        for name, critic in critics.items():
+            user, item = condition_vectors(pipe, trajectory, critic)
+            grads, _ = critic_gradients(pipe, trajectory, critic, user, item, 1.0, algo, update_generator(2, b))
+            objectives[name].append(flat(grads, params))
         loss, _, _ = backprop_loss(pipe, batch, trainer.rewards, trainer.mixer, backprop_algo,
                                    update_generator(1, b), row_generators(cfg.train.seed, 20_000 + b,
                                                                           range(len(batch["group_key"]))))

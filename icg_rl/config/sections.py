@@ -215,20 +215,27 @@ class AlgoConfig(Section):
     nft_shared_draws: bool = Field(True, description="nft: the samples of a group share their (t, ε) draws")
     nft_inner_steps: int = Field(1, ge=1, description="nft: optimizer steps per rollout batch, against the sampling "
                                  "policy's frozen outputs")
-    nft_relabel_users: int = Field(0, ge=0, description="nft: each cover is also trained as a pair under this many "
-                                   "other users of the batch and its own, weighted by how much more the other "
-                                   "likes it (rl/relabel.py); 0: off")
+    nft_relabel_users: int = Field(0, ge=0, description="nft: each cover also trained as a pair under this many "
+                                   "other users and its own, weighted by how much more they like it (rl/relabel.py)")
     nft_critic_weight: float = Field(0.0, ge=0.0, description="nft: weight of the learned critic (rl/critic.py), 0 off")
     nft_critic_late: float = Field(0.5, gt=0.0, le=1.0, description="nft critic: last share of steps it noises to")
     nft_critic_rank: int = Field(16, ge=1, description="nft critic: rank of its user and item terms")
     nft_critic_warmup: int = Field(20, ge=0, description="nft critic: iterations it learns before it is climbed")
+    nft_critic_steps: int = Field(0, ge=0, description="nft critic: 0 climbs it through one denoising step from a "
+                                  "noised cover; K > 0 through the sampler's last K steps (DRaFT-K; needs eta 0)")
+    nft_critic_user_weight: float = Field(1.0, ge=0.0, description="nft critic: the policy climbs its user term this "
+                                          "many times over (what sets a user apart, as preference_lift for backprop)")
+    nft_critic_shown: int = Field(0, ge=0, description="nft critic: each cover also scored for this many other "
+                                  "users of the batch; its user term fits how much more they like it (rl/critic.py)")
 
     @model_validator(mode="after")
     def _window_inside_steps(self):
         if self.shared_start and self.name in ("backprop", "nft"):
-            raise ValueError(f"algo.shared_start is for the policy-gradient algorithms (ddpo, grpo), not "
-                             f"{self.name}")
-        for key in ("nft_relabel_users", "nft_critic_weight"):
+            raise ValueError(f"algo.shared_start is for the policy-gradient algorithms (ddpo, grpo), not {self.name}")
+        if self.nft_critic_steps and not (self.eta == 0 and self.nft_critic_steps <= self.num_inference_steps):
+            raise ValueError(f"algo.nft_critic_steps={self.nft_critic_steps} needs algo.eta=0 (got {self.eta}: it "
+                             f"replays the rollout's steps) and at most num_inference_steps={self.num_inference_steps}")
+        for key in ("nft_relabel_users", "nft_critic_weight", "nft_critic_shown"):
             if getattr(self, key) and self.name != "nft":
                 raise ValueError(f"algo.{key}={getattr(self, key)} is for algo.name=nft, not {self.name}")
         if self.nft_relabel_users and not self.nft_shared_draws:

@@ -25,7 +25,7 @@ from icg_rl.distributed.reward import slice_batch
 from icg_rl.distributed.weight_sync import WeightGroupMember
 from icg_rl.distributed.weights import VersionedWeights
 from icg_rl.models.trainable import weights_loaded
-from icg_rl.rl.sampling import REWARD_INPUTS, rollout_window, sample_trajectory
+from icg_rl.rl.sampling import REWARD_INPUTS, kept_steps, rollout_window, sample_trajectory
 from icg_rl.rl.seeding import ROLLOUT, group_generators, row_generators
 from icg_rl.rl.speed import autocast, prepare_denoiser
 
@@ -89,7 +89,7 @@ class RolloutWorker(WeightGroupMember):
             trajectory, _ = sample_trajectory(pipe, batch, algo.num_inference_steps, algo.eta, algo.guidance_scale,
                                               noise, policy_version=version, zero_user=zero_user,
                                               sde_window=rollout_window(algo), start_generator=start,
-                                              keep_chain=algo.name != "nft")  # nft learns from x₀ alone
+                                              keep_steps=kept_steps(algo))  # nft: x₀ (and the critic's tail)
         reward_inputs = {k: np.asarray(batch[k]) for k in REWARD_INPUTS if k in batch}
         return trajectory.to_wire(), trajectory.images, reward_inputs
 

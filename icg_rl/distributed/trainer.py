@@ -109,6 +109,7 @@ class RayTrainer(TrainerState):
     def step(self) -> dict[str, float]:
         from icg_rl.distributed.reward import pool_reference_scores
         from icg_rl.rl.advantages import group_advantages
+        from icg_rl.rl.critic import shown_differences
         from icg_rl.rl.nft import optimality
 
         algo, t = self.cfg.algo, {}
@@ -142,7 +143,10 @@ class RayTrainer(TrainerState):
             if algo.name == "nft":  # the covers' x₀ with each one's optimality probability (rl/nft.py)
                 r = optimality(advantages, algo.nft_clip)
                 shown, r = self.show_to_other_users(trajectory, scores, r, metrics)
-                metrics |= self.learner.update_nft(shown, r, self.iteration, trajectory, advantages)
+                critic_shown = self.retrying(lambda: shown_differences(
+                    trajectory, scores, self.mixer, reference, self.score_shown, algo.nft_critic_shown,
+                    self.cfg.train.seed, self.iteration), self.iteration, "the critic's cross-user scores")
+                metrics |= self.learner.update_nft(shown, r, self.iteration, trajectory, advantages, critic_shown)
             else:
                 metrics |= self.learner.update_ddpo(trajectory, advantages, self.iteration)
             t["time/learn"] = time.perf_counter() - learn_start
@@ -157,26 +161,28 @@ class RayTrainer(TrainerState):
     def show_to_other_users(self, trajectory, scores: dict, r: np.ndarray, metrics: dict) -> tuple:
         """`algo.nft_relabel_users` > 0: the batch's covers again, each under other users of the batch, scored for
         them by the user-dependent reward pools (rl/relabel.py) -> (trajectory, optimality) with those rows added."""
-        import ray
-
-        from icg_rl.distributed.reward import RewardPool
         from icg_rl.rl.nft import optimality
         from icg_rl.rl.relabel import shown_rows
         from icg_rl.rl.trajectory import Trajectory
 
-        def score_shown(images, inputs, names):
-            images_ref, inputs_ref = ray.put(images), ray.put(inputs)
-            refs = {name: self.rewards[name].score_refs(images_ref, inputs_ref) for name in names}
-            return {name: RewardPool.gather([ref]) for name, ref in refs.items()}
-
         algo = self.cfg.algo
         shown = self.retrying(lambda: shown_rows(trajectory, {n: s.numpy() for n, s in scores.items()}, self.weights,
-                                                 score_shown, algo.nft_relabel_users, self.cfg.train.seed,
+                                                 self.score_shown, algo.nft_relabel_users, self.cfg.train.seed,
                                                  self.iteration), self.iteration, "the cross-user scores")
         if shown is None:
             return trajectory, r
         metrics |= shown[2]
         return Trajectory.concat([trajectory, shown[0]]), np.concatenate([r, optimality(shown[1], algo.nft_clip)])
+
+    def score_shown(self, images: np.ndarray, inputs: dict, names: list[str]) -> dict[str, np.ndarray]:
+        """Covers scored for other users (`inputs` carry their user fields) by the reward pools `names`."""
+        import ray
+
+        from icg_rl.distributed.reward import RewardPool
+
+        images_ref, inputs_ref = ray.put(images), ray.put(inputs)
+        refs = {name: self.rewards[name].score_refs(images_ref, inputs_ref) for name in names}
+        return {name: RewardPool.gather([ref]) for name, ref in refs.items()}
 
     def backprop(self, batch: dict, timings: dict) -> dict[str, float]:
         """DRaFT-K in the mission's shape: the rollout actors run the first T − K denoising steps without gradient;

@@ -28,11 +28,11 @@ from icg_rl.rewards.registry import build_reward, refuse_for_backprop
 from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
 from icg_rl.rl.averaging import TailAverage
 from icg_rl.rl.backprop import backprop_update, check_differentiable, reference_scores
-from icg_rl.rl.critic import build_critic, critic_term
+from icg_rl.rl.critic import build_critic, critic_term, shown_differences
 from icg_rl.rl.ddpo import apply_gradients, ddpo_update
 from icg_rl.rl.nft import nft_update, optimality
 from icg_rl.rl.relabel import shown_rows
-from icg_rl.rl.sampling import rollout_window, sample_trajectory
+from icg_rl.rl.sampling import kept_steps, rollout_window, sample_trajectory
 from icg_rl.rl.seeding import EVALUATION, group_generators, row_generators, update_generator
 from icg_rl.rl.trajectory import Trajectory
 
@@ -119,7 +119,7 @@ class LocalTrainer:
                 trajectory, images = sample_trajectory(self.pipe, batch, algo.num_inference_steps, algo.eta,
                                                        algo.guidance_scale, noise, self.iteration,
                                                        sde_window=rollout_window(algo), start_generator=start,
-                                                       keep_chain=algo.name != "nft")
+                                                       keep_steps=kept_steps(algo))
             with timed("reward", timings):
                 scores = self.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
             advantages, metrics = self.mixed_advantages(trajectory, scores)
@@ -128,8 +128,11 @@ class LocalTrainer:
                     r = optimality(advantages, algo.nft_clip)
                     term = None
                     if self.critic is not None:
+                        shown = shown_differences(trajectory, scores, self.mixer, reference_scores(
+                            self.rewards, self.mixer.floors, trajectory.extra), self.score_for,
+                            algo.nft_critic_shown, seed, self.iteration)
                         term, critic_metrics = critic_term(self.pipe, trajectory, torch.from_numpy(advantages),
-                                                           self.critic, algo, seed, self.iteration)
+                                                           self.critic, algo, seed, self.iteration, shown=shown)
                         metrics |= critic_metrics
                     shown = shown_rows(trajectory, {n: s.numpy() for n, s in scores.items()}, self.mixer.weights,
                                        self.score_for, algo.nft_relabel_users, seed, self.iteration)

@@ -73,6 +73,14 @@ def rollout_window(algo) -> tuple[int, int] | None:
     return algo.sde_window
 
 
+def kept_steps(algo) -> int | None:
+    """The tail of the chain a rollout ships: all of it for the policy gradients (their learner rescores every step);
+    for nft the clean latents, and with a critic climbed through the sampler its last `nft_critic_steps` too."""
+    if algo.name != "nft":
+        return None
+    return algo.nft_critic_steps if algo.nft_critic_weight > 0 else 0
+
+
 def stochastic_steps(num_steps: int, sde_window: tuple[int, int] | None) -> range:
     """The step indices that sample with noise (and carry a log-prob): `algo.sde_window`, or all of them."""
     return range(num_steps) if sde_window is None else range(*sde_window)
@@ -82,7 +90,7 @@ def stochastic_steps(num_steps: int, sde_window: tuple[int, int] | None) -> rang
 def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_scale: float,
                       generator, policy_version: int = 0, zero_user: bool = False,
                       sde_window: tuple[int, int] | None = None,
-                      start_generator=None, keep_chain: bool = True) -> tuple[Trajectory, torch.Tensor]:
+                      start_generator=None, keep_steps: int | None = None) -> tuple[Trajectory, torch.Tensor]:
     """One rollout of a stream batch (title, reference_image, has_reference, user_id, history, group_key) ->
     (Trajectory, float images [B, 3, H, W]). `generator`: one torch.Generator, or one per row (`rl/seeding.py`:
     rows then draw the same noise however the batch is split). With `sde_window` only those steps draw noise;
@@ -90,8 +98,9 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
     its initial noise and the window's draws only — the credit a policy gradient assigns lands in the window.
     `start_generator` (one generator, or one per row) draws the initial noise x_T instead of `generator`: with
     `rl/seeding.group_generators` every sample of a group starts from the same x_T (DanceGRPO), so the rewards
-    inside a group differ only by what the policy's own steps drew. `keep_chain=False` (forward-process methods,
-    `rl/nft.py`): the trajectory holds only the clean latents x₀ ([B, 1, C, h, w]) and no steps or log-probs."""
+    inside a group differ only by what the policy's own steps drew. `keep_steps=k` (forward-process methods,
+    `rl/nft.py`): the trajectory holds only the chain's last k steps, x_k … x₀ ([B, k+1, C, h, w]; k = 0: the clean
+    latents alone), with their timesteps and log-probs; None keeps every step."""
     titles, refs, users = pipeline_inputs(batch)
     condition = pipe.prepare_condition_inputs(titles, refs, users)
     features = pipe.encode_condition_inputs(condition, zero_user)  # (B, K, d)
@@ -115,12 +124,13 @@ def sample_trajectory(pipe, batch: dict, num_steps: int, eta: float, guidance_sc
         log_probs.append(log_prob.float())  # fp32 whatever the model's dtype (the flow step's already is)
     images = decode(pipe, latents)
     pixels = to_uint8(images)
-    if not keep_chain:
-        chain, log_probs = chain[-1:], [torch.zeros(len(latents), 0, device=latents.device)]
+    kept = len(log_probs) if keep_steps is None else keep_steps  # the tail of the chain a learner needs
+    log_probs = torch.stack(log_probs, dim=1)[:, len(log_probs) - kept:] if kept \
+        else torch.zeros(len(latents), 0, device=latents.device)
     trajectory = Trajectory(
-        latents=torch.stack(chain, dim=1),  # (B, T+1, C, h, w); (B, 1, C, h, w) without the chain
-        log_probs=torch.stack(log_probs, dim=1) if keep_chain else log_probs[0],  # (B, T); (B, 0)
-        timesteps=scheduler.timesteps.clone() if keep_chain else scheduler.timesteps[:0].clone(),
+        latents=torch.stack(chain[len(chain) - kept - 1:], dim=1),  # (B, k+1, C, h, w): x_k … x₀
+        log_probs=log_probs,  # (B, k)
+        timesteps=scheduler.timesteps[len(scheduler.timesteps) - kept:].clone(),
         condition=condition, prompt_embeds=text[0], pooled_embeds=text[1],
         images=pixels, group_key=np.asarray(batch["group_key"]).astype(str), policy_version=policy_version,
         extra={k: np.asarray(batch[k]) for k in REWARD_INPUTS if k in batch})

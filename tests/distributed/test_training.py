@@ -57,10 +57,12 @@ ALGOS = {"ddpo": ([], ("loss/policy", "stats/clip_fraction")),
          "nft": (["algo.name=nft", "algo.eta=0.0", "algo.nft_inner_steps=2", "algo.nft_critic_weight=1.0",
                   "algo.nft_critic_warmup=0"], ("loss/nft", "stats/denoise_mse", "critic/policy_score",
                                                 "critic/fit_mse")),
-         # …and each cover shown to the other group's user, scored for them by the preference pool (rl/relabel.py)
-         "nft_shown": (["algo.name=nft", "algo.eta=0.0", "algo.nft_relabel_users=1",
+         # …and each cover shown to the other group's user, scored for them by the preference pool (rl/relabel.py);
+         # the critic fits those scores too and is climbed through the sampler's last 2 steps (rollouts ship x₂ … x₀)
+         "nft_shown": (["algo.name=nft", "algo.eta=0.0", "algo.nft_relabel_users=1", "algo.nft_critic_weight=1.0",
+                        "algo.nft_critic_warmup=0", "algo.nft_critic_shown=1", "algo.nft_critic_steps=2",
                         "reward.weights={aesthetic: 1.0, clip_t: 0.5, preference: 1.0}"],
-                       ("loss/nft", "stats/relabel_abs_advantage"))}
+                       ("loss/nft", "stats/relabel_abs_advantage", "critic/policy_score", "critic/fit_mse"))}
 
 
 @pytest.mark.float_sensitive

@@ -122,3 +122,115 @@ def test_a_critic_restored_from_its_state_continues_exactly(tmp_path):
     restored = dict(resumed.named_parameters())
     for name, value in straight.named_parameters():
         assert torch.equal(value, restored[name]), name
+
+
+def test_the_critics_sampler_path_replays_the_rollouts_last_steps_and_reaches_the_user(micro_world):
+    """`algo.nft_critic_steps=K`: a rollout ships the tail x_K … x₀ of its chain; the learner's replay of the last K
+    deterministic steps from x_K with the sampling weights is the rollout's cover, and the critic's gradient through
+    them reaches the user path (what the one-step x̂₀ path let the policy exploit, this path cannot)."""
+    from icg_rl.rl.backprop import denoise_suffix
+    from icg_rl.rl.critic import build_critic, condition_vectors, cover_features, critic_gradients
+    from icg_rl.rl.sampling import decode, kept_steps, rollout_window, sample_trajectory
+    from icg_rl.rl.seeding import row_generators
+    from tests.rl.test_local_trainer import trainer_for
+
+    trainer = trainer_for(micro_world, "algo.name=nft", "algo.eta=0.0", "algo.nft_critic_weight=1.0",
+                          "algo.nft_critic_steps=2")
+    pipe, algo = trainer.pipe, trainer.cfg.algo
+    with torch.no_grad():
+        pipe.icg.adapter.projection.gate.fill_(0.5)  # the ICG path is live
+    batch = next(trainer._batches)
+
+    def rollout(keep):
+        noise = row_generators(0, 0, range(len(batch["group_key"])))
+        return sample_trajectory(pipe, batch, algo.num_inference_steps, 0.0, 1.0, noise, keep_steps=keep,
+                                 sde_window=rollout_window(algo))[0]
+
+    tail, whole = rollout(kept_steps(algo)), rollout(None)
+    assert kept_steps(algo) == 2 and tail.latents.shape[1] == 3 and tail.log_probs.shape[1] == 2
+    assert torch.equal(tail.latents, whole.latents[:, -3:]) and torch.equal(tail.timesteps, whole.timesteps[-2:])
+    prefix = {"latents": tail.latents[:, 0], "condition": tail.condition, "k": 2,
+              "prompt_embeds": tail.prompt_embeds, "pooled_embeds": tail.pooled_embeds}
+    with torch.no_grad():
+        replayed = denoise_suffix(pipe, prefix, algo, None)
+        assert torch.allclose(replayed, decode(pipe, tail.latents[:, -1]), atol=1e-5)
+
+    critic = build_critic(trainer.cfg, pipe)
+    image, user, item = cover_features(pipe, tail, critic)
+    groups = tail.group_key
+    for _ in range(3):  # a fitted critic (at init its personal term is random but nonzero too)
+        critic.observe(image, user, item, groups, torch.randn(len(groups), generator=torch.Generator().manual_seed(0)))
+    grads, metrics = critic_gradients(pipe, tail, critic, *condition_vectors(pipe, tail, critic), 1.0, algo,
+                                      torch.Generator().manual_seed(0))
+    named = dict(zip(pipe.trainable_named_parameters(), grads))
+    user_path = [g for n, g in named.items() if "user" in n and g is not None]
+    assert user_path and any(float(g.abs().sum()) > 0 for g in user_path), sorted(named)
+    assert np.isfinite(metrics["critic/policy_score"])
+
+
+def test_shown_differences_are_the_partners_mix_minus_the_own_in_advantage_units():
+    """A cover scored for another user of the batch: only the user-dependent rewards change (clip_t is the same
+    cover's), and the difference is in the batch advantages' units (over the std of the batch's mixed reward)."""
+    from types import SimpleNamespace
+
+    from icg_rl.rewards.mix import RewardMixer
+    from icg_rl.rl.critic import shown_differences
+
+    users = np.repeat([f"u{k}" for k in range(4)], 2)
+    taste = {f"u{k}": float(k) for k in range(4)}
+    looks = np.linspace(0.0, 1.0, 8)
+    batch = SimpleNamespace(group_key=np.char.add(users, "|item"), images=looks,
+                            extra={"user_id": users, "history": np.arange(8)})
+
+    def score_shown(images, inputs, names):
+        assert names == ["preference"]  # clip_t does not depend on the user: never rescored
+        return {"preference": np.array([taste[u] for u in inputs["user_id"]]) * images}
+
+    mixer = RewardMixer({"preference": 2.0, "clip_t": 1.0}, normalize=False)
+    scores = {"preference": torch.as_tensor(score_shown(looks, batch.extra, ["preference"])["preference"]),
+              "clip_t": torch.as_tensor(1.0 - looks)}
+    total, _ = mixer(scores)
+    own, partner, difference = shown_differences(batch, scores, mixer, {}, score_shown, 2, seed=0, iteration=3)
+    assert len(own) == len(partner) == len(difference) == 16 and (users[partner] != users[own]).all()
+    expected = 2.0 * (np.array([taste[users[p]] for p in partner]) - np.array([taste[users[o]] for o in own])) \
+        * looks[own] / float(total.std(unbiased=False))
+    np.testing.assert_allclose(difference, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_critic_learns_the_user_term_from_covers_shown_to_other_users(tmp_path):
+    """The advantages say nothing (noise), but each cover scored for another user says how much more that user likes
+    it: ⟨φ, M (u′ − u)⟩. The critic's user term must learn M's part from those differences alone."""
+    gen = torch.Generator().manual_seed(2)
+    planted = torch.randn(DIM, DIM, generator=gen) / DIM ** 0.5
+    critic = CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=8, lr=1e-2,
+                         replay_rows=512, fit_steps=20)
+    correlations = []
+    for batch in range(30):
+        users = torch.randn(8, DIM, generator=gen).repeat_interleave(4, 0)
+        items = torch.randn(8, 2 * DIM, generator=gen).repeat_interleave(4, 0)
+        looks = torch.randn(32, DIM, generator=gen)
+        keys = np.repeat([f"b{batch}g{g}" for g in range(8)], 4)
+        own = np.arange(32)
+        partner = (own + 4 * (1 + np.arange(32) % 7)) % 32  # a row of another group
+        difference = ((looks[own] @ planted) * (users[partner] - users[own])).sum(-1)
+        metrics = critic.observe(looks, users, items, keys, torch.randn(32, generator=gen),
+                                 (own, partner, difference.numpy()))
+        correlations.append(metrics.get("critic/held_out_user_corr", 0.0))
+    assert np.mean(correlations[:2]) < 0.5 < 0.8 < np.mean(correlations[-5:])
+
+
+def test_the_user_weight_scales_the_user_term_alone(tmp_path):
+    """`algo.nft_critic_user_weight` γ: the policy climbs quality + relevance + γ · the user term; with the user
+    zeroed (the user term is 0) the score is the same for every γ, and the difference it makes is linear in γ."""
+    gen = torch.Generator().manual_seed(4)
+    critic = CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=4)
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.normal_(generator=gen)
+    image, user, item = torch.randn(6, DIM, generator=gen), torch.randn(6, DIM, generator=gen), \
+        torch.randn(6, 2 * DIM, generator=gen)
+    nobody = torch.zeros_like(user)
+    assert torch.allclose(critic(image, nobody, item, 3.0), critic(image, nobody, item))
+    one, three = critic(image, user, item) - critic(image, nobody, item), \
+        critic(image, user, item, 3.0) - critic(image, nobody, item)
+    assert one.abs().min() > 0 and torch.allclose(three, 3 * one, atol=1e-5)
