@@ -170,14 +170,11 @@ class PreferenceConfig(Section):
     hidden_dim: int = Field(64, ge=4, description="width of the interaction space of the two towers")
     negatives_per_positive: int = Field(4, ge=1, description="sampled negatives per click when a log has none")
     item_bias: bool = Field(True, description="learn a per-item click bias beside the two towers (popularity)")
-    item_tags: bool = Field(True, description="feed the items' genres (catalogue metadata) to both towers beside "
-                            "the CLIP embedding")
+    item_tags: bool = Field(True, description="feed the items' genres to both towers beside the CLIP embedding")
     standardize: bool = Field(True, description="standardise each item-side dimension with the catalogue's mean "
                               "and spread (CLIP looks vary by ~0.1 around a large shared mean)")
-    user_id_dropout: float = Field(1.0, ge=0.0, le=1.0, description="share of training rows whose user id is hidden, "
-                                   "so the tower learns users from their history (cold start); 1.0: history only, "
-                                   "which generalised best on the persona world (ids overfit ~150 impressions), "
-                                   "and the model keeps no id table")
+    user_id_dropout: float = Field(1.0, ge=0.0, le=1.0, description="share of training rows whose user id is hidden "
+                                   "(cold start); 1.0: history only, no id table (ids overfit ~150 impressions)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs per Ray Train worker")
     seed: int = Field(0, description="seed of initialisation, shuffling and negative sampling")
@@ -196,8 +193,7 @@ class AlgoConfig(Section):
     adv_clip: float = Field(5.0, gt=0.0, description="advantage clip, in std units")
     timestep_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of recorded steps trained per sample")
     kl_coef: float = Field(0.0, ge=0.0, description="weight of the KL to the adapter-off reference policy")
-    sde_window: tuple[int, int] | None = Field(None, description="policy gradient: [start, stop) steps that draw "
-                                               "noise and are trained; the others are deterministic. None: all")
+    sde_window: tuple[int, int] | None = Field(None, description="policy gradient: [start, stop) noisy, trained steps")
     shared_start: bool = Field(False, description="policy gradient: every sample of a (user, item) group starts "
                                "from the same initial noise, so its rewards differ only by the policy's own draws")
     advantage_std: Literal["group", "batch"] = Field("group", description="policy gradient: std of the group/batch")
@@ -221,12 +217,9 @@ class AlgoConfig(Section):
     nft_critic_late: float = Field(0.5, gt=0.0, le=1.0, description="nft critic: last share of steps it noises to")
     nft_critic_rank: int = Field(16, ge=1, description="nft critic: rank of its user and item terms")
     nft_critic_warmup: int = Field(20, ge=0, description="nft critic: iterations it learns before it is climbed")
-    nft_critic_steps: int = Field(0, ge=0, description="nft critic: 0 climbs it through one denoising step from a "
-                                  "noised cover; K > 0 through the sampler's last K steps (DRaFT-K; needs eta 0)")
-    nft_critic_user_weight: float = Field(1.0, ge=0.0, description="nft critic: the policy climbs its user term this "
-                                          "many times over (what sets a user apart, as preference_lift for backprop)")
-    nft_critic_shown: int = Field(0, ge=0, description="nft critic: each cover also scored for this many other "
-                                  "users of the batch; its user term fits how much more they like it (rl/critic.py)")
+    nft_critic_steps: int = Field(0, ge=0, description="nft critic: climbed via one x̂₀ step (0) or the last K steps")
+    nft_critic_user_weight: float = Field(1.0, ge=0.0, description="nft critic: the policy's weight on its user term")
+    nft_critic_shown: int = Field(0, ge=0, description="nft critic: other users each cover is scored for")
 
     @model_validator(mode="after")
     def _window_inside_steps(self):
