@@ -194,15 +194,13 @@ class AlgoConfig(Section):
     timestep_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of recorded steps trained per sample")
     kl_coef: float = Field(0.0, ge=0.0, description="weight of the KL to the adapter-off reference policy")
     sde_window: tuple[int, int] | None = Field(None, description="policy gradient: [start, stop) noisy, trained steps")
-    shared_start: bool = Field(False, description="policy gradient: every sample of a (user, item) group starts "
-                               "from the same initial noise, so its rewards differ only by the policy's own draws")
+    shared_start: bool = Field(False, description="policy gradient: a (user, item) group's samples share x_T")
     advantage_std: Literal["group", "batch"] = Field("group", description="policy gradient: std of the group/batch")
     backprop_steps: int = Field(1, ge=1, description="K of DRaFT-K: last steps carrying gradient")
     random_truncation: bool = Field(False, description="reward backprop: draw K uniformly in 1..backprop_steps")
     gradient_checkpointing: bool = Field(True, description="reward backprop: recompute UNet activations")
     max_grad_norm: float = Field(1.0, gt=0.0, description="gradient-norm clip of the ICG parameters")
-    ppo_epochs: int = Field(1, ge=1, description="ddpo/grpo: optimizer steps per rollout batch; after the first the "
-                            "recomputed ratio differs from 1 and the PPO clip acts (ddpo-pytorch's inner epochs)")
+    ppo_epochs: int = Field(1, ge=1, description="ddpo/grpo: optimizer steps per rollout batch (inner epochs)")
     nft_objective: Literal["nft", "awm"] = Field("nft", description="nft: DiffusionNFT's implicit positive/negative "
                                                  "policies; awm: advantage-weighted denoising loss (rl/nft.py)")
     nft_beta: float = Field(1.0, gt=0.0, description="nft: β of the implicit policies f± = f_old ± β (f_θ − f_old)")
@@ -211,8 +209,7 @@ class AlgoConfig(Section):
     nft_shared_draws: bool = Field(True, description="nft: the samples of a group share their (t, ε) draws")
     nft_inner_steps: int = Field(1, ge=1, description="nft: optimizer steps per rollout batch, against the sampling "
                                  "policy's frozen outputs")
-    nft_relabel_users: int = Field(0, ge=0, description="nft: each cover also trained as a pair under this many "
-                                   "other users and its own, weighted by how much more they like it (rl/relabel.py)")
+    nft_relabel_users: int = Field(0, ge=0, description="nft: other users each cover is also trained under (relabel.py)")
     nft_critic_weight: float = Field(0.0, ge=0.0, description="nft: weight of the learned critic (rl/critic.py), 0 off")
     nft_critic_late: float = Field(0.5, gt=0.0, le=1.0, description="nft critic: last share of steps it noises to")
     nft_critic_rank: int = Field(16, ge=1, description="nft critic: rank of its user and item terms")
@@ -231,6 +228,9 @@ class AlgoConfig(Section):
         for key in ("nft_relabel_users", "nft_critic_weight", "nft_critic_shown"):
             if getattr(self, key) and self.name != "nft":
                 raise ValueError(f"algo.{key}={getattr(self, key)} is for algo.name=nft, not {self.name}")
+        if (self.nft_critic_shown or self.nft_critic_steps) and not self.nft_critic_weight:
+            raise ValueError(f"algo.nft_critic_shown={self.nft_critic_shown}, nft_critic_steps={self.nft_critic_steps}"
+                             " shape the critic: they need algo.nft_critic_weight > 0 (got 0)")
         if self.nft_relabel_users and not self.nft_shared_draws:
             raise ValueError("algo.nft_relabel_users needs algo.nft_shared_draws=true: a cover and its copy shown to "
                              "another user must meet the same (t, ε) draws (rl/relabel.py)")

@@ -234,3 +234,10 @@ def test_the_user_weight_scales_the_user_term_alone(tmp_path):
     one, three = critic(image, user, item) - critic(image, nobody, item), \
         critic(image, user, item, 3.0) - critic(image, nobody, item)
     assert one.abs().min() > 0 and torch.allclose(three, 3 * one, atol=1e-5)
+
+
+def test_shaping_a_critic_that_is_off_is_refused():
+    with pytest.raises(ValueError, match="nft_critic_weight > 0"):
+        load_config(None, ["algo.name=nft", "algo.eta=0.0", "algo.nft_critic_shown=2"])
+    with pytest.raises(ValueError, match="needs algo.eta=0"):
+        load_config(None, ["algo.name=nft", "algo.eta=1.0", "algo.nft_critic_weight=1.0", "algo.nft_critic_steps=2"])
