@@ -209,7 +209,7 @@ class AlgoConfig(Section):
     nft_shared_draws: bool = Field(True, description="nft: the samples of a group share their (t, ε) draws")
     nft_inner_steps: int = Field(1, ge=1, description="nft: optimizer steps per rollout batch, against the sampling "
                                  "policy's frozen outputs")
-    nft_relabel_users: int = Field(0, ge=0, description="nft: other users each cover is also trained under (relabel.py)")
+    nft_relabel_users: int = Field(0, ge=0, description="nft: other users each cover is trained under too")
     nft_critic_weight: float = Field(0.0, ge=0.0, description="nft: weight of the learned critic (rl/critic.py), 0 off")
     nft_critic_late: float = Field(0.5, gt=0.0, le=1.0, description="nft critic: last share of steps it noises to")
     nft_critic_rank: int = Field(16, ge=1, description="nft critic: rank of its user and item terms")
