@@ -95,10 +95,13 @@ class LocalTrainer:
         scores = self.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
         return scores, *self.mixed_advantages(trajectory, scores)
 
-    def mixed_advantages(self, trajectory, scores: dict[str, torch.Tensor]) -> tuple[np.ndarray, dict[str, float]]:
+    def mixed_advantages(self, trajectory, scores: dict[str, torch.Tensor],
+                         reference: dict | None = None) -> tuple[np.ndarray, dict[str, float]]:
         """Scores (of the uint8 covers a rollout records and ships to reward actors, not the float decode) ->
-        the mix, then group advantages -> (advantages [N], metrics)."""
-        reference = reference_scores(self.rewards, self.mixer.floors, trajectory.extra)  # floored rewards
+        the mix, then group advantages -> (advantages [N], metrics). `reference`: the floored rewards' scores of
+        the rows' reference covers, when the caller already has them."""
+        if reference is None:
+            reference = reference_scores(self.rewards, self.mixer.floors, trajectory.extra)
         total, metrics = self.mixer(scores, reference_scores=reference)
         advantages, stats = group_advantages(total.numpy(), trajectory.group_key, self.tracker,
                                              global_std=self.cfg.algo.advantage_std == "batch")
@@ -122,15 +125,15 @@ class LocalTrainer:
                                                        keep_steps=kept_steps(algo))
             with timed("reward", timings):
                 scores = self.score(to_float_images(trajectory.images, "rollout"), trajectory.extra)
-            advantages, metrics = self.mixed_advantages(trajectory, scores)
+            reference = reference_scores(self.rewards, self.mixer.floors, trajectory.extra)  # floored rewards
+            advantages, metrics = self.mixed_advantages(trajectory, scores, reference)
             with timed("update", timings):
                 if algo.name == "nft":
                     r = optimality(advantages, algo.nft_clip)
                     term = None
                     if self.critic is not None:
-                        shown = shown_differences(trajectory, scores, self.mixer, reference_scores(
-                            self.rewards, self.mixer.floors, trajectory.extra), self.score_for,
-                            algo.nft_critic_shown, seed, self.iteration)
+                        shown = shown_differences(trajectory, scores, self.mixer, reference, self.score_for,
+                                                  algo.nft_critic_shown, seed, self.iteration)
                         term, critic_metrics = critic_term(self.pipe, trajectory, torch.from_numpy(advantages),
                                                            self.critic, algo, seed, self.iteration, shown=shown)
                         metrics |= critic_metrics

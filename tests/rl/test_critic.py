@@ -36,6 +36,14 @@ def _tokenizer(tmp_path) -> CLIPTokenizer:
     return CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
 
 
+def grouped_batch(gen: torch.Generator, batch: int):
+    """8 (user, item) groups of 4 covers: users [32, D], items [32, 2D] (feature, title), looks φ [32, D], keys."""
+    users = torch.randn(8, DIM, generator=gen).repeat_interleave(4, 0)
+    items = torch.randn(8, 2 * DIM, generator=gen).repeat_interleave(4, 0)
+    looks = torch.randn(32, DIM, generator=gen)
+    return users, items, looks, np.repeat([f"b{batch}g{g}" for g in range(8)], 4)
+
+
 def test_centred_removes_each_groups_mean():
     values = torch.tensor([1.0, 3.0, 10.0, 20.0, 30.0, 5.0])
     groups = torch.tensor([0, 0, 1, 1, 1, 2])
@@ -64,11 +72,8 @@ def test_the_critic_recovers_a_planted_user_preference_from_group_centred_advant
                          replay_rows=512, fit_steps=20)
     correlations = []
     for batch in range(30):
-        users = torch.randn(8, DIM, generator=gen).repeat_interleave(4, 0)  # 8 groups of 4 covers
-        items = torch.randn(8, 2 * DIM, generator=gen).repeat_interleave(4, 0)
-        looks = torch.randn(32, DIM, generator=gen)
+        users, items, looks, keys = grouped_batch(gen, batch)
         reward = ((looks @ planted) * users).sum(-1) + 5 * (users.sum(-1))  # + a per-user rate it must ignore
-        keys = np.repeat([f"b{batch}g{g}" for g in range(8)], 4)
         groups = torch.as_tensor(np.unique(keys, return_inverse=True)[1])
         advantages = centred(reward, groups)
         advantages = advantages / advantages.std()
@@ -85,11 +90,8 @@ def test_the_critic_learns_relevance_as_agreement_between_the_cover_and_its_titl
                          replay_rows=512, fit_steps=20)
     correlations = []
     for batch in range(30):
-        users = torch.randn(8, DIM, generator=gen).repeat_interleave(4, 0)
-        items = torch.randn(8, 2 * DIM, generator=gen).repeat_interleave(4, 0)  # (feature, title)
-        looks = torch.randn(32, DIM, generator=gen)
-        reward = (looks * items[:, DIM:]).sum(-1)
-        keys = np.repeat([f"b{batch}g{g}" for g in range(8)], 4)
+        users, items, looks, keys = grouped_batch(gen, batch)
+        reward = (looks * items[:, DIM:]).sum(-1)  # agreement with the title half
         advantages = centred(reward, torch.as_tensor(np.unique(keys, return_inverse=True)[1]))
         metrics = critic.observe(looks, users, items, keys, advantages / advantages.std())
         correlations.append(metrics.get("critic/held_out_corr", 0.0))
@@ -206,10 +208,7 @@ def test_the_critic_learns_the_user_term_from_covers_shown_to_other_users(tmp_pa
                          replay_rows=512, fit_steps=20)
     correlations = []
     for batch in range(30):
-        users = torch.randn(8, DIM, generator=gen).repeat_interleave(4, 0)
-        items = torch.randn(8, 2 * DIM, generator=gen).repeat_interleave(4, 0)
-        looks = torch.randn(32, DIM, generator=gen)
-        keys = np.repeat([f"b{batch}g{g}" for g in range(8)], 4)
+        users, items, looks, keys = grouped_batch(gen, batch)
         own = np.arange(32)
         partner = (own + 4 * (1 + np.arange(32) % 7)) % 32  # a row of another group
         difference = ((looks[own] @ planted) * (users[partner] - users[own])).sum(-1)
