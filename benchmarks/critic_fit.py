@@ -24,13 +24,19 @@ from icg_rl.rl.local import LocalTrainer
 from icg_rl.rl.sampling import rollout_window, sample_trajectory
 from icg_rl.rl.seeding import row_generators
 
-VARIANTS = {  # name: (rank, replay rows, fit steps, weight decay, target, with the covers shown to other users)
-    "advantages only (rank 16, weight decay 1e-4)": (16, 1024, 20, 1e-4, "advantage", False),
-    "+ each cover scored for 2 other users (shipped: algo.nft_critic_shown=2)": (16, 1024, 20, 1e-4, "advantage", True),
-    "weight decay 0.1": (16, 1024, 20, 0.1, "advantage", False),
-    "rank 4": (4, 1024, 20, 1e-4, "advantage", False),
-    "40 fit steps": (16, 1024, 40, 1e-4, "advantage", False),
-    "fitted on the lift alone (a bound: how well it can know the personal part)": (16, 1024, 20, 1e-4, "lift", False),
+VARIANTS = {  # name: (rank, replay rows, fit steps, weight decay, target, with the covers shown to other users,
+    #                 the user term's form)
+    "advantages only (rank 16, weight decay 1e-4)": (16, 1024, 20, 1e-4, "advantage", False, "bilinear"),
+    "+ each cover scored for 2 other users (algo.nft_critic_shown=2)": (16, 1024, 20, 1e-4, "advantage", True,
+                                                                         "bilinear"),
+    "+ shown, the user term an ideal look (algo.nft_critic_user_form=ideal)": (16, 1024, 20, 1e-4, "advantage", True,
+                                                                                "ideal"),
+    "+ shown, ideal look, weight decay 0.1": (16, 1024, 20, 0.1, "advantage", True, "ideal"),
+    "weight decay 0.1": (16, 1024, 20, 0.1, "advantage", False, "bilinear"),
+    "rank 4": (4, 1024, 20, 1e-4, "advantage", False, "bilinear"),
+    "40 fit steps": (16, 1024, 40, 1e-4, "advantage", False, "bilinear"),
+    "fitted on the lift alone (a bound: how well it can know the personal part)": (16, 1024, 20, 1e-4, "lift", False,
+                                                                                    "bilinear"),
 }
 
 
@@ -58,9 +64,10 @@ def collect(trainer: LocalTrainer, batches: int):
     return probe, rows
 
 
-def evaluate(probe: CoverCritic, rows, rank, replay, steps, decay, target, with_shown, seed=0) -> dict[str, float]:
+def evaluate(probe: CoverCritic, rows, rank, replay, steps, decay, target, with_shown, user_form,
+             seed=0) -> dict[str, float]:
     critic = CoverCritic(probe.embedder, torch.zeros(2, probe.mean.shape[0]), rank, replay_rows=replay,
-                         fit_steps=steps, seed=seed)
+                         fit_steps=steps, seed=seed, user_form=user_form)
     critic.mean.copy_(probe.mean)
     critic.std.copy_(probe.std)
     for group in critic.optimizer.param_groups:

@@ -34,6 +34,10 @@ def oracle_eval(trainer: LocalTrainer, pairs, seed: int = 99) -> dict[str, float
                                     zero_user=zero_user)
         ctr = oracle_ctr(trainer.cfg.world.dir, batch["user_id"], batch["item_id"], traj.images)
         out |= {"oracle/ctr_user_zeroed": ctr["oracle/ctr_generated"]} if zero_user else ctr
+        if not zero_user and "clip_t" in trainer.rewards:  # relevance, as a share of the reference covers'
+            generated = trainer.score_for(traj.images, batch, ["clip_t"])["clip_t"].mean()
+            reference = trainer.score_for(np.asarray(batch["reference_image"]), batch, ["clip_t"])["clip_t"].mean()
+            out["eval/clip_t_vs_reference"] = float(generated / reference)
     out["oracle/x_zeroed"] = out["oracle/ctr_generated"] / out["oracle/ctr_user_zeroed"]
     return out
 

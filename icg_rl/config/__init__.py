@@ -6,11 +6,13 @@ package reads its settings from here.
 
     sections.py   the training tree (`Config`: world, zoo, data, model, reward, preference, algo, train, evaluation)
     runtime.py    the Ray sections (ray, rollout, learner)
+    evaluation.py the evaluation section (arms, LPIPS, the MLLM judge)
     serve.py      the Serve app's arguments (`ServeSettings`: policies, experiments, limits, batching)
     files.py      reading YAML (`extends`), merging, dotted overrides, `ConfigError`
     reference.py  `python -m icg_rl.config.reference --write` rewrites docs/configuration.md
 """
 
+from icg_rl.config.evaluation import EvaluationConfig, JudgeConfig, LPIPSConfig
 from icg_rl.config.files import ConfigError, Section, apply_override, read_tree
 from icg_rl.config.runtime import LearnerConfig, RayConfig, RolloutConfig
 from icg_rl.config.sections import (
@@ -18,10 +20,7 @@ from icg_rl.config.sections import (
     AlgoConfig,
     Config,
     DataConfig,
-    EvaluationConfig,
-    JudgeConfig,
     LoraConfig,
-    LPIPSConfig,
     ModelConfig,
     PreferenceConfig,
     RewardConfig,

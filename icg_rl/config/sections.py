@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from icg_rl.config.evaluation import EvaluationConfig
 from icg_rl.config.files import ConfigError, Section, apply_override, read_tree
 from icg_rl.config.runtime import LearnerConfig, RayConfig, RolloutConfig
 
@@ -217,6 +218,12 @@ class AlgoConfig(Section):
     nft_critic_steps: int = Field(0, ge=0, description="nft critic: climbed via one x̂₀ step (0) or the last K steps")
     nft_critic_user_weight: float = Field(1.0, ge=0.0, description="nft critic: the policy's weight on its user term")
     nft_critic_shown: int = Field(0, ge=0, description="nft critic: other users each cover is scored for")
+    nft_critic_floor_weight: float = Field(0.0, ge=0.0, description="nft critic: weight of the floors (reward.floors) "
+                                           "on its own model of each floored reward: a cover below pays")
+    nft_critic_decay: float = Field(1e-4, ge=0.0, description="nft critic: its Adam weight decay (L2 on its terms)")
+    nft_critic_user_form: Literal["bilinear", "ideal"] = Field("bilinear", description="nft critic: its user term "
+                                                               "⟨Pφ, Qu⟩ (a direction) or −½‖Pφ − Qu‖² (a look "
+                                                               "each user likes most)")
 
     @model_validator(mode="after")
     def _window_inside_steps(self):
@@ -228,9 +235,11 @@ class AlgoConfig(Section):
         for key in ("nft_relabel_users", "nft_critic_weight", "nft_critic_shown"):
             if getattr(self, key) and self.name != "nft":
                 raise ValueError(f"algo.{key}={getattr(self, key)} is for algo.name=nft, not {self.name}")
-        if (self.nft_critic_shown or self.nft_critic_steps) and not self.nft_critic_weight:
+        if (self.nft_critic_shown or self.nft_critic_steps or self.nft_critic_floor_weight) \
+                and not self.nft_critic_weight:
             raise ValueError(f"algo.nft_critic_shown={self.nft_critic_shown}, nft_critic_steps={self.nft_critic_steps}"
-                             " shape the critic: they need algo.nft_critic_weight > 0 (got 0)")
+                             f", nft_critic_floor_weight={self.nft_critic_floor_weight} shape the critic: they need "
+                             "algo.nft_critic_weight > 0 (got 0)")
         if self.nft_relabel_users and not self.nft_shared_draws:
             raise ValueError("algo.nft_relabel_users needs algo.nft_shared_draws=true: a cover and its copy shown to "
                              "another user must meet the same (t, ε) draws (rl/relabel.py)")
@@ -268,47 +277,6 @@ class TrainConfig(Section):
                                   "tracker is trimmed to it")
 
 
-class LPIPSConfig(Section):
-    """LPIPS to the reference cover: plain torch modules on the public weight files (evaluation/lpips.py)."""
-
-    backbone: Literal["alex", "vgg"] = Field("alex", description="feature network of the metric")
-    backbone_weights: str | None = Field(None, description="torchvision-layout state dict of the backbone "
-                                         "(alexnet-owt-*.pth / vgg16-*.pth); None = LPIPS reported unavailable")
-    linear_weights: str | None = Field(None, description="the lpips package's linear heads (weights/v0.1/alex.pth "
-                                       "or vgg.pth); None = LPIPS reported unavailable")
-
-
-class JudgeConfig(Section):
-    """The MLLM judge: a local image-text model rates each cover 1-5 on the stated criteria."""
-
-    model: str | None = Field("coverworld", description="LLaVA / Qwen2-VL folder, 'coverworld' (the world's tiny "
-                              "MLLM: random weights, plumbing only) or None (reported unavailable)")
-    prompt: str | None = Field(None, description="judge prompt with a {title} placeholder; None = the built-in "
-                               "prompt (relevance to the title, visual quality, appeal as a cover; answer 1-5)")
-    max_new_tokens: int = Field(8, ge=1, description="tokens the judge may answer with")
-
-
-class EvaluationConfig(Section):
-    """`python -m icg_rl.evaluate` (docs/architecture.md §10): arms, metrics and their budgets."""
-
-    split: str = Field("test", description="split whose (user, item) pairs are evaluated")
-    pairs: int = Field(64, ge=2, description="held-out (user, item) pairs scored per arm")
-    num_inference_steps: int | None = Field(None, ge=1, description="denoising steps; None = algo's")
-    diversity_items: int = Field(8, ge=1, description="items each drawn for several users (diversity across users)")
-    diversity_users: int = Field(4, ge=2, description="users per diversity item")
-    ab_impressions_per_pair: int = Field(200, ge=1, description="simulated impressions per pair in the CoverWorld "
-                                         "A/B test")
-    downstream_impressions: int = Field(512, ge=16, description="test impressions (whole users) the downstream "
-                                        "CTR model ranks with each arm's covers")
-    downstream_train_impressions: int = Field(200_000, ge=16, description="training impressions (whole users, a "
-                                              "seeded choice) the downstream CTR model learns from; bounds its cost "
-                                              "on a paper-size log (CoverWorld's whole train split fits)")
-    downstream_epochs: int = Field(8, ge=1, description="training passes of the downstream CTR model")
-    batch_size: int = Field(32, ge=1, description="images generated per pipeline call")
-    lpips: LPIPSConfig = Field(default_factory=LPIPSConfig)
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
-
-
 class Config(Section):
     """The whole configuration tree."""
 
@@ -324,6 +292,13 @@ class Config(Section):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _floors_for_the_critic(self):
+        if self.algo.nft_critic_floor_weight and not self.reward.floors:
+            raise ValueError(f"algo.nft_critic_floor_weight={self.algo.nft_critic_floor_weight} prices the critic's "
+                             "covers below reward.floors, but reward.floors is empty (e.g. reward.floors.clip_t=0.95)")
+        return self
 
     @model_validator(mode="after")
     def _groups_for_grpo(self):

@@ -109,7 +109,7 @@ class RayTrainer(TrainerState):
     def step(self) -> dict[str, float]:
         from icg_rl.distributed.reward import pool_reference_scores
         from icg_rl.rl.advantages import group_advantages
-        from icg_rl.rl.critic import shown_differences
+        from icg_rl.rl.critic import floored_scores, shown_differences
         from icg_rl.rl.nft import optimality
 
         algo, t = self.cfg.algo, {}
@@ -146,7 +146,8 @@ class RayTrainer(TrainerState):
                 critic_shown = self.retrying(lambda: shown_differences(
                     trajectory, scores, self.mixer, reference, self.score_shown, algo.nft_critic_shown,
                     self.cfg.train.seed, self.iteration), self.iteration, "the critic's cross-user scores")
-                metrics |= self.learner.update_nft(shown, r, self.iteration, trajectory, advantages, critic_shown)
+                metrics |= self.learner.update_nft(shown, r, self.iteration, trajectory, advantages, critic_shown,
+                                                   floored_scores(scores, reference, algo))
             else:
                 metrics |= self.learner.update_ddpo(trajectory, advantages, self.iteration)
             t["time/learn"] = time.perf_counter() - learn_start

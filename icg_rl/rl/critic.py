@@ -25,6 +25,13 @@ its item and every user-independent reward are the same), and it trains the user
 policy may climb that term γ times over (`algo.nft_critic_user_weight`, as the backprop recipe weighs the
 preference lift): through Ray on world seed 0, γ = 1 gave ×1.02 over the user-zeroed policy and γ = 2 ×1.13–1.16.
 
+An ideal look (`algo.nft_critic_user_form: ideal`): the user term −½‖P φ − Q u‖² in place of ⟨P φ, Q u⟩. Taste is
+bounded (CoverWorld's users like a look most and fewer clicks past it; a preference model's image tower can say
+so): a bilinear term is a direction, and a policy that climbs it γ times over pushes the looks past the user's,
+until one user's covers share a look whatever their item (world seed 2: CLIP-T fell to 0.49 of the reference
+covers'). The quadratic's pull fades as a cover reaches the user's look; γ scales the whole term (how hard it
+pulls, not where to).
+
 The last term is there for relevance: CLIP-T-like rewards are an agreement between the cover's embedding and the
 title's, a full-rank bilinear form that the rank-16 term cannot hold (on world seed 1's untrained covers it raised
 the held-out correlation from 0.827 to 0.835, and from 0.878 to 0.903 at weight decay 0.1: benchmarks/critic_fit.py).
@@ -44,6 +51,7 @@ from torch import nn
 
 from icg_rl.models.clip_embedder import CLIPEmbedder
 from icg_rl.rl.backprop import denoise_suffix
+from icg_rl.rl.floor_model import FlooredRewardModel
 from icg_rl.rl.nft import flow_sigmas, noised_and_target
 from icg_rl.rl.sampling import decode, predict_noise
 from icg_rl.rl.steps import is_flow
@@ -51,7 +59,8 @@ from icg_rl.rl.steps import is_flow
 
 class CoverCritic(nn.Module):
     def __init__(self, embedder: CLIPEmbedder, catalogue: torch.Tensor, rank: int = 16, lr: float = 3e-3,
-                 replay_rows: int = 1024, fit_steps: int = 20, seed: int = 0):
+                 replay_rows: int = 1024, fit_steps: int = 20, seed: int = 0, user_form: str = "bilinear",
+                 weight_decay: float = 1e-4, floors: dict[str, float] | None = None):
         super().__init__()
         self.embedder = embedder.requires_grad_(False)
         dim = catalogue.shape[1]
@@ -62,12 +71,20 @@ class CoverCritic(nn.Module):
         def projection() -> nn.Parameter:
             return nn.Parameter(torch.randn(rank, dim, generator=generator) / dim ** 0.5)
 
+        if user_form not in ("bilinear", "ideal"):
+            raise ValueError(f"algo.nft_critic_user_form: 'bilinear' or 'ideal', got {user_form!r}")
+        self.ideal = user_form == "ideal"
         self.quality = nn.Parameter(torch.zeros(dim))
         self.image_user, self.user = projection(), projection()
+        if self.ideal:  # a random quadratic starts ~rank times larger than the bilinear term: start it near flat
+            with torch.no_grad():
+                self.image_user.mul_(0.25), self.user.mul_(0.25)
         self.image_item = projection()
         self.item = nn.Parameter(torch.randn(rank, 2 * dim, generator=generator) / (2 * dim) ** 0.5)
         self.match = nn.Parameter(torch.zeros(2 * dim))  # φ's agreement with i's halves, dimension by dimension
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=1e-4)
+        self.floors = dict(sorted((floors or {}).items()))  # floored reward -> its factor (rl/floor_model.py)
+        self.floor_models = nn.ModuleDict({name: FlooredRewardModel(dim, rank, generator) for name in self.floors})
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
         self.replay_rows, self.fit_steps = replay_rows, fit_steps
         self.replay: list[tuple[torch.Tensor, ...]] = []
         self.next_group = 0
@@ -84,7 +101,10 @@ class CoverCritic(nn.Module):
                 personal_weight: float = 1.0) -> torch.Tensor:
         """φ [B, D], u [B, D], i [B, 2D] -> predicted advantage [B] (up to a per-group constant). The policy may
         climb the user term `personal_weight` times over (`algo.nft_critic_user_weight`; the fit never does)."""
-        personal = ((image @ self.image_user.T) * (user @ self.user.T)).sum(-1)
+        if self.ideal:  # a look each user likes most: the pull toward it fades as a cover reaches it
+            personal = -0.5 * (image @ self.image_user.T - user @ self.user.T).pow(2).sum(-1)
+        else:
+            personal = ((image @ self.image_user.T) * (user @ self.user.T)).sum(-1)
         relevant = ((image @ self.image_item.T) * (item @ self.item.T)).sum(-1)
         relevant = relevant + (image.repeat(1, 2) * item) @ self.match
         return image @ self.quality + personal_weight * personal + relevant
@@ -106,14 +126,39 @@ class CoverCritic(nn.Module):
         self.load_state_dict(state["model"], strict=False)  # the frozen CLIP is the run's own, not saved
         self.optimizer.load_state_dict(state["optimizer"])
         no_pairs = (torch.zeros(0, 2, dtype=torch.long), torch.zeros(0))  # a replay saved before shown covers
-        self.replay = [tuple(row) + (no_pairs if len(row) == 5 else ()) for row in state["replay"]]
+        rows = [tuple(row) + (no_pairs if len(row) == 5 else ()) for row in state["replay"]]
+        self.replay = [row if len(row) == 8 else row + (self.no_floored(len(row[0]), row[0].device),) for row in rows]
         self.next_group = state["next_group"]
 
+    def no_floored(self, rows: int, device) -> torch.Tensor:
+        return torch.full((rows, 2 * len(self.floors)), float("nan"), device=device)
+
+    def floored_columns(self, floored: dict | None, rows: int, device) -> torch.Tensor:
+        """{reward: (scores [B], reference covers' scores [B])} -> [B, 2F]: per floored reward its scores, then its
+        floor (factor × the reference's; NaN where unknown)."""
+        columns = self.no_floored(rows, device)
+        for k, (name, factor) in enumerate(self.floors.items()):
+            if floored is not None and name in floored:
+                scores, reference = floored[name]
+                columns[:, 2 * k] = torch.as_tensor(np.asarray(scores), dtype=torch.float32, device=device)
+                columns[:, 2 * k + 1] = factor * torch.as_tensor(np.asarray(reference), dtype=torch.float32,
+                                                                 device=device)
+        return columns
+
+    def floor_shortfall(self, image: torch.Tensor, item: torch.Tensor, floors: torch.Tensor) -> torch.Tensor:
+        """Σ over floored rewards of relu(floor − r̂(φ, i)) / σ per cover [B]; `floors` [B, F]."""
+        total = image.new_zeros(len(image))
+        for k, model in enumerate(self.floor_models.values()):
+            total = total + model.shortfall(image, item, floors[:, k].to(image))
+        return total
+
     def observe(self, image, user, item, group_key: np.ndarray, advantages: torch.Tensor,
-                shown: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+                shown: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                floored: dict | None = None) -> dict[str, float]:
         """Add a scored batch (features detached) to the replay and fit on the replay -> metrics. `shown`: (own
         rows, partner rows, differences) [M] each: cover `own` scored for `partner`'s user, how much more (in the
-        advantages' units) that user likes it than its own does (`shown_differences`): the user term's own signal."""
+        advantages' units) that user likes it than its own does (`shown_differences`): the user term's own signal.
+        `floored`: {reward: (scores, reference covers' scores)} of the floored rewards (`floored_columns`)."""
         _, groups = np.unique(np.asarray(group_key).astype(str), return_inverse=True)
         groups = torch.as_tensor(groups + self.next_group)
         self.next_group = int(groups.max()) + 1
@@ -121,18 +166,21 @@ class CoverCritic(nn.Module):
         if shown is not None:
             pairs = (torch.as_tensor(np.stack(shown[:2], 1), dtype=torch.long, device=image.device),
                      torch.as_tensor(shown[2], device=image.device).float())
-        row = (image.detach(), user.detach(), item.detach(), groups, advantages.detach().float(), *pairs)
+        row = (image.detach(), user.detach(), item.detach(), groups, advantages.detach().float(), *pairs,
+               self.floored_columns(floored, len(image), image.device))
         metrics = self.held_out(row) if self.replay else {}
         self.replay.append(row)
         while sum(len(r[0]) for r in self.replay) > self.replay_rows:
             self.replay.pop(0)
-        image, user, item, groups, target, pairs, difference = joined(self.replay)
+        image, user, item, groups, target, pairs, difference, floored = joined(self.replay)
         _, groups = torch.unique(groups, return_inverse=True)
         with torch.enable_grad():
             for _ in range(self.fit_steps):
                 loss = (centred(self(image, user, item), groups) - target).pow(2).mean()
                 if len(difference):
                     loss = loss + (self.difference(image, user, item, pairs) - difference).pow(2).mean()
+                for k, model in enumerate(self.floor_models.values()):
+                    loss = loss + model.fit_loss(image, item, floored[:, 2 * k])
                 self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()
@@ -147,8 +195,12 @@ class CoverCritic(nn.Module):
     def held_out(self, row) -> dict[str, float]:
         """The critic's Pearson correlation with a batch's advantages (group-centred) and, with shown covers, with
         their differences, before fitting on it."""
-        image, user, item, groups, advantages, pairs, difference = row
+        image, user, item, groups, advantages, pairs, difference, floored = row
         metrics = {"critic/held_out_corr": pearson(centred(self(image, user, item), groups), advantages)}
+        for k, (name, model) in enumerate(self.floor_models.items()):
+            known = torch.isfinite(floored[:, 2 * k])
+            if int(known.sum()) > 1:
+                metrics[f"critic/held_out_{name}_corr"] = pearson(model(image, item)[known], floored[known, 2 * k])
         if len(difference):
             metrics["critic/held_out_user_corr"] = pearson(self.difference(image, user, item, pairs), difference)
         return metrics
@@ -157,7 +209,7 @@ class CoverCritic(nn.Module):
 def joined(replay: list[tuple]) -> tuple[torch.Tensor, ...]:
     """The replay's batches as one: rows concatenated, each batch's pair indices moved to its rows' place."""
     offsets = np.cumsum([0] + [len(r[0]) for r in replay[:-1]])
-    parts = [(*r[:5], r[5] + int(offset), r[6]) for r, offset in zip(replay, offsets)]
+    parts = [(*r[:5], r[5] + int(offset), *r[6:]) for r, offset in zip(replay, offsets)]
     return tuple(torch.cat(column) for column in zip(*parts))
 
 
@@ -236,7 +288,8 @@ def predicted_clean(scheduler, x_t: torch.Tensor, output: torch.Tensor, timestep
 
 
 def critic_gradients(pipe, samples, critic: CoverCritic, user: torch.Tensor, item: torch.Tensor, weight: float,
-                     algo, generator: torch.Generator) -> tuple[list[torch.Tensor | None], dict[str, float]]:
+                     algo, generator: torch.Generator, floors: torch.Tensor | None = None
+                     ) -> tuple[list[torch.Tensor | None], dict[str, float]]:
     """−weight · the critic's mean score of covers made with the current weights -> gradients. The covers:
     with `algo.nft_critic_steps` = K, the sampler's own last K steps replayed from the rollout's x_K (DRaFT-K:
     the path the policy's covers take); with 0, x̂₀ predicted in one step from each cover noised at one of the
@@ -250,9 +303,16 @@ def critic_gradients(pipe, samples, critic: CoverCritic, user: torch.Tensor, ite
         images = denoise_suffix(pipe, prefix, algo, None)  # η = 0: no noise to replay
     else:
         images = one_step_covers(pipe, samples, algo.num_inference_steps, algo.nft_critic_late, generator)
-    score = critic(critic.image_features(images.float()), user, item, algo.nft_critic_user_weight)
-    grads = torch.autograd.grad(-weight * score.mean(), params, allow_unused=True)
-    return list(grads), {"critic/policy_score": float(score.detach().mean())}
+    image = critic.image_features(images.float())
+    score = critic(image, user, item, algo.nft_critic_user_weight)
+    loss, metrics = -weight * score.mean(), {"critic/policy_score": float(score.detach().mean())}
+    if floors is not None and algo.nft_critic_floor_weight > 0:  # each cover pays its own floors (rl/floor_model.py)
+        shortfall = critic.floor_shortfall(image, item, floors)
+        loss = loss + algo.nft_critic_floor_weight * shortfall.mean()
+        metrics |= {"critic/policy_shortfall": float(shortfall.detach().mean()),
+                    "critic/policy_below_floor": float((shortfall.detach() > 0).float().mean())}
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return list(grads), metrics
 
 
 def one_step_covers(pipe, samples, num_steps: int, late_fraction: float, generator: torch.Generator) -> torch.Tensor:
@@ -278,26 +338,41 @@ def build_critic(cfg, pipe) -> CoverCritic | None:
         return None
     embedder = CLIPEmbedder.from_pretrained(clip_folder(cfg.reward, cfg.world.dir))
     catalogue = F.normalize(pipe.icg.item_features.detach().float().cpu(), dim=-1)
-    return CoverCritic(embedder, catalogue, algo.nft_critic_rank, seed=cfg.train.seed).to(pipe.device)
+    floors = cfg.reward.floors if algo.nft_critic_floor_weight > 0 else {}
+    return CoverCritic(embedder, catalogue, algo.nft_critic_rank, seed=cfg.train.seed,
+                       user_form=algo.nft_critic_user_form, weight_decay=algo.nft_critic_decay,
+                       floors=floors).to(pipe.device)
 
 
 def critic_term(pipe, samples, advantages: torch.Tensor, critic: CoverCritic, algo, seed: int, iteration: int,
-                gradient_rows: slice | None = None, shown: tuple | None = None):
+                gradient_rows: slice | None = None, shown: tuple | None = None, floored: dict | None = None):
     """An iteration's critic work: fit it on the batch's scored covers (all of them, on every learner rank: the
     ranks' critics stay equal), then (after the warm-up) a callable that returns the policy's gradient of the
-    critic term at the current weights (called on each NFT inner step), over `gradient_rows` (a rank's share)."""
+    critic term at the current weights (called on each NFT inner step), over `gradient_rows` (a rank's share).
+    `floored`: the floored rewards' scores and their reference covers' (`floored_scores`), with
+    `algo.nft_critic_floor_weight` > 0: each rank's covers pay their own floors on the critic's models of them."""
     from icg_rl.rl.seeding import CRITIC, derive_seed
 
     image, user, item = cover_features(pipe, samples, critic)
-    metrics = critic.observe(image, user, item, samples.group_key, advantages.to(pipe.device), shown)
+    metrics = critic.observe(image, user, item, samples.group_key, advantages.to(pipe.device), shown, floored)
     if iteration < algo.nft_critic_warmup:
         return None, metrics
     share = slice(None) if gradient_rows is None else gradient_rows
     rows, user, item = samples.rows(share), user[share], item[share]
+    floors = critic.floored_columns(floored, len(image), image.device)[share, 1::2] if critic.floors else None
     generator = torch.Generator().manual_seed(derive_seed(seed, CRITIC, iteration, 0 if gradient_rows is None
                                                           else gradient_rows.start))
 
     def gradients():
-        return critic_gradients(pipe, rows, critic, user, item, algo.nft_critic_weight, algo, generator)
+        return critic_gradients(pipe, rows, critic, user, item, algo.nft_critic_weight, algo, generator, floors)
 
     return gradients, metrics
+
+
+def floored_scores(scores: dict, reference: dict, algo) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """{floored reward: (the covers' scores [B], their reference covers' [B])} for the critic's floor models, or None
+    when `algo.nft_critic_floor_weight` is 0 (the learner then ships nothing more)."""
+    if algo.nft_critic_floor_weight <= 0:
+        return None
+    return {name: (np.asarray(scores[name], np.float32), np.asarray(reference[name], np.float32))
+            for name in reference}

@@ -28,7 +28,7 @@ from icg_rl.rewards.registry import build_reward, refuse_for_backprop
 from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
 from icg_rl.rl.averaging import TailAverage
 from icg_rl.rl.backprop import backprop_update, check_differentiable, reference_scores
-from icg_rl.rl.critic import build_critic, critic_term, shown_differences
+from icg_rl.rl.critic import build_critic, critic_term, floored_scores, shown_differences
 from icg_rl.rl.ddpo import apply_gradients, ddpo_update
 from icg_rl.rl.nft import nft_update, optimality
 from icg_rl.rl.relabel import shown_rows
@@ -135,7 +135,8 @@ class LocalTrainer:
                         shown = shown_differences(trajectory, scores, self.mixer, reference, self.score_for,
                                                   algo.nft_critic_shown, seed, self.iteration)
                         term, critic_metrics = critic_term(self.pipe, trajectory, torch.from_numpy(advantages),
-                                                           self.critic, algo, seed, self.iteration, shown=shown)
+                                                           self.critic, algo, seed, self.iteration, shown=shown,
+                                                           floored=floored_scores(scores, reference, algo))
                         metrics |= critic_metrics
                     shown = shown_rows(trajectory, {n: s.numpy() for n, s in scores.items()}, self.mixer.weights,
                                        self.score_for, algo.nft_relabel_users, seed, self.iteration)

@@ -235,6 +235,81 @@ def test_the_user_weight_scales_the_user_term_alone(tmp_path):
     assert one.abs().min() > 0 and torch.allclose(three, 3 * one, atol=1e-5)
 
 
+def test_an_ideal_look_critic_recovers_a_bounded_taste_and_its_climb_stops_at_the_users_look(tmp_path):
+    """CoverWorld's users (and a preference model's image tower) like a look most and less past it: A = −½‖Bφ − Cu‖²
+    within groups. The critic's `ideal` user term can hold that, where the bilinear one only points a direction;
+    climbing the fitted term moves a cover to the user's look and stops there (the planted reward's maximum, 0)."""
+    gen = torch.Generator().manual_seed(5)
+    look_of, user_of = torch.randn(4, DIM, generator=gen) / DIM ** 0.5, torch.randn(4, DIM, generator=gen) / DIM ** 0.5
+
+    def planted(looks, users):
+        return -0.5 * (looks @ look_of.T - users @ user_of.T).pow(2).sum(-1)
+
+    critic = CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=8, lr=1e-2,
+                         replay_rows=512, fit_steps=20, user_form="ideal")
+    correlations = []
+    for batch in range(40):
+        users, items, looks, keys = grouped_batch(gen, batch)
+        advantages = centred(planted(looks, users), torch.as_tensor(np.unique(keys, return_inverse=True)[1]))
+        correlations.append(critic.observe(looks, users, items, keys, advantages / advantages.std())
+                            .get("critic/held_out_corr", 0.0))
+    assert np.mean(correlations[-5:]) > 0.85
+    users, items, start, _ = grouped_batch(gen, 99)
+    looks = start.clone().requires_grad_(True)
+    climb = torch.optim.SGD([looks], lr=0.05)
+    for _ in range(300):  # ascend the critic's user term alone (γ 1 minus γ 0)
+        climb.zero_grad()
+        (critic(looks, users, items, 0.0) - critic(looks, users, items, 1.0)).sum().backward()
+        climb.step()
+    before, after = planted(start, users), planted(looks.detach(), users)
+    assert float(after.mean()) > 0.2 * float(before.mean())  # most of the way to the user's look (0) ...
+    assert float((looks.detach() - start).norm(dim=-1).max()) < 10 * float(start.norm(dim=-1).mean())  # ... bounded
+
+
+def test_the_user_weight_scales_the_whole_ideal_look_term(tmp_path):
+    """With the `ideal` form γ scales −½‖Pφ − Qu‖² whole: the pull toward the user's look, not where it points."""
+    gen = torch.Generator().manual_seed(6)
+    critic = CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=4, user_form="ideal")
+    image, user, item = torch.randn(6, DIM, generator=gen), torch.randn(6, DIM, generator=gen), \
+        torch.randn(6, 2 * DIM, generator=gen)
+    zero, one, three = (critic(image, user, item, g) for g in (0.0, 1.0, 3.0))
+    assert (one - zero).abs().min() > 0 and torch.allclose(three - zero, 3 * (one - zero), atol=1e-4)
+    with pytest.raises(ValueError, match="nft_critic_user_form"):
+        CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), user_form="quadratic")
+
+
+def test_the_critics_floor_model_learns_a_floored_score_and_prices_only_the_covers_below_it(tmp_path):
+    """A floored reward (CLIP-T-like: agreement with the title half, + an item's own rate) is fitted on its raw scores;
+    the floor's price then pushes a cover below its floor toward its title, and leaves a cover above it alone."""
+    gen = torch.Generator().manual_seed(7)
+    critic = CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=4, lr=1e-2,
+                         replay_rows=512, fit_steps=20, floors={"clip_t": 0.95})
+    correlations = []
+    for batch in range(30):
+        users, items, looks, keys = grouped_batch(gen, batch)
+        relevance = 0.5 + 0.05 * (looks * items[:, DIM:]).sum(-1) + 0.1 * items[:, 0]
+        metrics = critic.observe(looks, users, items, keys, torch.randn(32, generator=gen),
+                                 floored={"clip_t": (relevance.numpy(), np.full(32, 0.6, np.float32))})
+        correlations.append(metrics.get("critic/held_out_clip_t_corr", 0.0))
+    assert np.mean(correlations[-5:]) > 0.9
+    users, items, looks, _ = grouped_batch(gen, 100)
+    predicted = critic.floor_models["clip_t"](looks, items).detach()
+    floors = torch.stack([predicted + 0.3, predicted - 0.3], 1)[torch.arange(32), torch.arange(32) % 2][:, None]
+    looks.requires_grad_(True)
+    critic.floor_shortfall(looks, items, floors).sum().backward()
+    below, above = torch.arange(32) % 2 == 0, torch.arange(32) % 2 == 1
+    assert float(looks.grad[above].abs().max()) == 0.0
+    toward_title = -(looks.grad[below] * items[below, DIM:]).sum(-1)  # descent direction · the title half
+    assert float((toward_title > 0).float().mean()) > 0.9
+    assert critic.floor_shortfall(looks, items, torch.full((32, 1), float("nan"))).abs().max() == 0
+
+
+def test_the_critics_floors_need_floored_rewards():
+    with pytest.raises(ValueError, match="reward.floors is empty"):
+        load_config(None, ["algo.name=nft", "algo.eta=0.0", "algo.nft_critic_weight=1",
+                           "algo.nft_critic_floor_weight=2", "reward.floors={}"])
+
+
 def test_shaping_a_critic_that_is_off_is_refused():
     with pytest.raises(ValueError, match="nft_critic_weight > 0"):
         load_config(None, ["algo.name=nft", "algo.eta=0.0", "algo.nft_critic_shown=2"])
