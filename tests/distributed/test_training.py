@@ -53,10 +53,13 @@ def local_first_step(cfg, threads: int) -> tuple[dict, dict, dict]:
 ALGOS = {"ddpo": ([], ("loss/policy", "stats/clip_fraction")),
          "backprop": (["algo.name=backprop", "algo.backprop_steps=2"], ("loss/backprop",)),
          # nft: rollouts ship clean latents only, two inner steps against the frozen sampling outputs, plus the
-         # learned critic (rl/critic.py): every rank fits it on the whole batch and climbs it on its own rows
+         # learned critic (rl/critic.py): every rank fits it on the whole batch and climbs it on its own rows; its
+         # user term an ideal look, and each cover paying the relevance floor on its model of CLIP-T (floor_model.py)
          "nft": (["algo.name=nft", "algo.eta=0.0", "algo.nft_inner_steps=2", "algo.nft_critic_weight=1.0",
-                  "algo.nft_critic_warmup=0"], ("loss/nft", "stats/denoise_mse", "critic/policy_score",
-                                                "critic/fit_mse")),
+                  "algo.nft_critic_warmup=0", "algo.nft_critic_user_form=ideal", "reward.floors={clip_t: 0.95}",
+                  "algo.nft_critic_floor_weight=1.0"],
+                 ("loss/nft", "stats/denoise_mse", "critic/policy_score", "critic/fit_mse",
+                  "critic/policy_shortfall")),
          # …and each cover shown to the other group's user, scored for them by the preference pool (rl/relabel.py);
          # the critic fits those scores too and is climbed through the sampler's last 2 steps (rollouts ship x₂ … x₀)
          "nft_shown": (["algo.name=nft", "algo.eta=0.0", "algo.nft_relabel_users=1", "algo.nft_critic_weight=1.0",
