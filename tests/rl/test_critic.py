@@ -103,26 +103,30 @@ def test_the_critic_is_for_nft_only(tmp_path):
         load_config(None, ["algo.name=grpo", "algo.nft_critic_weight=1.0"])
 
 
-def test_a_critic_restored_from_its_state_continues_exactly(tmp_path):
-    """What a checkpoint holds (weights, Adam moments, replay) is all the fit depends on: a resumed run's critic
-    takes the next batch exactly as the uninterrupted one."""
+@pytest.mark.parametrize("form", ["bilinear", "ideal with a floor model"])
+def test_a_critic_restored_from_its_state_continues_exactly(tmp_path, form):
+    """What a checkpoint holds (weights, Adam moments, replay, the floor models' score statistics) is all the fit
+    depends on: a resumed run's critic takes the next batch exactly as the uninterrupted one."""
     gen = torch.Generator().manual_seed(3)
     embedder = tiny_embedder(tmp_path)
     catalogue = torch.randn(50, DIM, generator=gen)
     batches = [(torch.randn(8, DIM, generator=gen), torch.randn(8, DIM, generator=gen),
                 torch.randn(8, 2 * DIM, generator=gen), np.repeat([f"b{b}g0", f"b{b}g1"], 4),
-                torch.randn(8, generator=gen)) for b in range(3)]
-    straight = CoverCritic(embedder, catalogue, rank=4, fit_steps=5)
+                torch.randn(8, generator=gen), None,
+                {"clip_t": (torch.rand(8, generator=gen).numpy(), torch.rand(8, generator=gen).numpy())})
+               for b in range(3)]
+    options = {"user_form": "ideal", "floors": {"clip_t": 0.95}} if form != "bilinear" else {}
+    straight = CoverCritic(embedder, catalogue, rank=4, fit_steps=5, **options)
     for batch in batches[:2]:
         straight.observe(*batch)
-    resumed = CoverCritic(embedder, catalogue, rank=4, fit_steps=5, seed=1)  # another init: the state must win
+    resumed = CoverCritic(embedder, catalogue, rank=4, fit_steps=5, seed=1, **options)  # the state must win
     resumed.load_state_bytes(straight.state_bytes())
     assert not any(name.startswith("embedder.") for name in torch.load(
         __import__("io").BytesIO(straight.state_bytes()), weights_only=True)["model"])  # CLIP is not saved
     for critic in (straight, resumed):
         critic.observe(*batches[2])
-    restored = dict(resumed.named_parameters())
-    for name, value in straight.named_parameters():
+    restored = dict(resumed.named_parameters()) | dict(resumed.named_buffers())
+    for name, value in [*straight.named_parameters(), *straight.named_buffers()]:
         assert torch.equal(value, restored[name]), name
 
 
