@@ -30,7 +30,8 @@ bounded (CoverWorld's users like a look most and fewer clicks past it; a prefere
 so): a bilinear term is a direction, and a policy that climbs it γ times over pushes the looks past the user's,
 until one user's covers share a look whatever their item (world seed 2: CLIP-T fell to 0.49 of the reference
 covers'). The quadratic's pull fades as a cover reaches the user's look; γ scales the whole term (how hard it
-pulls, not where to).
+pulls, not where to). It also holds a look every user shares (−½‖P φ‖², what the user-zeroed policy is pulled to);
+`ideal_offset` leaves that part at weight 1 and weighs only the rest, each user's offset from it, γ times.
 
 The last term is there for relevance: CLIP-T-like rewards are an agreement between the cover's embedding and the
 title's, a full-rank bilinear form that the rank-16 term cannot hold (on world seed 1's untrained covers it raised
@@ -71,9 +72,9 @@ class CoverCritic(nn.Module):
         def projection() -> nn.Parameter:
             return nn.Parameter(torch.randn(rank, dim, generator=generator) / dim ** 0.5)
 
-        if user_form not in ("bilinear", "ideal"):
-            raise ValueError(f"algo.nft_critic_user_form: 'bilinear' or 'ideal', got {user_form!r}")
-        self.ideal = user_form == "ideal"
+        if user_form not in ("bilinear", "ideal", "ideal_offset"):
+            raise ValueError(f"algo.nft_critic_user_form: 'bilinear', 'ideal' or 'ideal_offset', got {user_form!r}")
+        self.ideal, self.offset_only = user_form.startswith("ideal"), user_form == "ideal_offset"
         self.quality = nn.Parameter(torch.zeros(dim))
         self.image_user, self.user = projection(), projection()
         if self.ideal:  # a random quadratic starts ~rank times larger than the bilinear term: start it near flat
@@ -101,13 +102,18 @@ class CoverCritic(nn.Module):
                 personal_weight: float = 1.0) -> torch.Tensor:
         """φ [B, D], u [B, D], i [B, 2D] -> predicted advantage [B] (up to a per-group constant). The policy may
         climb the user term `personal_weight` times over (`algo.nft_critic_user_weight`; the fit never does)."""
+        shared = image.new_zeros(len(image))  # the part of the user term every user shares (γ leaves it alone)
         if self.ideal:  # a look each user likes most: the pull toward it fades as a cover reaches it
-            personal = -0.5 * (image @ self.image_user.T - user @ self.user.T).pow(2).sum(-1)
+            look = image @ self.image_user.T
+            personal = -0.5 * (look - user @ self.user.T).pow(2).sum(-1)
+            if self.offset_only:  # γ weighs how far each user's look is from everybody's, not the pull to it
+                shared = -0.5 * look.pow(2).sum(-1)
+                personal = personal - shared
         else:
             personal = ((image @ self.image_user.T) * (user @ self.user.T)).sum(-1)
         relevant = ((image @ self.image_item.T) * (item @ self.item.T)).sum(-1)
         relevant = relevant + (image.repeat(1, 2) * item) @ self.match
-        return image @ self.quality + personal_weight * personal + relevant
+        return image @ self.quality + shared + personal_weight * personal + relevant
 
     def state_bytes(self) -> bytes:
         """Its weights, optimizer moments and replay (a resumed run fits on the same recent covers)."""

@@ -222,11 +222,13 @@ def test_the_critic_learns_the_user_term_from_covers_shown_to_other_users(tmp_pa
     assert np.mean(correlations[:2]) < 0.5 < 0.8 < np.mean(correlations[-5:])
 
 
-def test_the_user_weight_scales_the_user_term_alone(tmp_path):
+@pytest.mark.parametrize("form", ["bilinear", "ideal_offset"])
+def test_the_user_weight_scales_the_user_term_alone(tmp_path, form):
     """`algo.nft_critic_user_weight` γ: the policy climbs quality + relevance + γ · the user term; with the user
-    zeroed (the user term is 0) the score is the same for every γ, and the difference it makes is linear in γ."""
+    zeroed (the user term is 0) the score is the same for every γ, and the difference it makes is linear in γ.
+    `ideal_offset`: the ideal look's part every user shares (−½‖Pφ‖²) stays at weight 1."""
     gen = torch.Generator().manual_seed(4)
-    critic = CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=4)
+    critic = CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=4, user_form=form)
     with torch.no_grad():
         for p in critic.parameters():
             p.normal_(generator=gen)
