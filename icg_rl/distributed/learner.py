@@ -178,8 +178,7 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
             sampled = Trajectory.from_wire(critic_input["samples"]).to(self.pipe.device)
             term, critic_metrics = critic_term(self.pipe, sampled, torch.as_tensor(critic_input["advantages"]),
                                                self.critic, self.cfg.algo, self.cfg.train.seed, iteration,
-                                               critic_input["rows"][self.rank], critic_input["shown"],
-                                               critic_input.get("floored"))
+                                               critic_input["rows"][self.rank], **critic_input["evidence"])
         samples = Trajectory.from_wire(wire).to(self.pipe.device)
         params, steps = self.pipe.trainable_parameters(), self.cfg.algo.nft_inner_steps
         taken = []
@@ -324,18 +323,15 @@ class LearnerGroup:
         return mean_metrics(ray.get(refs))
 
     def update_nft(self, samples, optimality: np.ndarray, iteration: int, sampled=None,
-                   advantages: np.ndarray | None = None, shown: tuple | None = None,
-                   floored: dict | None = None) -> dict[str, float]:
+                   advantages: np.ndarray | None = None, **evidence) -> dict[str, float]:
         """NFT on `samples` (sampled covers, plus any shown to other users); with a critic (rl/critic.py) the batch,
-        its advantages, `shown` (its covers' scores for others) and `floored` (its floored rewards' scores) go to
-        every rank, which climbs it on its share."""
+        its advantages and `evidence` (critic_term's shown, floored) go to every rank, which climbs it on its share."""
         import ray
 
         critic_input = None
         if self.cfg.algo.nft_critic_weight > 0:
             share = len(sampled) // self.num_workers
-            critic_input = ray.put({"samples": sampled.to_wire(), "advantages": advantages, "shown": shown,
-                                    "floored": floored,
+            critic_input = ray.put({"samples": sampled.to_wire(), "advantages": advantages, "evidence": evidence,
                                     "rows": [slice(r * share, (r + 1) * share) for r in range(self.num_workers)]})
         refs = [a.nft_step.remote(samples.rows(s).to_wire(), optimality[s], iteration, s.start, critic_input)
                 for a, s in zip(self.actors, self._shards(len(samples)))]

@@ -146,8 +146,8 @@ class RayTrainer(TrainerState):
                 critic_shown = self.retrying(lambda: shown_differences(
                     trajectory, scores, self.mixer, reference, self.score_shown, algo.nft_critic_shown,
                     self.cfg.train.seed, self.iteration), self.iteration, "the critic's cross-user scores")
-                metrics |= self.learner.update_nft(shown, r, self.iteration, trajectory, advantages, critic_shown,
-                                                   floored_scores(scores, reference, algo))
+                metrics |= self.learner.update_nft(shown, r, self.iteration, trajectory, advantages, shown=critic_shown,
+                                                   floored=floored_scores(scores, reference, algo))
             else:
                 metrics |= self.learner.update_ddpo(trajectory, advantages, self.iteration)
             t["time/learn"] = time.perf_counter() - learn_start
