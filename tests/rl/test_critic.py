@@ -44,6 +44,12 @@ def grouped_batch(gen: torch.Generator, batch: int):
     return users, items, looks, np.repeat([f"b{batch}g{g}" for g in range(8)], 4)
 
 
+def fitting_critic(tmp_path, gen: torch.Generator, rank: int, **options) -> CoverCritic:
+    """A critic that fits briskly (lr 1e-2, 20 steps per batch on a 512-row replay), catalogue drawn from `gen`."""
+    return CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=rank, lr=1e-2,
+                       replay_rows=512, fit_steps=20, **options)
+
+
 def test_centred_removes_each_groups_mean():
     values = torch.tensor([1.0, 3.0, 10.0, 20.0, 30.0, 5.0])
     groups = torch.tensor([0, 0, 1, 1, 1, 2])
@@ -68,8 +74,7 @@ def test_the_critic_recovers_a_planted_user_preference_from_group_centred_advant
     a user's base rate, only which of a group's covers scored higher; held-out batches must be predicted."""
     gen = torch.Generator().manual_seed(0)
     planted = torch.randn(DIM, DIM, generator=gen) / DIM ** 0.5
-    critic = CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=8, lr=1e-2,
-                         replay_rows=512, fit_steps=20)
+    critic = fitting_critic(tmp_path, gen, 8)
     correlations = []
     for batch in range(30):
         users, items, looks, keys = grouped_batch(gen, batch)
@@ -86,8 +91,7 @@ def test_the_critic_learns_relevance_as_agreement_between_the_cover_and_its_titl
     """CLIP-T-like relevance: A = ⟨φ, title⟩, a full-rank bilinear form that a rank-2 term cannot hold; the
     critic's per-dimension agreement term (`match`) can, and held-out batches must be predicted."""
     gen = torch.Generator().manual_seed(1)
-    critic = CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=2, lr=1e-2,
-                         replay_rows=512, fit_steps=20)
+    critic = fitting_critic(tmp_path, gen, 2)
     correlations = []
     for batch in range(30):
         users, items, looks, keys = grouped_batch(gen, batch)
@@ -208,8 +212,7 @@ def test_the_critic_learns_the_user_term_from_covers_shown_to_other_users(tmp_pa
     it: ⟨φ, M (u′ − u)⟩. The critic's user term must learn M's part from those differences alone."""
     gen = torch.Generator().manual_seed(2)
     planted = torch.randn(DIM, DIM, generator=gen) / DIM ** 0.5
-    critic = CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=8, lr=1e-2,
-                         replay_rows=512, fit_steps=20)
+    critic = fitting_critic(tmp_path, gen, 8)
     correlations = []
     for batch in range(30):
         users, items, looks, keys = grouped_batch(gen, batch)
@@ -251,8 +254,7 @@ def test_an_ideal_look_critic_recovers_a_bounded_taste_and_its_climb_stops_at_th
     def planted(looks, users):
         return -0.5 * (looks @ look_of.T - users @ user_of.T).pow(2).sum(-1)
 
-    critic = CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=8, lr=1e-2,
-                         replay_rows=512, fit_steps=20, user_form="ideal")
+    critic = fitting_critic(tmp_path, gen, 8, user_form="ideal")
     correlations = []
     for batch in range(40):
         users, items, looks, keys = grouped_batch(gen, batch)
@@ -288,8 +290,7 @@ def test_the_critics_floor_model_learns_a_floored_score_and_prices_only_the_cove
     """A floored reward (CLIP-T-like: agreement with the title half, + an item's own rate) is fitted on its raw scores;
     the floor's price then pushes a cover below its floor toward its title, and leaves a cover above it alone."""
     gen = torch.Generator().manual_seed(7)
-    critic = CoverCritic(tiny_embedder(tmp_path), torch.randn(50, DIM, generator=gen), rank=4, lr=1e-2,
-                         replay_rows=512, fit_steps=20, floors={"clip_t": 0.95})
+    critic = fitting_critic(tmp_path, gen, 4, floors={"clip_t": 0.95})
     correlations = []
     for batch in range(30):
         users, items, looks, keys = grouped_batch(gen, batch)
