@@ -216,6 +216,8 @@ class AlgoConfig(Section):
     nft_critic_rank: int = Field(16, ge=1, description="nft critic: rank of its user and item terms")
     nft_critic_warmup: int = Field(20, ge=0, description="nft critic: iterations it learns before it is climbed")
     nft_critic_steps: int = Field(0, ge=0, description="nft critic: climbed via one x̂₀ step (0) or the last K steps")
+    nft_critic_user_one_step: bool = Field(False, description="nft critic: with nft_critic_steps K, its user term "
+                                           "climbed on one-step x̂₀ covers (the looks), the rest through the K steps")
     nft_critic_user_weight: float = Field(1.0, ge=0.0, description="nft critic: the policy's weight on its user term")
     nft_critic_shown: int = Field(0, ge=0, description="nft critic: other users each cover is scored for")
     nft_critic_floor_weight: float = Field(0.0, ge=0.0, description="nft critic: weight of the floors (reward.floors) "
@@ -240,6 +242,10 @@ class AlgoConfig(Section):
             raise ValueError(f"algo.nft_critic_shown={self.nft_critic_shown}, nft_critic_steps={self.nft_critic_steps}"
                              f", nft_critic_floor_weight={self.nft_critic_floor_weight} shape the critic: they need "
                              "algo.nft_critic_weight > 0 (got 0)")
+        if self.nft_critic_user_one_step and not self.nft_critic_steps:
+            raise ValueError("algo.nft_critic_user_one_step=true splits the critic's climb between one x̂₀ step (its "
+                             "user term) and the sampler's last K steps (the rest): it needs algo.nft_critic_steps "
+                             "> 0 (got 0; with 0 every term is climbed on one step already)")
         if self.nft_relabel_users and not self.nft_shared_draws:
             raise ValueError("algo.nft_relabel_users needs algo.nft_shared_draws=true: a cover and its copy shown to "
                              "another user must meet the same (t, ε) draws (rl/relabel.py)")

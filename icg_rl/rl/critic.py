@@ -16,6 +16,12 @@ step from a forward-noised cover to its predicted x₀, then the VAE decode).
            + Σ_c (f(φ_c, u′, i_c) − f(φ_c, u_c, i_c) − D_c)²   with covers shown to other users (below)
     policy : L = −λ · mean f(φ(decode(x̂₀(x_t, c_θ))))    x_t: a cover noised forward at a late step
              or  −λ · mean f(φ(decode(x₀(x_K, c_θ))))   the sampler's last K steps from the rollout's x_K (DRaFT-K)
+             or  the user term on the first, the rest on the second       (`algo.nft_critic_user_one_step`)
+
+Which path (world seed 1 and 2, issue 34). One x̂₀ step from a late step can change a cover's colour and contrast
+(the looks a user likes) but hardly its layout, which the early steps set: on world seed 2 the policy kept the
+one-step covers' relevance while its sampled covers left their titles. Through the sampler's last 5 steps relevance
+holds (CLIP-T 0.89-0.95 of the reference covers' on three worlds) but seed 1 stopped personalizing (×1.01).
 
 Shown covers (`algo.nft_critic_shown`). Within a group the covers differ by noise, and most of what the advantages
 say about them is what every user likes: on world seed 1 the fitted critic predicted the advantage at 0.84 but the
@@ -102,6 +108,11 @@ class CoverCritic(nn.Module):
                 personal_weight: float = 1.0) -> torch.Tensor:
         """φ [B, D], u [B, D], i [B, 2D] -> predicted advantage [B] (up to a per-group constant). The policy may
         climb the user term `personal_weight` times over (`algo.nft_critic_user_weight`; the fit never does)."""
+        common, personal = self.terms(image, user, item)
+        return common + personal_weight * personal
+
+    def terms(self, image: torch.Tensor, user: torch.Tensor, item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(everything but the user's own term, the user's own term) [B] each: what γ leaves alone, what it weighs."""
         shared = image.new_zeros(len(image))  # the part of the user term every user shares (γ leaves it alone)
         if self.ideal:  # a look each user likes most: the pull toward it fades as a cover reaches it
             look = image @ self.image_user.T
@@ -113,7 +124,7 @@ class CoverCritic(nn.Module):
             personal = ((image @ self.image_user.T) * (user @ self.user.T)).sum(-1)
         relevant = ((image @ self.image_item.T) * (item @ self.item.T)).sum(-1)
         relevant = relevant + (image.repeat(1, 2) * item) @ self.match
-        return image @ self.quality + shared + personal_weight * personal + relevant
+        return image @ self.quality + shared + relevant, personal
 
     def state_bytes(self) -> bytes:
         """Its weights, optimizer moments and replay (a resumed run fits on the same recent covers)."""
@@ -310,7 +321,11 @@ def critic_gradients(pipe, samples, critic: CoverCritic, user: torch.Tensor, ite
     else:
         images = one_step_covers(pipe, samples, algo.num_inference_steps, algo.nft_critic_late, generator)
     image = critic.image_features(images.float())
-    score = critic(image, user, item, algo.nft_critic_user_weight)
+    common, personal = critic.terms(image, user, item)
+    if algo.nft_critic_steps and algo.nft_critic_user_one_step:  # the user's look on one x̂₀ step, the rest on K
+        looks = one_step_covers(pipe, samples, algo.num_inference_steps, algo.nft_critic_late, generator)
+        personal = critic.terms(critic.image_features(looks.float()), user, item)[1]
+    score = common + algo.nft_critic_user_weight * personal
     loss, metrics = -weight * score.mean(), {"critic/policy_score": float(score.detach().mean())}
     if floors is not None and algo.nft_critic_floor_weight > 0:  # each cover pays its own floors (rl/floor_model.py)
         shortfall = critic.floor_shortfall(image, item, floors)

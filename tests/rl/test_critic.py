@@ -134,18 +134,15 @@ def test_a_critic_restored_from_its_state_continues_exactly(tmp_path, form):
         assert torch.equal(value, restored[name]), name
 
 
-def test_the_critics_sampler_path_replays_the_rollouts_last_steps_and_reaches_the_user(micro_world):
-    """`algo.nft_critic_steps=K`: a rollout ships the tail x_K … x₀ of its chain; the learner's replay of the last K
-    deterministic steps from x_K with the sampling weights is the rollout's cover, and the critic's gradient through
-    them reaches the user path (what the one-step x̂₀ path let the policy exploit, this path cannot)."""
-    from icg_rl.rl.backprop import denoise_suffix
-    from icg_rl.rl.critic import build_critic, condition_vectors, cover_features, critic_gradients
-    from icg_rl.rl.sampling import decode, kept_steps, rollout_window, sample_trajectory
+def sampler_path_batch(micro_world, *overrides):
+    """A micro-world nft trainer whose critic is climbed through the sampler's last 2 steps, its ICG path live, and
+    one rollout of its first batch -> (trainer, rollout batch, the same rollout with every step kept)."""
+    from icg_rl.rl.sampling import kept_steps, rollout_window, sample_trajectory
     from icg_rl.rl.seeding import row_generators
     from tests.rl.test_local_trainer import trainer_for
 
     trainer = trainer_for(micro_world, "algo.name=nft", "algo.eta=0.0", "algo.nft_critic_weight=1.0",
-                          "algo.nft_critic_steps=2")
+                          "algo.nft_critic_steps=2", *overrides)
     pipe, algo = trainer.pipe, trainer.cfg.algo
     with torch.no_grad():
         pipe.icg.adapter.projection.gate.fill_(0.5)  # the ICG path is live
@@ -156,7 +153,31 @@ def test_the_critics_sampler_path_replays_the_rollouts_last_steps_and_reaches_th
         return sample_trajectory(pipe, batch, algo.num_inference_steps, 0.0, 1.0, noise, keep_steps=keep,
                                  sde_window=rollout_window(algo))[0]
 
-    tail, whole = rollout(kept_steps(algo)), rollout(None)
+    return trainer, rollout(kept_steps(algo)), rollout(None)
+
+
+def fitted_critic(trainer, tail):
+    """The run's critic after three fits on the rollout's covers (at init its personal term is random, nonzero too)."""
+    from icg_rl.rl.critic import build_critic, cover_features
+
+    critic = build_critic(trainer.cfg, trainer.pipe)
+    image, user, item = cover_features(trainer.pipe, tail, critic)
+    for _ in range(3):
+        critic.observe(image, user, item, tail.group_key,
+                       torch.randn(len(tail.group_key), generator=torch.Generator().manual_seed(0)))
+    return critic
+
+
+def test_the_critics_sampler_path_replays_the_rollouts_last_steps_and_reaches_the_user(micro_world):
+    """`algo.nft_critic_steps=K`: a rollout ships the tail x_K … x₀ of its chain; the learner's replay of the last K
+    deterministic steps from x_K with the sampling weights is the rollout's cover, and the critic's gradient through
+    them reaches the user path (what the one-step x̂₀ path let the policy exploit, this path cannot)."""
+    from icg_rl.rl.backprop import denoise_suffix
+    from icg_rl.rl.critic import condition_vectors, critic_gradients
+    from icg_rl.rl.sampling import decode, kept_steps
+
+    trainer, tail, whole = sampler_path_batch(micro_world)
+    pipe, algo = trainer.pipe, trainer.cfg.algo
     assert kept_steps(algo) == 2 and tail.latents.shape[1] == 3 and tail.log_probs.shape[1] == 2
     assert torch.equal(tail.latents, whole.latents[:, -3:]) and torch.equal(tail.timesteps, whole.timesteps[-2:])
     prefix = {"latents": tail.latents[:, 0], "condition": tail.condition, "k": 2,
@@ -165,17 +186,39 @@ def test_the_critics_sampler_path_replays_the_rollouts_last_steps_and_reaches_th
         replayed = denoise_suffix(pipe, prefix, algo, None)
         assert torch.allclose(replayed, decode(pipe, tail.latents[:, -1]), atol=1e-5)
 
-    critic = build_critic(trainer.cfg, pipe)
-    image, user, item = cover_features(pipe, tail, critic)
-    groups = tail.group_key
-    for _ in range(3):  # a fitted critic (at init its personal term is random but nonzero too)
-        critic.observe(image, user, item, groups, torch.randn(len(groups), generator=torch.Generator().manual_seed(0)))
+    critic = fitted_critic(trainer, tail)
     grads, metrics = critic_gradients(pipe, tail, critic, *condition_vectors(pipe, tail, critic), 1.0, algo,
                                       torch.Generator().manual_seed(0))
     named = dict(zip(pipe.trainable_named_parameters(), grads))
     user_path = [g for n, g in named.items() if "user" in n and g is not None]
     assert user_path and any(float(g.abs().sum()) > 0 for g in user_path), sorted(named)
     assert np.isfinite(metrics["critic/policy_score"])
+
+
+def test_the_user_term_can_be_climbed_on_one_step_while_the_rest_takes_the_sampler_path(micro_world):
+    """`algo.nft_critic_user_one_step`: the critic's user term (γ-weighted) is climbed on one-step x̂₀ covers and
+    everything else through the sampler's last K steps, so the split's gradient is the K-step path's gradient
+    without the user term plus the one-step path's gradient of γ × the user term alone (same noise draws)."""
+    from icg_rl.rl.critic import condition_vectors, critic_gradients
+
+    trainer, tail, _ = sampler_path_batch(micro_world, "algo.nft_critic_user_one_step=true",
+                                          "algo.nft_critic_user_weight=2.0")
+    pipe, algo = trainer.pipe, trainer.cfg.algo
+    critic = fitted_critic(trainer, tail)
+
+    def gradients(**update):
+        grads, _ = critic_gradients(pipe, tail, critic, *condition_vectors(pipe, tail, critic), 1.0,
+                                    algo.model_copy(update=update), torch.Generator().manual_seed(0))
+        return [torch.zeros(()) if g is None else g for g in grads]
+
+    split = gradients()
+    rest_on_k_steps = gradients(nft_critic_user_one_step=False, nft_critic_user_weight=0.0)
+    one_step = gradients(nft_critic_steps=0)
+    one_step_without_user = gradients(nft_critic_steps=0, nft_critic_user_weight=0.0)
+    user_alone = [a - b for a, b in zip(one_step, one_step_without_user)]
+    assert any(float(g.abs().sum()) > 0 for g in user_alone)  # the user term moves the policy on its own
+    for got, k_steps, user in zip(split, rest_on_k_steps, user_alone):
+        assert torch.allclose(got, k_steps + user, atol=1e-6, rtol=1e-4)
 
 
 def test_shown_differences_are_the_partners_mix_minus_the_own_in_advantage_units():
@@ -322,3 +365,6 @@ def test_shaping_a_critic_that_is_off_is_refused():
         load_config(None, ["algo.name=nft", "algo.eta=0.0", "algo.nft_critic_shown=2"])
     with pytest.raises(ValueError, match="needs algo.eta=0"):
         load_config(None, ["algo.name=nft", "algo.eta=1.0", "algo.nft_critic_weight=1.0", "algo.nft_critic_steps=2"])
+    with pytest.raises(ValueError, match="nft_critic_user_one_step=true .* needs algo.nft_critic_steps > 0"):
+        load_config(None, ["algo.name=nft", "algo.eta=0.0", "algo.nft_critic_weight=1.0",
+                           "algo.nft_critic_user_one_step=true"])
