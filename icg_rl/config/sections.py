@@ -219,6 +219,8 @@ class AlgoConfig(Section):
     nft_critic_user_one_step: bool = Field(False, description="nft critic: with nft_critic_steps K, its user term "
                                            "climbed on one-step x̂₀ covers (the looks), the rest through the K steps")
     nft_critic_user_weight: float = Field(1.0, ge=0.0, description="nft critic: the policy's weight on its user term")
+    nft_critic_population_weight: float = Field(1.0, ge=0.0, description="nft critic: the policy's weight on its "
+                                                "looks every user likes (quality; ideal_offset's shared look)")
     nft_critic_shown: int = Field(0, ge=0, description="nft critic: other users each cover is scored for")
     nft_critic_floor_weight: float = Field(0.0, ge=0.0, description="nft critic: weight of the floors (reward.floors) "
                                            "on its own model of each floored reward: a cover below pays")

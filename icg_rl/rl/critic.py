@@ -108,11 +108,11 @@ class CoverCritic(nn.Module):
                 personal_weight: float = 1.0) -> torch.Tensor:
         """φ [B, D], u [B, D], i [B, 2D] -> predicted advantage [B] (up to a per-group constant). The policy may
         climb the user term `personal_weight` times over (`algo.nft_critic_user_weight`; the fit never does)."""
-        common, personal = self.terms(image, user, item)
-        return common + personal_weight * personal
+        population, relevant, personal = self.terms(image, user, item)
+        return population + relevant + personal_weight * personal
 
-    def terms(self, image: torch.Tensor, user: torch.Tensor, item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(everything but the user's own term, the user's own term) [B] each: what γ leaves alone, what it weighs."""
+    def terms(self, image: torch.Tensor, user: torch.Tensor, item: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(looks every user likes, the item's, the user's own) [B] each: the policy weighs the first and last."""
         shared = image.new_zeros(len(image))  # the part of the user term every user shares (γ leaves it alone)
         if self.ideal:  # a look each user likes most: the pull toward it fades as a cover reaches it
             look = image @ self.image_user.T
@@ -124,7 +124,7 @@ class CoverCritic(nn.Module):
             personal = ((image @ self.image_user.T) * (user @ self.user.T)).sum(-1)
         relevant = ((image @ self.image_item.T) * (item @ self.item.T)).sum(-1)
         relevant = relevant + (image.repeat(1, 2) * item) @ self.match
-        return image @ self.quality + shared + relevant, personal
+        return image @ self.quality + shared, relevant, personal
 
     def state_bytes(self) -> bytes:
         """Its weights, optimizer moments and replay (a resumed run fits on the same recent covers)."""
@@ -321,11 +321,11 @@ def critic_gradients(pipe, samples, critic: CoverCritic, user: torch.Tensor, ite
     else:
         images = one_step_covers(pipe, samples, algo.num_inference_steps, algo.nft_critic_late, generator)
     image = critic.image_features(images.float())
-    common, personal = critic.terms(image, user, item)
+    population, relevant, personal = critic.terms(image, user, item)
     if algo.nft_critic_steps and algo.nft_critic_user_one_step:  # the user's look on one x̂₀ step, the rest on K
         looks = one_step_covers(pipe, samples, algo.num_inference_steps, algo.nft_critic_late, generator)
-        personal = critic.terms(critic.image_features(looks.float()), user, item)[1]
-    score = common + algo.nft_critic_user_weight * personal
+        personal = critic.terms(critic.image_features(looks.float()), user, item)[2]
+    score = algo.nft_critic_population_weight * population + relevant + algo.nft_critic_user_weight * personal
     loss, metrics = -weight * score.mean(), {"critic/policy_score": float(score.detach().mean())}
     if floors is not None and algo.nft_critic_floor_weight > 0:  # each cover pays its own floors (rl/floor_model.py)
         shortfall = critic.floor_shortfall(image, item, floors)

@@ -221,6 +221,27 @@ def test_the_user_term_can_be_climbed_on_one_step_while_the_rest_takes_the_sampl
         assert torch.allclose(got, k_steps + user, atol=1e-6, rtol=1e-4)
 
 
+def test_the_population_weight_leaves_the_looks_every_user_likes_out_of_the_climb(micro_world):
+    """`algo.nft_critic_population_weight=0`: the policy climbs the critic's item and user terms only; its looks that
+    every user likes (the quality term) no longer move the gradient, which they do at weight 1."""
+    from icg_rl.rl.critic import condition_vectors, critic_gradients
+
+    trainer, tail, _ = sampler_path_batch(micro_world)
+    pipe, algo = trainer.pipe, trainer.cfg.algo
+    critic = fitted_critic(trainer, tail)
+
+    def gradients(population_weight: float, quality_scale: float):
+        with torch.no_grad():
+            critic.quality.mul_(quality_scale)
+        grads, _ = critic_gradients(pipe, tail, critic, *condition_vectors(pipe, tail, critic), 1.0,
+                                    algo.model_copy(update={"nft_critic_population_weight": population_weight}),
+                                    torch.Generator().manual_seed(0))
+        return torch.cat([g.flatten() for g in grads if g is not None])
+
+    assert not torch.allclose(gradients(1.0, 1.0), gradients(1.0, 5.0))  # quality ×5: the climb moves
+    assert torch.allclose(gradients(0.0, 1.0), gradients(0.0, 3.0), atol=1e-7)  # ×15: it does not
+
+
 def test_shown_differences_are_the_partners_mix_minus_the_own_in_advantage_units():
     """A cover scored for another user of the batch: only the user-dependent rewards change (clip_t is the same
     cover's), and the difference is in the batch advantages' units (over the std of the batch's mixed reward)."""
