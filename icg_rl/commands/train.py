@@ -139,6 +139,9 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
         if first:
             tracker.log(first, step=0)
             log.info("before training: %s", _line(first))
+        # the summary compares the untrained policy with the trained one on the same (end-of-run) pairs
+        first_final = trainer.evaluate(final=True)[0] if first and trainer.final_heldout is not trainer.heldout \
+            else first
         loop_start, totals = time.perf_counter(), {"time/iteration": 0.0}
         metrics, saved_stats = {}, None
         bar = tqdm(desc=f"ICG {cfg.algo.name}", unit="it", dynamic_ncols=True, initial=trainer.iteration,
@@ -177,7 +180,7 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
                 bar.write(f"checkpoint {where}: {saved_stats['mb']:.2f} MB in {saved_stats['seconds']:.2f} s")
         loop_s = time.perf_counter() - loop_start
         bar.close()  # now, not when the collector gets to it: a late close redraws the bar below the summary line
-        final, _ = trainer.evaluate()
+        final, _ = trainer.evaluate(final=True)
         checkpoint = trainer.export(out / "checkpoint")
         rows = cfg.data.pairs_per_batch * cfg.data.samples_per_pair
         grid = _sample_grid(trainer.showcase(), cfg)
@@ -203,7 +206,9 @@ def train(cfg, out: Path, address: str | None = None, resume: str | None = None)
         oracle = {k.removeprefix("oracle/"): v for k, v in final.items() if k.startswith("oracle/")}
         if "eval/clip_t" in final:
             oracle |= {"relevance_icg": final["eval/clip_t"], "relevance_reference": final["eval/clip_t_reference"]}
-        summary["oracle"] = oracle | ({"ctr_icg_initial": first["oracle/ctr_icg"]} if "oracle/ctr_icg" in first else {})
+        oracle["pairs"] = len(trainer.final_heldout["user_id"])
+        summary["oracle"] = oracle | ({"ctr_icg_initial": first_final["oracle/ctr_icg"]}
+                                      if "oracle/ctr_icg" in first_final else {})
     else:  # said, not silently left out: a reader of the summary should not look for it elsewhere
         summary["oracle"] = {"unavailable": f"data.kind={cfg.data.kind} has no ground truth; the click oracle exists "
                                            f"only in CoverWorld (held-out rewards are in `eval`)"}

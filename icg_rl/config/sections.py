@@ -270,6 +270,9 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(5, ge=1, description="iterations between checkpoints")
     eval_every: int = Field(5, ge=1, description="iterations between evaluations on held-out pairs")
     eval_pairs: int = Field(64, ge=1, description="held-out (user, item) pairs of the test split scored at evaluation")
+    final_eval_pairs: int | None = Field(None, ge=1, description="held-out pairs of the end-of-run evaluation "
+                                         "(summary.json's numbers; a superset of eval_pairs' when larger); "
+                                         "None = eval_pairs")
     pool_check_every: int = Field(10, ge=0, description="reward backprop: every N iterations the reward pools also "
                                   "score the covers the learner made (pool/<reward> in the log); 0: never")
     out: str = Field("runs/train", description="folder of the run's outputs (the CLI's --out overrides it)")

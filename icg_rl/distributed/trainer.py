@@ -61,10 +61,10 @@ class RayTrainer(TrainerState):
         else:
             user_ids, item_features = timed(log, "catalogue features", lambda: policy_context(cfg, data))
         self.stream = timed(log, "pairs and histories", lambda: stream_from_config(cfg, data, "train"))
-        # the showcase (a few items × users of spread taste) only draws the sample grid; the held-out batch is the
-        # one every evaluation number comes from
-        self.heldout, self.showcase_batch = timed(log, "held-out batches", lambda: heldout_and_showcase(
-            cfg, data, with_oracle=cfg.data.kind == "coverworld"))
+        # the showcase (a few items × users of spread taste) only draws the sample grid; the held-out batches are
+        # the ones every evaluation number comes from (the end-of-run one may be larger: train.final_eval_pairs)
+        self.heldout, self.final_heldout, self.showcase_batch = timed(
+            log, "held-out batches", lambda: heldout_and_showcase(cfg, data, with_oracle=cfg.data.kind == "coverworld"))
         data = None  # (not `del`: the lambdas above close over it)
         self.pools, self.elastic = pools, r.rollout_workers == "auto"
         rollouts = rollout_capacity(cfg, pools) if self.elastic else r.rollout_workers
@@ -332,13 +332,15 @@ class RayTrainer(TrainerState):
         return {"sync/ms": (time.perf_counter() - start) * 1e3, "sync/bytes": float(size),
                 "sync/version": float(self.version)}
 
-    def evaluate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    def evaluate(self, final: bool = False) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Held-out covers of the policy that ships: the learner's averaged weights when `train.average_last` > 0
-        (the rollout actors sample with them for the evaluation only), else the live ones."""
+        (the rollout actors sample with them for the evaluation only), else the live ones. `final`: on the
+        end-of-run batch (`train.final_eval_pairs`)."""
         from icg_rl.evaluation.heldout import evaluate_heldout
 
+        batch = self.final_heldout if final else self.heldout
         return self.retrying(lambda: evaluate_heldout(
-            self.cfg, self.rollout, self.rewards, self.heldout, with_oracle=self.cfg.data.kind == "coverworld",
+            self.cfg, self.rollout, self.rewards, batch, with_oracle=self.cfg.data.kind == "coverworld",
             weights_ref=self._shipped_weights()), self.iteration, "the evaluation")
 
     def showcase(self) -> dict:

@@ -20,10 +20,15 @@ SHOWCASE_ITEMS = 4  # rows of the grid
 SHOWCASE_USERS = 4  # personalized columns of the grid
 
 
-def heldout_and_showcase(cfg, data, with_oracle: bool) -> tuple[dict, dict]:
-    """(the held-out batch, the showcase batch) from one read of the test split's pairs."""
+def heldout_and_showcase(cfg, data, with_oracle: bool) -> tuple[dict, dict, dict]:
+    """(the held-out batch, the end-of-run one, the showcase batch) from one read of the test split's pairs. The
+    end-of-run batch has `train.final_eval_pairs` pairs (it is the held-out batch itself when that is not larger):
+    a ratio such as × user-zeroed moves ±0.05 between two choices of 64 pairs (benchmarks/RESULTS.md)."""
     pairs = build_pairs(data, "test", cfg.data.history_len)
-    return heldout_batch(cfg, data, pairs=pairs), showcase_batch(cfg, pairs, with_oracle)
+    heldout, final = heldout_batch(cfg, data, pairs=pairs), cfg.train.final_eval_pairs
+    if final is not None and final > cfg.train.eval_pairs:  # the seeded order's first `final` pairs hold the others
+        return heldout, heldout_batch(cfg, data, count=final, pairs=pairs), showcase_batch(cfg, pairs, with_oracle)
+    return heldout, heldout, showcase_batch(cfg, pairs, with_oracle)
 
 
 def spread_by_taste(tastes: np.ndarray, k: int) -> np.ndarray:

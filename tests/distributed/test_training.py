@@ -195,7 +195,7 @@ def test_train_command_writes_weights_grids_curves_and_summary(micro_world, micr
     out = tmp_path / "run"
     code = main(["--config", str(MICRO_CONFIG), "--out", str(out), f"world.dir={cfg.world.dir}", "algo.name=backprop",
                  "algo.num_inference_steps=4", "train.iterations=3", "train.eval_every=2", "train.eval_pairs=8",
-                 "train.tracker=wandb"])
+                 "train.final_eval_pairs=12", "train.tracker=wandb"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations"] == 3 and summary["samples_per_s"] > 0
@@ -205,6 +205,7 @@ def test_train_command_writes_weights_grids_curves_and_summary(micro_world, micr
                            "taste_corr_brightness", "taste_corr_composition"}
     assert 0 < oracle["ctr_reference"] <= oracle["ctr_best_variant"] <= 1
     assert 0 < oracle["ctr_icg_initial"] < 1 and 0 <= oracle["ab_p_value"] <= 1
+    assert oracle["pairs"] == 12  # the end-of-run evaluation's larger batch (the periodic ones score 8)
     pipe = ICGPipeline.from_pretrained(cfg.world.dir + "/models/sd", icg_path=summary["checkpoint"])
     assert float(pipe.icg.adapter.projection.gate.abs()) > 0  # trained weights, not the zero-gate init
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

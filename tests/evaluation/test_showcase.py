@@ -99,9 +99,10 @@ def test_on_coverworld_users_spread_in_hidden_taste_and_the_heldout_batch_is_unc
 
     cfg, _ = micro_world
     data = load_from_config(cfg)
-    heldout, batch = heldout_and_showcase(cfg, data, with_oracle=True)
+    heldout, final, batch = heldout_and_showcase(cfg, data, with_oracle=True)
     before = heldout_batch(cfg, data)  # how the trainer built it before the showcase existed
     assert heldout.keys() == before.keys() and all(np.array_equal(heldout[k], before[k]) for k in before)
+    assert final is heldout  # train.final_eval_pairs unset: the run ends on the same pairs
     users = list(batch["user_id"][:SHOWCASE_USERS])
     pairs = build_pairs(data, "test", cfg.data.history_len)
     candidates = pairs.user_ids[pairs.user[np.sort(np.unique(pairs.user, return_index=True)[1])]]  # first-seen order
@@ -116,3 +117,19 @@ def test_on_coverworld_users_spread_in_hidden_taste_and_the_heldout_batch_is_unc
     assert prob["personalized"][1, 2] == pytest.approx(
         oracle.click_prob([users[2]], [batch["item_id"][SHOWCASE_USERS]], images[1, 2][None])[0])
     np.testing.assert_allclose(prob["zeroed"][:, 0], prob["personalized"][:, 0])  # same cover, same user
+
+
+def test_the_end_of_run_batch_is_larger_and_holds_the_periodic_pairs(micro_world):
+    from icg_rl.data import load_from_config
+    from icg_rl.evaluation.showcase import heldout_and_showcase
+
+    cfg, _ = micro_world
+    data = load_from_config(cfg)
+    pairs = build_pairs(data, "test", cfg.data.history_len)
+    count = min(len(pairs), cfg.train.eval_pairs + 4)
+    assert count > cfg.train.eval_pairs, "the micro world's test split is too small for this test"
+    bigger = load_config(MICRO_CONFIG, [f"world.dir={cfg.world.dir}", f"train.final_eval_pairs={count}"])
+    heldout, final, _ = heldout_and_showcase(bigger, data, with_oracle=True)
+    assert len(final["user_id"]) == count and len(heldout["user_id"]) == cfg.train.eval_pairs
+    periodic = set(zip(heldout["user_id"], heldout["item_id"]))
+    assert periodic < set(zip(final["user_id"], final["item_id"]))  # the summary's pairs extend the curve's
