@@ -225,9 +225,10 @@ class AlgoConfig(Section):
     nft_critic_floor_weight: float = Field(0.0, ge=0.0, description="nft critic: weight of the floors (reward.floors) "
                                            "on its own model of each floored reward: a cover below pays")
     nft_critic_decay: float = Field(1e-4, ge=0.0, description="nft critic: its Adam weight decay (L2 on its terms)")
-    nft_critic_user_form: Literal["bilinear", "ideal", "ideal_offset"] = Field(
+    nft_critic_user_form: Literal["bilinear", "ideal", "ideal_offset", "tower"] = Field(
         "bilinear", description="nft critic: its user term ⟨Pφ, Qu⟩ (a direction) or −½‖Pφ − Qu‖² (a look each "
-        "user likes most; γ weighs it whole, or with ideal_offset only its part that differs from the user-zeroed)")
+        "user likes most; γ weighs it whole, or with ideal_offset only its part that differs from the user-zeroed), "
+        "or tower: ⟨Hu, MLP(φ)⟩, the preference model's shape (γ weighs each user's offset from the mean user)")
 
     @model_validator(mode="after")
     def _window_inside_steps(self):

@@ -107,7 +107,7 @@ def test_the_critic_is_for_nft_only(tmp_path):
         load_config(None, ["algo.name=grpo", "algo.nft_critic_weight=1.0"])
 
 
-@pytest.mark.parametrize("form", ["bilinear", "ideal with a floor model"])
+@pytest.mark.parametrize("form", ["bilinear", "ideal with a floor model", "tower"])
 def test_a_critic_restored_from_its_state_continues_exactly(tmp_path, form):
     """What a checkpoint holds (weights, Adam moments, replay, the floor models' score statistics) is all the fit
     depends on: a resumed run's critic takes the next batch exactly as the uninterrupted one."""
@@ -119,7 +119,8 @@ def test_a_critic_restored_from_its_state_continues_exactly(tmp_path, form):
                 torch.randn(8, generator=gen), None,
                 {"clip_t": (torch.rand(8, generator=gen).numpy(), torch.rand(8, generator=gen).numpy())})
                for b in range(3)]
-    options = {"user_form": "ideal", "floors": {"clip_t": 0.95}} if form != "bilinear" else {}
+    options = {"bilinear": {}, "tower": {"user_form": "tower"}}.get(form, {"user_form": "ideal",
+                                                                          "floors": {"clip_t": 0.95}})
     straight = CoverCritic(embedder, catalogue, rank=4, fit_steps=5, **options)
     for batch in batches[:2]:
         straight.observe(*batch)
@@ -389,3 +390,29 @@ def test_shaping_a_critic_that_is_off_is_refused():
     with pytest.raises(ValueError, match="nft_critic_user_one_step=true .* needs algo.nft_critic_steps > 0"):
         load_config(None, ["algo.name=nft", "algo.eta=0.0", "algo.nft_critic_weight=1.0",
                            "algo.nft_critic_user_one_step=true"])
+
+
+def test_a_tower_critic_learns_a_preference_models_shape_and_gamma_weighs_each_users_offset(tmp_path):
+    """`user_form: tower` has the preference model's shape, ⟨H u, MLP(φ)⟩: a taste that saturates in the looks
+    (A = ⟨M u, tanh(Bφ)⟩ within groups) is predicted on held-out batches (0.86-0.90 at the end on seeds 7-9). γ
+    weighs only how each user differs from the replay's mean user: the mean user scores the same for every γ, and
+    another user's difference from it is linear in γ."""
+    gen = torch.Generator().manual_seed(7)
+    looks_of, taste_of = (torch.randn(6, DIM, generator=gen) / DIM ** 0.5 for _ in range(2))
+
+    def planted(looks, users):
+        return (torch.tanh(looks @ looks_of.T) * (users @ taste_of.T)).sum(-1)
+
+    critic = fitting_critic(tmp_path, gen, 4, user_form="tower", weight_decay=1e-3)
+    correlations = []
+    for batch in range(40):
+        users, items, looks, keys = grouped_batch(gen, batch)
+        advantages = centred(planted(looks, users), torch.as_tensor(np.unique(keys, return_inverse=True)[1]))
+        correlations.append(critic.observe(looks, users, items, keys, advantages / advantages.std())
+                            .get("critic/held_out_corr", 0.0))
+    assert np.mean(correlations[:2]) < 0.5 < 0.75 < np.mean(correlations[-5:])
+    image, item = torch.randn(6, DIM, generator=gen), torch.randn(6, 2 * DIM, generator=gen)
+    mean_user, user = critic.user_mean.expand(6, DIM), torch.randn(6, DIM, generator=gen)
+    assert torch.allclose(critic(image, mean_user, item, 3.0), critic(image, mean_user, item), atol=1e-5)
+    one, three = (critic(image, user, item, g) - critic(image, mean_user, item, g) for g in (1.0, 3.0))
+    assert one.abs().min() > 0 and torch.allclose(three, 3 * one, atol=1e-4)
