@@ -27,7 +27,8 @@ import torch
 
 from icg_rl.config import load_config
 from icg_rl.rl.backprop import backprop_loss, reference_scores
-from icg_rl.rl.critic import build_critic, condition_vectors, cover_features, critic_gradients, shown_differences
+from icg_rl.rl.critic import build_critic, condition_vectors, cover_features, shown_differences
+from icg_rl.rl.critic_climb import critic_gradients
 from icg_rl.rl.ddpo import ddpo_gradients
 from icg_rl.rl.local import LocalTrainer
 from icg_rl.rl.nft import draw_noising, nft_gradients, optimality

@@ -167,7 +167,7 @@ class LearnerWorker(WeightGroupMember):  # rank 0 is the source of a weight grou
         """DiffusionNFT on this rank's clean samples, rows `first_row …` of the batch (`rl/nft.py`):
         `algo.nft_inner_steps` engine steps. With a critic, `critic_input` holds the whole sampled batch and its
         advantages (every rank fits the same critic) and the rows this rank climbs it on."""
-        from icg_rl.rl.critic import critic_term
+        from icg_rl.rl.critic_climb import critic_term
         from icg_rl.rl.ddpo import gradient_surrogate
         from icg_rl.rl.nft import nft_update
         from icg_rl.rl.trajectory import Trajectory

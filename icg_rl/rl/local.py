@@ -28,7 +28,8 @@ from icg_rl.rewards.registry import build_reward, refuse_for_backprop
 from icg_rl.rl.advantages import PerKeyStatTracker, group_advantages
 from icg_rl.rl.averaging import TailAverage
 from icg_rl.rl.backprop import backprop_update, check_differentiable, reference_scores
-from icg_rl.rl.critic import build_critic, critic_term, floored_scores, shown_differences
+from icg_rl.rl.critic import build_critic, floored_scores, shown_differences
+from icg_rl.rl.critic_climb import critic_term
 from icg_rl.rl.ddpo import apply_gradients, ddpo_update
 from icg_rl.rl.nft import nft_update, optimality
 from icg_rl.rl.relabel import shown_rows

@@ -9,7 +9,8 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 
 from icg_rl.config import load_config
 from icg_rl.models.clip_embedder import CLIPEmbedder
-from icg_rl.rl.critic import CoverCritic, centred, predicted_clean
+from icg_rl.rl.critic import CoverCritic, centred
+from icg_rl.rl.critic_climb import predicted_clean
 from icg_rl.rl.nft import noised_and_target
 
 DIM = 12
@@ -174,7 +175,8 @@ def test_the_critics_sampler_path_replays_the_rollouts_last_steps_and_reaches_th
     deterministic steps from x_K with the sampling weights is the rollout's cover, and the critic's gradient through
     them reaches the user path (what the one-step x̂₀ path let the policy exploit, this path cannot)."""
     from icg_rl.rl.backprop import denoise_suffix
-    from icg_rl.rl.critic import condition_vectors, critic_gradients
+    from icg_rl.rl.critic import condition_vectors
+    from icg_rl.rl.critic_climb import critic_gradients
     from icg_rl.rl.sampling import decode, kept_steps
 
     trainer, tail, whole = sampler_path_batch(micro_world)
@@ -200,7 +202,8 @@ def test_the_user_term_can_be_climbed_on_one_step_while_the_rest_takes_the_sampl
     """`algo.nft_critic_user_one_step`: the critic's user term (γ-weighted) is climbed on one-step x̂₀ covers and
     everything else through the sampler's last K steps, so the split's gradient is the K-step path's gradient
     without the user term plus the one-step path's gradient of γ × the user term alone (same noise draws)."""
-    from icg_rl.rl.critic import condition_vectors, critic_gradients
+    from icg_rl.rl.critic import condition_vectors
+    from icg_rl.rl.critic_climb import critic_gradients
 
     trainer, tail, _ = sampler_path_batch(micro_world, "algo.nft_critic_user_one_step=true",
                                           "algo.nft_critic_user_weight=2.0")
@@ -225,7 +228,8 @@ def test_the_user_term_can_be_climbed_on_one_step_while_the_rest_takes_the_sampl
 def test_the_population_weight_leaves_the_looks_every_user_likes_out_of_the_climb(micro_world):
     """`algo.nft_critic_population_weight=0`: the policy climbs the critic's item and user terms only; its looks that
     every user likes (the quality term) no longer move the gradient, which they do at weight 1."""
-    from icg_rl.rl.critic import condition_vectors, critic_gradients
+    from icg_rl.rl.critic import condition_vectors
+    from icg_rl.rl.critic_climb import critic_gradients
 
     trainer, tail, _ = sampler_path_batch(micro_world)
     pipe, algo = trainer.pipe, trainer.cfg.algo
