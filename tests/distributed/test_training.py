@@ -61,9 +61,11 @@ ALGOS = {"ddpo": ([], ("loss/policy", "stats/clip_fraction")),
                  ("loss/nft", "stats/denoise_mse", "critic/policy_score", "critic/fit_mse",
                   "critic/policy_shortfall")),
          # …and each cover shown to the other group's user, scored for them by the preference pool (rl/relabel.py);
-         # the critic fits those scores too and is climbed through the sampler's last 2 steps (rollouts ship x₂ … x₀)
+         # the critic fits those scores too and is climbed through the sampler's last 2 steps (rollouts ship x₂ … x₀);
+         # its user term in the preference model's shape (rl/critic_tower.py), as configs/coverworld_nft.yaml ships it
          "nft_shown": (["algo.name=nft", "algo.eta=0.0", "algo.nft_relabel_users=1", "algo.nft_critic_weight=1.0",
                         "algo.nft_critic_warmup=0", "algo.nft_critic_shown=1", "algo.nft_critic_steps=2",
+                        "algo.nft_critic_user_form=tower",
                         "reward.weights={aesthetic: 1.0, clip_t: 0.5, preference: 1.0}"],
                        ("loss/nft", "stats/relabel_abs_advantage", "critic/policy_score", "critic/fit_mse"))}
 
