@@ -70,6 +70,18 @@ def test_the_predicted_clean_latent_of_the_true_target_is_the_clean_latent(kind)
     assert torch.allclose(predicted_clean(scheduler, x_t, target, timesteps), x0, atol=1e-4)
 
 
+def planted_fit(critic: CoverCritic, gen: torch.Generator, planted, batches: int) -> list[float]:
+    """Fit `critic` on `batches` grouped batches whose advantages are `planted(looks, users)`, group-centred in std
+    units -> the held-out correlation it reports before each fit."""
+    correlations = []
+    for batch in range(batches):
+        users, items, looks, keys = grouped_batch(gen, batch)
+        advantages = centred(planted(looks, users), torch.as_tensor(np.unique(keys, return_inverse=True)[1]))
+        correlations.append(critic.observe(looks, users, items, keys, advantages / advantages.std())
+                            .get("critic/held_out_corr", 0.0))
+    return correlations
+
+
 def test_the_critic_recovers_a_planted_user_preference_from_group_centred_advantages(tmp_path):
     """Users like looks along their own direction: A = ⟨φ, M u⟩ within (user, item) groups. The critic never sees
     a user's base rate, only which of a group's covers scored higher; held-out batches must be predicted."""
@@ -324,12 +336,7 @@ def test_an_ideal_look_critic_recovers_a_bounded_taste_and_its_climb_stops_at_th
         return -0.5 * (looks @ look_of.T - users @ user_of.T).pow(2).sum(-1)
 
     critic = fitting_critic(tmp_path, gen, 8, user_form="ideal")
-    correlations = []
-    for batch in range(40):
-        users, items, looks, keys = grouped_batch(gen, batch)
-        advantages = centred(planted(looks, users), torch.as_tensor(np.unique(keys, return_inverse=True)[1]))
-        correlations.append(critic.observe(looks, users, items, keys, advantages / advantages.std())
-                            .get("critic/held_out_corr", 0.0))
+    correlations = planted_fit(critic, gen, planted, 40)
     assert np.mean(correlations[-5:]) > 0.85
     users, items, start, _ = grouped_batch(gen, 99)
     looks = start.clone().requires_grad_(True)
@@ -408,12 +415,7 @@ def test_a_tower_critic_learns_a_preference_models_shape_and_gamma_weighs_each_u
         return (torch.tanh(looks @ looks_of.T) * (users @ taste_of.T)).sum(-1)
 
     critic = fitting_critic(tmp_path, gen, 4, user_form="tower", weight_decay=1e-3)
-    correlations = []
-    for batch in range(40):
-        users, items, looks, keys = grouped_batch(gen, batch)
-        advantages = centred(planted(looks, users), torch.as_tensor(np.unique(keys, return_inverse=True)[1]))
-        correlations.append(critic.observe(looks, users, items, keys, advantages / advantages.std())
-                            .get("critic/held_out_corr", 0.0))
+    correlations = planted_fit(critic, gen, planted, 40)
     assert np.mean(correlations[:2]) < 0.5 < 0.75 < np.mean(correlations[-5:])
     image, item = torch.randn(6, DIM, generator=gen), torch.randn(6, 2 * DIM, generator=gen)
     mean_user, user = critic.user_mean.expand(6, DIM), torch.randn(6, DIM, generator=gen)
