@@ -1,18 +1,22 @@
 """Does the critic's climb point where the rewards do? (rl/critic.py, CoverWorld's default rewards)
 
     python benchmarks/critic_direction.py --config configs/coverworld_nft.yaml --batches 120 [KEY=VALUE ...]
+    python benchmarks/critic_direction.py --checkpoint runs/nft/checkpoint ...    (a trained policy's covers)
 
 The policy climbs the learned critic, not the rewards; what moves a cover is the critic's gradient. On CoverWorld
 every mixed reward is a function of the cover's CLIP image embedding e (the preference model and its lift read it,
 CLIP-T is its cosine with the title's), so the exact gradient of the mix in e is known here, where a run never
-needs it. Covers come from the untrained policy (batches of the run's shape, scored by the run's rewards and
-mixer); each critic form is fitted as a run fits it (replay, `fit_steps` per batch, covers shown to 2 other users)
-on the first three quarters and then, per held-out cover, its gradient in the unit-norm embedding ê is compared
-with the exact one (both projected on the sphere's tangent plane, where ê can move):
+needs it. Covers come from the untrained policy, or the one `--checkpoint` names (batches of the run's shape,
+scored by the run's rewards and mixer); each critic form is fitted as a run fits it (replay, `fit_steps` per
+batch, covers shown to 2 other users) on the first three quarters and then, per held-out cover, its gradient
+in the unit-norm embedding ê is compared with the exact one (both projected on the sphere's tangent plane,
+where ê can move):
 
 - CTR part: the critic's looks every user likes plus its user term, against w_pref·pref/σ + w_lift·lift/σ;
 - relevance part: its item terms, against the CLIP-T floor's −w·shortfall/σ (0 on covers above the floor);
-- user term alone against the lift's; and the whole critic against the whole mix.
+- user term alone against the lift's; and the whole critic against the whole mix;
+- the CTR part against CLIP-T's own gradient (the title's direction): negative where climbing the critic's CTR
+  part lowers relevance; the exact CTR gradient's value is printed beside it.
 
 Prints the mean cosine per form (random directions in this space give ~0).
 """
@@ -39,7 +43,7 @@ FORMS = {"bilinear ⟨Pφ, Qu⟩": "bilinear", "ideal look, offsets weighed (ide
 
 
 def collect(trainer: LocalTrainer, critic: CoverCritic, batches: int) -> list[dict]:
-    """`batches` scored batches of the untrained policy, with what the critic reads and the exact gradients need."""
+    """`batches` scored batches of the policy's covers, with what the critic reads and the exact gradients need."""
     algo, rows = trainer.cfg.algo, []
     for it in range(batches):
         batch = next(trainer._batches)
@@ -80,7 +84,8 @@ def exact_gradients(trainer: LocalTrainer, row: dict) -> dict[str, torch.Tensor]
              "lift": weights["preference_lift"] * lift / stats["preference_lift"].std,
              "relevance": -weights["clip_t"] * shortfall / stats["clip_t"].std}
     grads = {name: torch.autograd.grad(part.sum(), unit, retain_graph=True)[0] for name, part in parts.items()}
-    return {"ctr": grads["preference"] + grads["lift"], "lift": grads["lift"], "relevance": grads["relevance"]}
+    return {"ctr": grads["preference"] + grads["lift"], "lift": grads["lift"], "relevance": grads["relevance"],
+            "title": title}  # d CLIP-T / dê: the direction that raises relevance
 
 
 def critic_gradients(critic: CoverCritic, row: dict) -> dict[str, torch.Tensor]:
@@ -102,11 +107,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/coverworld_nft.yaml")
     parser.add_argument("--batches", type=int, default=120)
+    parser.add_argument("--checkpoint", help="a training run's OUT/checkpoint: measure on its policy's covers")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cfg = load_config(args.config, args.overrides)
     trainer = LocalTrainer(cfg)
+    if args.checkpoint:
+        trainer.pipe.load_icg_weights(args.checkpoint)
     probe = build_critic(cfg, trainer.pipe)
     if probe is None:
         raise SystemExit(f"{args.config}: algo.nft_critic_weight is 0, so there is no critic to measure")
@@ -116,25 +124,30 @@ def main() -> None:
     exact = [exact_gradients(trainer, row) for row in rows[split:]]
     print(f"collected {args.batches} batches of {len(rows[0]['keys'])} covers in {time.perf_counter() - start:.0f} s;"
           f" fitted on {split}, measured on {len(rows) - split}")
-    print("| critic user term | CTR part | user term vs lift | relevance part | whole |\n|---|---|---|---|---|")
+    title_ctr = float(torch.cat([tangent_cosine(t["ctr"], t["title"], row["unit"])
+                                 for row, t in zip(rows[split:], exact)]).mean())
+    print(f"exact CTR gradient against the title's direction: {title_ctr:.3f}")
+    print("| critic user term | CTR part | user term vs lift | relevance part | whole | CTR part vs title |\n"
+          "|---|---|---|---|---|---|")
     for label, form in FORMS.items():
         critic = CoverCritic(probe.embedder, torch.zeros(2, probe.mean.shape[0]), cfg.algo.nft_critic_rank,
                              seed=cfg.train.seed, user_form=form, weight_decay=cfg.algo.nft_critic_decay)
         critic.mean.copy_(probe.mean), critic.std.copy_(probe.std)
         for row in rows[:split]:
             critic.observe(row["image"], row["user"], row["item"], row["keys"], row["advantages"], row["shown"])
-        cosines = {name: [] for name in ("ctr", "lift", "relevance", "whole")}
+        cosines = {name: [] for name in ("ctr", "lift", "relevance", "whole", "title")}
         for row, truth in zip(rows[split:], exact):
             learned = critic_gradients(critic, row)
             for name in ("ctr", "lift", "relevance"):
                 cosines[name].append(tangent_cosine(learned[name], truth[name], row["unit"]))
             cosines["whole"].append(tangent_cosine(learned["ctr"] + learned["relevance"],
                                                    truth["ctr"] + truth["relevance"], row["unit"]))
+            cosines["title"].append(tangent_cosine(learned["ctr"], truth["title"], row["unit"]))
         mean = {name: float(torch.cat(values).mean()) for name, values in cosines.items()}
         relevant = torch.cat([t["relevance"].norm(dim=-1) > 0 for t in exact])  # covers below their floor
         below = float(torch.cat(cosines["relevance"])[relevant].mean())
         print(f"| {label} | {mean['ctr']:.3f} | {mean['lift']:.3f} | {below:.3f} (covers below the floor) "
-              f"| {mean['whole']:.3f} |")
+              f"| {mean['whole']:.3f} | {mean['title']:.3f} |")
 
 
 if __name__ == "__main__":
