@@ -76,3 +76,16 @@ def test_prefix_chunks_join_into_the_batch_prefix_and_slice_back(micro_world):
     np.testing.assert_array_equal(back["latents"], joined["latents"][half:])
     np.testing.assert_array_equal(back["noise_states"], whole["noise_states"][half:])
     assert back["k"] == 2
+
+
+def test_the_suffix_without_recomputation_has_the_same_gradients(micro_world):
+    """`algo.gradient_checkpointing` only trades memory for time (CoverWorld's configs turn it off): the last K steps
+    give the same loss, covers and gradients with each UNet call's activations kept or recomputed in backward."""
+    kept = backprop_trainer(micro_world, "algo.gradient_checkpointing=false")
+    batch = next(kept._batches)
+    loss, images, grads = loss_and_grads(kept, batch)
+    recomputing = backprop_trainer(micro_world, "algo.gradient_checkpointing=true")
+    again_loss, again_images, again_grads = loss_and_grads(recomputing, batch)
+    assert torch.equal(loss, again_loss) and torch.equal(images, again_images)
+    assert len(grads) == len(again_grads) > 0
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads, again_grads))
